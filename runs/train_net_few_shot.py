@@ -1,0 +1,197 @@
+"""Iteration-based episodic training (DESIGN §7): one episode per iteration and rank, gradient accumulation,
+validation on the val split selecting `best`, atomic `last`/`best` checkpoints and exact resume."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+from datasets import build_loader
+from models import build_model
+from runs.engine_utils import autocast, to_device, unwrap
+from runs.test_net_few_shot import evaluate
+from utils import distributed as du
+from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state, set_rng_state
+from utils.config import CfgNode, register_config, section
+from utils.logger import MetricsWriter, get_logger
+from utils.solver import build_optimizer, build_scheduler
+
+logger = get_logger(__name__)
+
+
+@register_config
+def add_train_config(cfg: CfgNode) -> None:
+    _T = section(cfg, "TRAIN")
+    _T.ENABLE = True  # train before testing (false: test-only run)
+    _T.NUM_TRAIN_TASKS = 30000  # training iterations; each is one episode per rank
+    _T.BATCH_SIZE_PER_TASK = 4  # episodes whose gradients are accumulated per optimizer step
+    _T.VAL_FRE_ITER = 1000  # validate (and checkpoint `last`, maybe `best`) every this many iterations
+    _T.CHECKPOINT_PERIOD = 0  # extra `last` checkpoints every this many iterations (0: only at validation)
+    _T.AUTOCAST = "none"  # none, bf16 (CPU and GPU) or fp16 (GPU, with a gradient scaler)
+    _T.CLIP_GRAD_NORM = 0.0  # clip the global gradient norm to this (0: off)
+    _T.MAX_BAD_STEPS = 5  # stop after this many consecutive non-finite losses (each one is skipped and counted)
+
+
+def check_train_config(cfg: CfgNode) -> None:
+    accum = cfg.TRAIN.BATCH_SIZE_PER_TASK
+    for key in ("VAL_FRE_ITER", "CHECKPOINT_PERIOD"):
+        if cfg.TRAIN[key] % accum:
+            # Checkpoints are taken between optimizer steps so a resume never sees half-accumulated gradients.
+            raise ValueError(f"TRAIN.{key} ({cfg.TRAIN[key]}) must be a multiple of TRAIN.BATCH_SIZE_PER_TASK ({accum})")
+
+
+def train_episode_indices(start: int, stop: int) -> list[int]:
+    """Global episode index of iteration i on rank r of W is i*W + r: ranks never share an episode."""
+    world, rank = du.get_world_size(), du.get_rank()
+    return [i * world + rank for i in range(start, stop)]
+
+
+class Trainer:
+    """Holds the training state; `run_step` is one iteration, `train` the loop."""
+
+    def __init__(self, cfg: CfgNode, device: torch.device):
+        check_train_config(cfg)
+        self.cfg, self.device = cfg, device
+        self.model = build_model(cfg).to(device)
+        self.optimizer = build_optimizer(self.model, cfg.SOLVER)
+        self.scheduler = build_scheduler(self.optimizer, cfg.SOLVER)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.TRAIN.AUTOCAST == "fp16")
+        self.checkpointer = Checkpointer(os.path.join(cfg.OUTPUT_DIR, "checkpoints"))
+        self.iteration, self.best_acc, self.bad_steps, self.skipped_steps = 0, -1.0, 0, 0
+        self.replaced_videos: set = set()
+        self.ddp = self.model
+        if du.get_world_size() > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def save(self, name: str) -> None:
+        if du.is_main_process():
+            self.checkpointer.save(name, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                   scaler=self.scaler, iteration=self.iteration, config_yaml=self.cfg.dump(),
+                                   extra={"best_acc": self.best_acc, "skipped_steps": self.skipped_steps})
+        du.barrier()
+
+    def resume(self) -> None:
+        path = self.checkpointer.path("last")
+        state = load_checkpoint(path)
+        load_model_state(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.iteration = state["iteration"]
+        self.best_acc = state["extra"]["best_acc"]
+        self.skipped_steps = state["extra"]["skipped_steps"]
+        logger.info("resumed from %s at iteration %d (best val %.2f)", path, self.iteration, self.best_acc)
+
+    # -- one iteration ---------------------------------------------------------------------------------
+    def run_step(self, episode: dict) -> dict:
+        cfg, accum = self.cfg, self.cfg.TRAIN.BATCH_SIZE_PER_TASK
+        boundary = (self.iteration + 1) % accum == 0
+        episode = to_device(episode, self.device)
+        self.replaced_videos.update(tuple(v) for v in episode.get("replaced_videos", []))
+        sync = self.ddp.no_sync() if (self.ddp is not self.model and not boundary) else contextlib.nullcontext()
+        with sync:
+            with autocast(cfg, self.device):
+                out = self.ddp(episode)
+            loss = out["loss"].float()
+            # All ranks agree on skipping, or DDP's gradient all-reduce would wait forever on the others.
+            bad = du.all_reduce(torch.tensor(float(not torch.isfinite(loss)), device=self.device)).item() > 0
+            if not bad:
+                self.scaler.scale(loss / accum).backward()
+        self._count_bad(bad, loss)
+        if boundary:
+            self._optimizer_step()
+        self.scheduler.step()
+        self.iteration += 1
+        return {"loss": loss.item(), **{k: v.item() for k, v in out.get("losses", {}).items()}}
+
+    def _count_bad(self, bad: bool, loss: torch.Tensor) -> None:
+        if not bad:
+            self.bad_steps = 0
+            return
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        logger.warning("iteration %d: non-finite loss (%s) skipped (%d in a row, %d in all)",
+                       self.iteration, loss.item(), self.bad_steps, self.skipped_steps)
+        if self.bad_steps >= self.cfg.TRAIN.MAX_BAD_STEPS:
+            raise FloatingPointError(
+                f"stopping: {self.bad_steps} consecutive non-finite losses at iteration {self.iteration} "
+                f"(TRAIN.MAX_BAD_STEPS={self.cfg.TRAIN.MAX_BAD_STEPS}); lower SOLVER.BASE_LR or check the data; "
+                f"the last good state is in {self.checkpointer.path('last')}")
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.TRAIN.CLIP_GRAD_NORM > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.TRAIN.CLIP_GRAD_NORM)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def train(self, metrics: MetricsWriter) -> None:
+        cfg, total = self.cfg, self.cfg.TRAIN.NUM_TRAIN_TASKS
+        self.model.train()
+        loader = build_loader(cfg, "train", train_episode_indices(self.iteration, total))
+        bar = tqdm(total=total, initial=self.iteration, desc="train", disable=not du.is_main_process())
+        start, running = time.time(), []
+        for episode in loader:
+            logs = self.run_step(episode)
+            running.append(logs["loss"])
+            bar.update(1)
+            if self.iteration % cfg.LOG_PERIOD == 0 or self.iteration == total:
+                self._log_train(metrics, running, start)
+                running = []
+            if self.iteration % cfg.TRAIN.VAL_FRE_ITER == 0 or self.iteration == total:
+                self._validate(metrics)
+            elif cfg.TRAIN.CHECKPOINT_PERIOD and self.iteration % cfg.TRAIN.CHECKPOINT_PERIOD == 0:
+                self.save("last")
+        bar.close()
+
+    def _log_train(self, metrics: MetricsWriter, losses: list[float], start: float) -> None:
+        finite = [x for x in losses if math.isfinite(x)]
+        record = {"train/loss": sum(finite) / max(len(finite), 1),
+                  "lr": self.optimizer.param_groups[-1]["lr"],
+                  "train/skipped_steps": self.skipped_steps}
+        metrics.write(record, self.iteration)
+        logger.info("iter %d/%d loss %.4f lr %.2e (%.1fs)", self.iteration, self.cfg.TRAIN.NUM_TRAIN_TASKS,
+                    record["train/loss"], record["lr"], time.time() - start)
+
+    def _validate(self, metrics: MetricsWriter) -> None:
+        result = evaluate(self.ddp, self.cfg, "val", self.cfg.TRAIN.NUM_VAL_TASKS, self.device)
+        improved = result["accuracy"] > self.best_acc
+        if improved:
+            self.best_acc = result["accuracy"]
+        metrics.write({"val/accuracy": result["accuracy"], "val/ci95": result["ci95"],
+                       "val/best": self.best_acc}, self.iteration)
+        logger.info("iter %d val accuracy %.2f ± %.2f (best %.2f)%s", self.iteration, result["accuracy"],
+                    result["ci95"], self.best_acc, " new best" if improved else "")
+        self.save("last")
+        if improved:
+            self.save("best")
+
+
+def train(cfg: CfgNode, device: torch.device, resume: bool) -> Trainer:
+    """Build, optionally resume, train; returns the trainer (its model holds the last weights)."""
+    trainer = Trainer(cfg, device)
+    if resume:
+        trainer.resume()
+    metrics = MetricsWriter(cfg.OUTPUT_DIR)
+    if resume:
+        metrics.truncate_after(trainer.iteration)
+    try:
+        trainer.train(metrics)
+    finally:
+        metrics.close()
+    return trainer
+
+
+def load_weights_for_test(model: torch.nn.Module, path: str) -> None:
+    """Weights only (strict): a checkpoint from another config fails with the key diff."""
+    state = load_checkpoint(path)
+    load_model_state(unwrap(model), state["model"] if "model" in state else state, path)

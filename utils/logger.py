@@ -1,0 +1,81 @@
+"""Logging (main process only, console + OUTPUT_DIR/log.txt), JSON-lines metrics and TensorBoard."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import simplejson as json
+
+from utils import distributed as du
+
+LOGGER_NAME = "fsar"
+
+
+def get_logger(name: str = "") -> logging.Logger:
+    return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
+
+
+def setup_logging(output_dir: str | None = None) -> logging.Logger:
+    """Main process: INFO to stdout and `output_dir/log.txt`; other ranks: warnings and errors only."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers.clear()
+    logger.propagate = False
+    main = du.is_main_process()
+    logger.setLevel(logging.INFO if main else logging.WARNING)
+    fmt = logging.Formatter(f"[%(asctime)s{'' if main else ' rank ' + str(du.get_rank())}] %(message)s",
+                            datefmt="%H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if main and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
+        file_handler.setFormatter(fmt)
+        logger.addHandler(file_handler)
+    return logger
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to `metrics.jsonl` and mirrors scalars to TensorBoard.
+
+    Writes only on the main process; `tensorboard=False` skips the TensorBoard files.
+    """
+
+    def __init__(self, output_dir: str, tensorboard: bool = True):
+        self.enabled = du.is_main_process()
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.tb = None
+        if self.enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+
+    def write(self, record: dict[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"iteration": step, **record}, ignore_nan=True) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(key, value, step)
+
+    def truncate_after(self, iteration: int) -> None:
+        """On resume, drop records past the checkpoint so the file reads as one uninterrupted run."""
+        if not self.enabled or not os.path.isfile(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
