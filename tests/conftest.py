@@ -18,3 +18,15 @@ def shared_splits() -> Path:
     if not SHARED_SPLITS.is_dir():
         pytest.fail(f"reference split lists not found at {SHARED_SPLITS}")
     return SHARED_SPLITS
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A tiny synthetic benchmark (datasets/synthetic.py) in the real layout: 15 classes (5/5/5 train/val/test,
+    so 5-way episodes work on every split) x 6 videos, 24 frames, 64 px, with tracks/ and detections.json.
+    Use it as DATA.ANNO_DIR and DATA.DATA_ROOT_DIR (DATA.TRACK_DIR: <root>/tracks); treat it as read-only."""
+    from datasets.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(str(root), classes=15, videos_per_class=6, frames=24, size=64, seed=0)
+    return root

@@ -1,0 +1,93 @@
+"""Dataset registry, data config keys, and the engine's entry points `build_dataset` / `build_loader`."""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from utils.config import CfgNode, register_config, section
+from utils.registry import Registry
+from utils.seeding import episode_seed
+
+DATASET_REGISTRY = Registry("DATASET")
+DATASET_REGISTRY.__doc__ = "Episodic datasets by name (DATA.DATASET); thin entries over one generic class."
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@register_config
+def add_data_config(cfg: CfgNode) -> None:
+    _D = section(cfg, "DATA")
+    _D.DATASET = "Ssv2_few_shot"  # registered dataset entry (DATASET_REGISTRY), e.g. Synthetic_few_shot
+    _D.DATA_ROOT_DIR = ""  # videos: <root>/<video id><VIDEO_EXT> ('/' lines) or <root>/<relative path> ('//')
+    _D.ANNO_DIR = ""  # folder of {train,val,test}_few_shot.txt and {train,val,test}_class_names.txt
+    _D.VIDEO_EXT = ".mp4"  # extension for '<split><id>/<video id>' lines (SSv2 downloads are often .webm)
+    _D.FRAMES_FOLDER = False  # videos are folders of img_%05d.jpg frames (path without extension)
+    _D.NUM_INPUT_FRAMES = 8  # frames per video: one per equal segment (random in train, centre in val/test)
+    _D.TRAIN_JITTER_SCALES = [256, 320]  # train: short side drawn uniformly from [min, max] before the crop
+    _D.TRAIN_CROP_SIZE = 224  # train: random square crop
+    _D.TEST_SCALE = 256  # val/test: short side before the centre crop
+    _D.TEST_CROP_SIZE = 224  # val/test: centre square crop (must equal the backbone's image size)
+    _D.MEAN = list(CLIP_MEAN)  # per-channel normalisation mean (the backbone's; CLIP by default)
+    _D.STD = list(CLIP_STD)  # per-channel normalisation std
+    _D.FLIP = True  # random horizontal flip in train (the SSv2 and synthetic entries force it off)
+    _D.ON_BAD_VIDEO = "error"  # missing/unreadable/empty/too-short video: error, or resample (same class, logged)
+    _D.MIN_VIDEO_FRAMES = 1  # fewer decodable frames = "too short"; shorter than NUM_INPUT_FRAMES repeats frames
+    _D.TRACK_DIR = ""  # folder of <video id>.json track files; "" = no boxes in the episode
+    _D.MAX_ENTITIES = 4  # entity slots per frame (top tracks by length x area x score)
+    _D.NUM_WORKERS = 2  # DataLoader worker processes (persistent); 0 decodes in the main process
+    _D.PIN_MEMORY = True  # pin episode tensors when CUDA is available
+    _T = section(cfg, "TRAIN")
+    _T.WAY = 5  # classes per episode
+    _T.SHOT = 1  # support videos per class (train episodes)
+    _T.QUERY_PER_CLASS = 5  # query videos per class (train episodes)
+    _T.SHOT_TEST = 0  # support videos per class in val/test episodes; 0 = same as TRAIN.SHOT
+    _T.QUERY_PER_CLASS_TEST = 1  # query videos per class in val/test episodes
+
+
+def build_dataset(cfg: CfgNode, split: str, episode_indices: Sequence[int], video_source=None) -> Dataset:
+    """The DATA.DATASET entry for `split`; item i is episode `episode_indices[i]`.
+
+    `video_source` (a datasets.video.VideoSource) replaces the reader chosen by DATA.FRAMES_FOLDER
+    (benchmarks, tests).
+    """
+    cls = DATASET_REGISTRY.get(cfg.DATA.DATASET)
+    kwargs = cls.from_config(cfg, split, episode_indices)
+    if video_source is not None:
+        kwargs["video_source"] = video_source
+    return cls(**kwargs)
+
+
+class _WorkerInit:
+    """Seeds a worker's global RNGs from (RANDOM_SEED, split, worker id): episodes never read them,
+    but any library randomness inside a worker is then reproducible too."""
+
+    def __init__(self, seed: int, split: str):
+        self.seed, self.split = seed, split
+
+    def __call__(self, worker_id: int) -> None:
+        seed = episode_seed(self.seed, f"{self.split}/worker", worker_id)
+        random.seed(seed)
+        np.random.seed(seed % (1 << 32))
+        torch.manual_seed(seed)
+        torch.set_num_threads(1)  # workers already occupy the cores; avoid oversubscription
+
+
+def build_loader(cfg: CfgNode, split: str, episode_indices: Sequence[int], video_source=None) -> DataLoader:
+    """One episode dict per item, in the order of `episode_indices` (batch_size=None: no collation)."""
+    dataset = build_dataset(cfg, split, episode_indices, video_source)
+    workers = cfg.DATA.NUM_WORKERS if len(dataset) > 0 else 0
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=cfg.DATA.PIN_MEMORY and torch.cuda.is_available(),
+        worker_init_fn=_WorkerInit(cfg.RANDOM_SEED, split) if workers > 0 else None,
+        generator=torch.Generator().manual_seed(episode_seed(cfg.RANDOM_SEED, f"{split}/loader", 0)),
+    )

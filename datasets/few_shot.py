@@ -1,0 +1,234 @@
+"""The generic episodic dataset: one item = one few-shot episode (DESIGN §4), decoded on demand.
+
+Item `i` is episode `episode_indices[i]`; everything about it (classes, videos, frames, crop, flip,
+replacements of bad videos) comes from `episode_generator(RANDOM_SEED, split, episode index)`, so the
+same tuple gives identical tensors in any process, worker or rank.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from datasets.build import DATASET_REGISTRY
+from datasets.sampling import EpisodeSampler, segment_indices
+from datasets.splits import Split, VideoEntry, load_split
+from datasets.tracks import TrackFile, boxes_at_frames, check_track_matches, load_track_file, track_path
+from datasets.transforms import ViewParams, frames_to_tensor, sample_view, transform_boxes
+from datasets.video import BadVideoError, VideoSource, build_video_source
+from utils.logger import get_logger
+from utils.seeding import episode_generator
+
+logger = get_logger(__name__)
+
+BAD_VIDEO_POLICIES = ("error", "resample")
+
+
+@dataclass
+class Clip:
+    """One decoded, transformed video of an episode."""
+
+    video_id: str
+    frames: torch.Tensor  # [T, 3, crop, crop]
+    boxes: torch.Tensor | None = None  # [T, K, 4] in 0..1 of the crop
+    box_mask: torch.Tensor | None = None  # [T, K] bool
+    missing_tracks: bool = False
+
+
+class FewShotDataset(torch.utils.data.Dataset):
+    """Episodes of WAY classes x (SHOT support + QUERY query) videos from one split."""
+
+    name = "FewShotDataset"
+    flip_allowed = True  # entries whose labels depend on left/right (SSv2) set this False
+
+    def __init__(self, *, split: Split, episode_indices: Sequence[int], way: int, shot: int, query: int,
+                 seed: int = 0, data_root: str = "", video_ext: str = ".mp4", frames_folder: bool = False,
+                 num_frames: int = 8, train_jitter_scales: Sequence[int] = (256, 320), test_scale: int = 256,
+                 crop_size: int = 224, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
+                 flip: bool = False, on_bad_video: str = "error", track_dir: str = "", max_entities: int = 4,
+                 min_video_frames: int = 1, video_source: VideoSource | None = None):
+        if on_bad_video not in BAD_VIDEO_POLICIES:
+            raise ValueError(f"DATA.ON_BAD_VIDEO must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
+        self.split, self.split_name = split, split.name
+        self.train = split.name == "train"
+        self.episode_indices = [int(i) for i in episode_indices]
+        self.way, self.shot, self.query = way, shot, query
+        self.seed, self.data_root, self.video_ext, self.frames_folder = seed, data_root, video_ext, frames_folder
+        self.num_frames = num_frames
+        self.jitter_scales, self.test_scale, self.crop_size = tuple(train_jitter_scales), test_scale, crop_size
+        self.mean, self.std, self.flip = tuple(mean), tuple(std), flip
+        self.on_bad_video, self.track_dir, self.max_entities = on_bad_video, track_dir, max_entities
+        self.source = video_source or build_video_source(frames_folder, min_frames=min_video_frames)
+        self.videos_by_class = split.videos_by_class()
+        self.sampler = EpisodeSampler(self.videos_by_class, split.class_names, way, shot, query,
+                                      source=f"{split.list_file or split.name} ({split.name} episodes)")
+        self._track_cache: OrderedDict[str, TrackFile] = OrderedDict()
+
+    @classmethod
+    def from_config(cls, cfg, split: str, episode_indices: Sequence[int]) -> dict[str, Any]:
+        """Constructor arguments from the DATA/TRAIN config keys."""
+        data = cfg.DATA
+        train = split == "train"
+        shot = cfg.TRAIN.SHOT if train or cfg.TRAIN.SHOT_TEST == 0 else cfg.TRAIN.SHOT_TEST
+        query = cfg.TRAIN.QUERY_PER_CLASS if train else cfg.TRAIN.QUERY_PER_CLASS_TEST
+        crop = data.TRAIN_CROP_SIZE if train else data.TEST_CROP_SIZE
+        check_scales(data.TRAIN_JITTER_SCALES, data.TEST_SCALE, data.TRAIN_CROP_SIZE, data.TEST_CROP_SIZE)
+        flip = bool(data.FLIP)
+        if flip and not cls.flip_allowed:
+            logger.info("%s: DATA.FLIP is off for this dataset (a horizontal flip changes left/right class "
+                        "semantics)", cls.name)
+            flip = False
+        return dict(split=load_split(data.ANNO_DIR, split), episode_indices=episode_indices, way=cfg.TRAIN.WAY,
+                    shot=shot, query=query, seed=cfg.RANDOM_SEED, data_root=data.DATA_ROOT_DIR,
+                    video_ext=data.VIDEO_EXT, frames_folder=data.FRAMES_FOLDER, num_frames=data.NUM_INPUT_FRAMES,
+                    train_jitter_scales=data.TRAIN_JITTER_SCALES, test_scale=data.TEST_SCALE, crop_size=crop,
+                    mean=data.MEAN, std=data.STD, flip=flip, on_bad_video=data.ON_BAD_VIDEO,
+                    track_dir=data.TRACK_DIR, max_entities=data.MAX_ENTITIES,
+                    min_video_frames=data.MIN_VIDEO_FRAMES)
+
+    def __len__(self) -> int:
+        return len(self.episode_indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = self.episode_indices[i]
+        plan = self.sampler(episode_generator(self.seed, self.split_name, index))
+        used = {e.video_id for e in plan.support + plan.query}
+        replaced: list[list[str]] = []
+        support = [self._load_slot(e, s, used, replaced, index)
+                   for e, s in zip(plan.support, plan.support_seeds, strict=True)]
+        query = [self._load_slot(e, s, used, replaced, index)
+                 for e, s in zip(plan.query, plan.query_seeds, strict=True)]
+        names = self.split.class_names
+        episode: dict[str, Any] = {
+            "support_set": torch.stack([c.frames for c in support]),  # [S, T, 3, H, W]
+            "target_set": torch.stack([c.frames for c in query]),  # [Q, T, 3, H, W]
+            "support_labels": torch.arange(self.way).repeat_interleave(self.shot),
+            "target_labels": torch.arange(self.way).repeat_interleave(self.query),
+            "real_support_labels": torch.tensor(plan.class_ids).repeat_interleave(self.shot),
+            "real_target_labels": torch.tensor(plan.class_ids).repeat_interleave(self.query),
+            "class_names": [names[c] for c in plan.class_ids],
+            "split_class_names": list(names),
+            "support_ids": [c.video_id for c in support],
+            "target_ids": [c.video_id for c in query],
+            "episode_index": index,
+            "split": self.split_name,
+            "replaced_videos": replaced,
+        }
+        if self.track_dir:
+            episode["support_boxes"] = torch.stack([c.boxes for c in support])  # [S, T, K, 4]
+            episode["support_box_mask"] = torch.stack([c.box_mask for c in support])  # [S, T, K]
+            episode["target_boxes"] = torch.stack([c.boxes for c in query])
+            episode["target_box_mask"] = torch.stack([c.box_mask for c in query])
+            episode["missing_tracks"] = [c.video_id for c in support + query if c.missing_tracks]
+        return episode
+
+    # -----------------------------------------------------------------------------------------
+
+    def _load_slot(self, entry: VideoEntry, seed: int, used: set[str], replaced: list[list[str]],
+                   index: int) -> Clip:
+        """Decode one support/query video; with the resample policy, bad videos give way to others of
+        the same class (drawn from this slot's generator, so the replacement is reproducible too)."""
+        generator = torch.Generator().manual_seed(seed)
+        view = sample_view(generator, self.train, self.jitter_scales, self.test_scale, self.crop_size, self.flip)
+        candidates: list[VideoEntry] | None = None
+        current = entry
+        while True:
+            try:
+                return self._load_video(current, view, generator)
+            except BadVideoError as err:
+                where = f"{self.split_name} episode {index}"
+                if self.on_bad_video == "error":
+                    detail = f"{err.detail}; " if err.detail else ""
+                    raise BadVideoError(err.path, err.reason, f"{detail}{where}; DATA.ON_BAD_VIDEO resample "
+                                        f"replaces bad videos by others of the same class") from None
+                if candidates is None:
+                    pool = [v for v in self.videos_by_class[entry.class_id] if v.video_id not in used]
+                    candidates = [pool[j] for j in torch.randperm(len(pool), generator=generator).tolist()]
+                if not candidates:
+                    raise BadVideoError(err.path, err.reason, f"{where}: no usable replacement left in class "
+                                        f"{entry.class_id} ({self.split.class_names[entry.class_id]!r})") from None
+                nxt = candidates.pop(0)
+                used.add(nxt.video_id)
+                replaced.append([current.video_id, err.reason])
+                logger.warning("%s: replaced %s (%s) by %s", where, err, err.reason, nxt.video_id)
+                current = nxt
+
+    def _load_video(self, entry: VideoEntry, view: ViewParams, generator: torch.Generator) -> Clip:
+        path = entry.video_path(self.data_root, self.video_ext, self.frames_folder)
+        video = self.source.open(path, view.short_side)
+        indices = segment_indices(video.num_frames, self.num_frames, self.train, generator)
+        frames = video.frames(indices)  # uint8 [T, h, w, 3]
+        clip = Clip(entry.video_id, frames_to_tensor(frames, view, self.mean, self.std))
+        if self.track_dir:
+            size = (frames.shape[2], frames.shape[1])
+            track_file = self._track_file(entry.video_id, video.num_frames, video.width, video.height)
+            boxes, mask = boxes_at_frames(track_file, indices, self.max_entities)
+            clip.boxes, clip.box_mask = transform_boxes(boxes, mask, size, view)
+            clip.missing_tracks = track_file is None
+        return clip
+
+    def _track_file(self, video_id: str, num_frames: int, width: int, height: int) -> TrackFile | None:
+        """The video's validated track file (cached), or None when there is none."""
+        path = track_path(self.track_dir, video_id)
+        if path in self._track_cache:
+            self._track_cache.move_to_end(path)
+            return self._track_cache[path]
+        if not os.path.isfile(path):
+            return None
+        track_file = load_track_file(path, video_id)
+        check_track_matches(track_file, path, num_frames, width, height)
+        self._track_cache[path] = track_file
+        if len(self._track_cache) > 4096:  # bounded: SSv2 has ~70k videos per worker
+            self._track_cache.popitem(last=False)
+        return track_file
+
+
+def check_scales(jitter_scales: Sequence[int], test_scale: int, train_crop: int, test_crop: int) -> None:
+    """The resized short side must cover the crop, or the crop would read outside the frame."""
+    if len(jitter_scales) != 2 or jitter_scales[0] > jitter_scales[1]:
+        raise ValueError(f"DATA.TRAIN_JITTER_SCALES must be [min, max], got {list(jitter_scales)}")
+    if jitter_scales[0] < train_crop:
+        raise ValueError(f"DATA.TRAIN_JITTER_SCALES {list(jitter_scales)} must be >= DATA.TRAIN_CROP_SIZE "
+                         f"{train_crop}")
+    if test_scale < test_crop:
+        raise ValueError(f"DATA.TEST_SCALE {test_scale} must be >= DATA.TEST_CROP_SIZE {test_crop}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Thin per-benchmark entries: the generic class does the work; entries only set dataset facts.
+
+DATASET_REGISTRY.register(FewShotDataset)
+
+
+@DATASET_REGISTRY.register()
+class Ssv2_few_shot(FewShotDataset):  # CLIP-FSAR's registered names
+    """Something-Something v2 (Full and Small): labels say left/right, so no flip."""
+
+    name = "Ssv2_few_shot"
+    flip_allowed = False
+
+
+@DATASET_REGISTRY.register()
+class Kinetics100_few_shot(FewShotDataset):
+    name = "Kinetics100_few_shot"
+
+
+@DATASET_REGISTRY.register()
+class Ucf101_few_shot(FewShotDataset):
+    name = "Ucf101_few_shot"
+
+
+@DATASET_REGISTRY.register()
+class Hmdb51_few_shot(FewShotDataset):
+    name = "Hmdb51_few_shot"
+
+
+@DATASET_REGISTRY.register()
+class Synthetic_few_shot(FewShotDataset):
+    """The procedural benchmark of datasets/synthetic.py: classes move left/right, so no flip."""
+
+    name = "Synthetic_few_shot"
+    flip_allowed = False

@@ -1,0 +1,100 @@
+"""Sampling policies as small strategy objects: which classes and videos form an episode, which frames.
+
+All randomness comes from a `torch.Generator` passed in (seeded by `utils.seeding.episode_generator`),
+never from a global RNG, so an episode is a pure function of (RANDOM_SEED, split, episode index).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from datasets.splits import VideoEntry
+
+
+class EpisodeConfigError(ValueError):
+    """The split cannot provide the requested episodes; the message lists the offending classes."""
+
+
+def randint(generator: torch.Generator, low: int, high: int) -> int:
+    """Uniform integer in [low, high] (inclusive) from `generator`."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator).item())
+
+
+def uniform(generator: torch.Generator) -> float:
+    return float(torch.rand((), generator=generator).item())
+
+
+def child_seed(generator: torch.Generator) -> int:
+    """A 62-bit seed for a sub-generator, so that one slot's randomness never shifts another's."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+
+def segment_indices(num_frames: int, num_segments: int, train: bool, generator: torch.Generator | None) -> list[int]:
+    """One frame per equal segment of [0, num_frames): random within it (train) or its centre (test).
+
+    Videos shorter than `num_segments` frames give repeated indices (segments shorter than a frame).
+    """
+    if num_frames < 1:
+        raise ValueError(f"segment_indices: a video needs at least one frame, got {num_frames}")
+    seg = num_frames / num_segments
+    indices = []
+    for k in range(num_segments):
+        start = k * seg
+        pos = start + (uniform(generator) if train else 0.5) * seg
+        indices.append(min(int(pos), num_frames - 1))
+    return indices
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    """Which classes (episode order) and videos (class-major) make up one episode."""
+
+    class_ids: list[int]  # split class ids, label k of the episode = class_ids[k]
+    support: list[VideoEntry]  # WAY*SHOT, class-major
+    query: list[VideoEntry]  # WAY*QUERY, class-major
+    support_seeds: list[int]  # one sub-generator seed per support video (frames, augmentation, replacement)
+    query_seeds: list[int]
+
+
+class EpisodeSampler:
+    """Draws WAY classes, then SHOT support and QUERY query videos per class, all distinct."""
+
+    def __init__(self, videos_by_class: Sequence[Sequence[VideoEntry]], class_names: Sequence[str], way: int,
+                 shot: int, query: int, source: str = "split"):
+        self.videos_by_class = [list(v) for v in videos_by_class]
+        self.way, self.shot, self.query = way, shot, query
+        self.check(class_names, source)
+        self.eligible = list(range(len(self.videos_by_class)))
+
+    def check(self, class_names: Sequence[str], source: str) -> None:
+        """Startup check: enough classes for WAY, enough videos in every class for SHOT + QUERY."""
+        if self.way < 1 or self.shot < 1 or self.query < 1:
+            raise EpisodeConfigError(f"{source}: WAY, SHOT and QUERY must be >= 1, got {self.way}/{self.shot}/"
+                                     f"{self.query}")
+        num_classes = len(self.videos_by_class)
+        if self.way > num_classes:
+            listed = ", ".join(f"{i}:{n!r}" for i, n in enumerate(class_names))
+            raise EpisodeConfigError(f"{source}: WAY {self.way} is larger than the {num_classes} classes of the "
+                                     f"split ({listed})")
+        need = self.shot + self.query
+        short = [(i, class_names[i], len(v)) for i, v in enumerate(self.videos_by_class) if len(v) < need]
+        if short:
+            listed = "; ".join(f"{i}:{n!r} has {c}" for i, n, c in short)
+            raise EpisodeConfigError(f"{source}: {len(short)} classes have fewer than SHOT + QUERY = {need} videos: "
+                                     f"{listed}")
+
+    def __call__(self, generator: torch.Generator) -> EpisodePlan:
+        order = torch.randperm(len(self.eligible), generator=generator)[: self.way].tolist()
+        class_ids = [self.eligible[i] for i in order]
+        support: list[VideoEntry] = []
+        query: list[VideoEntry] = []
+        for cid in class_ids:
+            videos = self.videos_by_class[cid]
+            picks = torch.randperm(len(videos), generator=generator)[: self.shot + self.query].tolist()
+            support.extend(videos[i] for i in picks[: self.shot])
+            query.extend(videos[i] for i in picks[self.shot:])
+        support_seeds = [child_seed(generator) for _ in support]
+        query_seeds = [child_seed(generator) for _ in query]
+        return EpisodePlan(class_ids, support, query, support_seeds, query_seeds)

@@ -1,0 +1,197 @@
+"""A procedural few-shot benchmark in exactly the real layout, so every code path runs offline.
+
+Each class is what one actor entity does over time ("red circle moves left then up") among a passive
+partner entity, distractor entities that also move, and background clutter. Classes come in groups of
+three fine-grained neighbours:
+  (actor a, motion 1 then motion 2), (actor a, motion 2 then motion 1)  -> differ only in temporal order
+  (actor b, motion 1 then motion 2)                                      -> differ only in which entity acts
+where a and b appear in each other's videos (the one that does not act stays passive), so both temporal
+alignment and entity focus matter. Distractors have colours no actor uses, so labels stay unambiguous.
+
+Layout written into `out_dir` (the `//` split format):
+  {train,val,test}_few_shot.txt   `<split><classid>//videos/<class_dir>/<class_dir>_<k>.mp4`
+  {train,val,test}_class_names.txt
+  videos/<class_dir>/*.mp4        H.264, `size` x `size`, `frames` frames
+  tracks/<video id>.json          DESIGN §4 track files: every entity's ground-truth boxes
+  detections.json                 per video, per frame noisy detector output (for tracker tests)
+  meta.json                       the class catalogue and generation arguments
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from datasets.synthetic_render import (
+    BASE_RADIUS_FRAC,
+    EntityPath,
+    make_background,
+    noisy_detections,
+    place,
+    program_offsets,
+    render_frames,
+    wander,
+    write_mp4,
+)
+from utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+ACTOR_COLOURS = {"red": (220, 45, 45), "blue": (40, 100, 240), "green": (50, 190, 70), "yellow": (240, 210, 40),
+                 "magenta": (210, 60, 210), "cyan": (40, 210, 215), "orange": (250, 135, 40)}
+DISTRACTOR_COLOURS = {"white": (240, 240, 240), "grey": (160, 160, 160), "black": (15, 15, 15),
+                      "brown": (125, 80, 40)}
+SHAPES = ("circle", "square", "triangle")
+# Unordered motion pairs; each group uses one, in both orders.
+PROGRAMS = [("left", "up"), ("right", "down"), ("left", "down"), ("right", "up"), ("left", "grow"),
+            ("right", "shrink"), ("up", "grow"), ("down", "shrink"), ("right", "grow"), ("left", "shrink"),
+            ("down", "grow"), ("up", "shrink")]
+VERBS = {"left": "moves left", "right": "moves right", "up": "moves up", "down": "moves down", "grow": "grows",
+         "shrink": "shrinks"}
+
+
+@dataclass(frozen=True)
+class SyntheticClass:
+    name: str  # short action phrase, also the class-name file entry
+    actor: str  # "red circle"
+    partner: str  # the group's other actor, passive in this class's videos
+    program: tuple[str, ...]  # motions of the actor, in order
+    group: int
+
+    @property
+    def class_dir(self) -> str:
+        return self.name.replace(" ", "_")
+
+
+def _identities() -> list[tuple[str, str]]:
+    """(colour, shape) actor identities ordered so neighbours differ in colour and shape."""
+    colours = list(ACTOR_COLOURS)
+    return [(colours[k % len(colours)], SHAPES[k % len(SHAPES)]) for k in range(len(colours) * len(SHAPES))]
+
+
+def class_phrase(actor: str, program: tuple[str, ...]) -> str:
+    verbs = [VERBS[m] for m in program]
+    if len(verbs) == 2 and all(v.startswith("moves ") for v in verbs):
+        return f"{actor} {verbs[0]} then {verbs[1][len('moves '):]}"
+    return f"{actor} " + " then ".join(verbs)
+
+
+def class_catalogue(num_classes: int) -> list[SyntheticClass]:
+    """The first `num_classes` classes, in groups of three fine-grained neighbours (see module doc)."""
+    ids = [f"{c} {s}" for c, s in _identities()]
+    classes: list[SyntheticClass] = []
+    group = 0
+    while len(classes) < num_classes:
+        a, b = ids[(2 * group) % len(ids)], ids[(2 * group + 1) % len(ids)]
+        m1, m2 = PROGRAMS[group % len(PROGRAMS)]
+        for actor, partner, program in ((a, b, (m1, m2)), (a, b, (m2, m1)), (b, a, (m1, m2))):
+            classes.append(SyntheticClass(class_phrase(actor, program), actor, partner, program, group))
+        group += 1
+    classes = classes[:num_classes]
+    names = [c.name for c in classes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"make_synthetic: at most {len(ids) * len(PROGRAMS) // 3 * 3} distinct classes, "
+                         f"asked for {num_classes}")
+    return classes
+
+
+def split_sizes(num_classes: int) -> tuple[int, int, int]:
+    """(train, val, test) class counts: at least 5 val and test classes (5-way) once there are 15 classes."""
+    if num_classes < 3:
+        raise ValueError(f"make_synthetic: need at least 3 classes (one per split), got {num_classes}")
+    n_eval = max(5, round(num_classes / 5)) if num_classes >= 15 else num_classes // 3
+    return num_classes - 2 * n_eval, n_eval, n_eval
+
+
+def _entity(name: str, colour: tuple[int, int, int], offsets: np.ndarray, scales: np.ndarray, size: int,
+            rng: np.random.Generator, avoid: list[np.ndarray]) -> EntityPath:
+    shape = name.split()[-1]
+    radii = BASE_RADIUS_FRAC * size * scales
+    centres = place(offsets, radii, size, rng, avoid)
+    avoid.append(centres[0])
+    return EntityPath(name, shape, colour, centres, radii)
+
+
+def render_video(cls: SyntheticClass, frames: int, size: int, distractors: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, list[EntityPath]]:
+    """Frames [F, S, S, 3] and entity paths (distractors, partner, actor: drawing order)."""
+    background = make_background(size, rng)
+    avoid: list[np.ndarray] = []
+    offsets, scales = program_offsets(cls.program, frames, size, rng)
+    actor = _entity(cls.actor, ACTOR_COLOURS[cls.actor.split()[0]], offsets, scales, size, rng, avoid)
+    partner = _entity(cls.partner, ACTOR_COLOURS[cls.partner.split()[0]], wander(frames, size, rng),
+                      np.ones(frames), size, rng, avoid)
+    colours = list(DISTRACTOR_COLOURS)
+    others = []
+    for k in rng.permutation(len(colours) * len(SHAPES))[:distractors]:
+        colour, shape = colours[k % len(colours)], SHAPES[k // len(colours)]
+        motion = (str(rng.choice(list(VERBS))),)  # distractors move too, one motion at reduced amplitude
+        d_off, d_scale = program_offsets(motion, frames, size, rng, amplitude=0.6)
+        others.append(_entity(f"{colour} {shape}", DISTRACTOR_COLOURS[colour], d_off + wander(frames, size, rng),
+                              d_scale, size, rng, avoid))
+    entities = [*others, partner, actor]
+    return render_frames(background, entities, rng), entities
+
+
+def track_record(video_id: str, entities: list[EntityPath], size: int, rng: np.random.Generator) -> dict:
+    """DESIGN §4 track file with every entity's ground truth; ids shuffled so slot order says nothing."""
+    frames = len(entities[0].radii)
+    ids = rng.permutation(len(entities)).tolist()
+    tracks = [{"id": int(i), "label": ent.name, "frames": list(range(frames)),
+               "boxes": [[round(float(v), 2) for v in box] for box in ent.boxes(size)], "scores": [1.0] * frames}
+              for i, ent in zip(ids, entities, strict=True)]
+    tracks.sort(key=lambda t: t["id"])
+    return {"video": video_id, "num_frames": frames, "width": size, "height": size, "tracks": tracks,
+            "detector": "ground_truth", "tracker": "ground_truth"}
+
+
+def _write_json(path: str, data: object) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, separators=(",", ":"))
+
+
+def make_synthetic(out_dir: str, classes: int = 30, videos_per_class: int = 20, frames: int = 16, size: int = 64,
+                   seed: int = 0, distractors: int = 2, fps: int = 12) -> dict:
+    """Write the benchmark into `out_dir` (see module doc); returns a summary dict. Deterministic per seed."""
+    if size < 32 or size % 2:
+        raise ValueError(f"make_synthetic: size must be even and >= 32, got {size}")
+    if frames < 2 or videos_per_class < 1 or distractors < 0:
+        raise ValueError(f"make_synthetic: need frames >= 2, videos_per_class >= 1, distractors >= 0; got "
+                         f"{frames}, {videos_per_class}, {distractors}")
+    start = time.time()
+    catalogue = class_catalogue(classes)
+    n_train, n_val, _ = split_sizes(classes)
+    splits = {"train": catalogue[:n_train], "val": catalogue[n_train:n_train + n_val],
+              "test": catalogue[n_train + n_val:]}
+    detections: dict[str, dict] = {}
+    global_index = {c.name: i for i, c in enumerate(catalogue)}
+    for split, members in splits.items():
+        lines = []
+        for cid, cls in enumerate(members):
+            os.makedirs(os.path.join(out_dir, "videos", cls.class_dir), exist_ok=True)
+            for k in range(videos_per_class):
+                rel = f"videos/{cls.class_dir}/{cls.class_dir}_{k:03d}"
+                rng = np.random.default_rng([seed, global_index[cls.name], k])
+                video, entities = render_video(cls, frames, size, distractors, rng)
+                write_mp4(os.path.join(out_dir, rel + ".mp4"), video, fps)
+                _write_json(os.path.join(out_dir, "tracks", rel + ".json"), track_record(rel, entities, size, rng))
+                detections[rel] = {"num_frames": frames, "width": size, "height": size,
+                                   "frames": noisy_detections(entities, size, rng)}
+                lines.append(f"{split}{cid}//{rel}.mp4")
+        with open(os.path.join(out_dir, f"{split}_few_shot.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        with open(os.path.join(out_dir, f"{split}_class_names.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(c.name for c in members) + "\n")
+    _write_json(os.path.join(out_dir, "detections.json"), detections)
+    meta = {"seed": seed, "classes": classes, "videos_per_class": videos_per_class, "frames": frames, "size": size,
+            "distractors": distractors, "fps": fps,
+            "catalogue": [{**asdict(c), "split": s} for s, members in splits.items() for c in members]}
+    _write_json(os.path.join(out_dir, "meta.json"), meta)
+    summary = {"out_dir": out_dir, "classes": {s: len(m) for s, m in splits.items()},
+               "videos": classes * videos_per_class, "seconds": round(time.time() - start, 2)}
+    logger.info("synthetic benchmark: %s", summary)
+    return summary

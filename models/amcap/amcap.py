@@ -1,0 +1,241 @@
+"""AMCAP: adaptive multi-modal contextual alignment prompting (DESIGN section 6, steps 1-7).
+
+Per episode: Shapley interactions between adjacent grid cells on a few key frames (no gradient, one shared set of
+coalitions) -> regions by merging positively interacting cells -> region features (differentiable) -> attention
+between regions and each class's name tokens -> top-k salient regions with their aligned tokens -> the prompt
+generator's context -> "[ctx...] {name}." through the frozen text encoder = dynamic class text features.
+Queries only ever see label-free anchors (a soft maximum over the episode's class texts); supports may use their
+own class text.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.amcap.prompts import ClassText, PromptGenerator, build_class_text, encode_prompts
+from models.amcap.regions import (
+    REGION_SCORES,
+    aligned_tokens,
+    attention_scores,
+    keep_top_regions,
+    partition_cells,
+    region_features,
+    region_interactions,
+    region_values,
+    select_salient,
+)
+from models.amcap.shapley import (
+    EMPTY_VALUES,
+    cosine_game_interactions,
+    enumerate_coalitions,
+    grid_adjacent_pairs,
+    pool_cells,
+    sample_coalitions,
+)
+from utils.config import CfgNode, register_config, section
+
+
+@register_config
+def add_amcap_config(cfg: CfgNode) -> None:
+    _A = section(cfg, "AMCAP")
+    _A.ENABLE = False  # add AMCAP's dynamic class prompts to the head
+    _A.GRID = 4  # players: the patch-token grid split into GRID x GRID cells
+    _A.NUM_COALITIONS = 64  # Monte Carlo coalitions per episode (shared by all pairs, frames and videos)
+    _A.EXACT = False  # enumerate all 2^(GRID^2) coalitions instead (small grids / checks only)
+    _A.KEY_FRAMES = 2  # frames (segment centres of the clip) on which interactions are computed
+    _A.EMPTY_VALUE = "zero"  # v(empty coalition): "zero" or "singleton_mean" (mean single-cell value)
+    _A.MERGE_THRESHOLD = 0.0  # adjacent cells merge when their interaction (mean over key frames) exceeds this
+    _A.REGION_SCORE = "value"  # rank regions by "value" (cosine with the anchor) or "interaction" (cohesion)
+    _A.NUM_REGIONS = 4  # regions kept per video
+    _A.TOP_K = 2  # salient regions per (video, class) passed to the prompt generator
+    _A.N_CTX = 4  # generated context embeddings per prompt
+    _A.NUM_HEADS = 4  # attention heads of the prompt generator (must divide the text width)
+    _A.PER_CLASS = True  # support text per class (context averaged over shots) instead of per support video
+    _A.SUPPORT_CLASS_ANCHOR = True  # supports use their class text as Shapley anchor (else the label-free one)
+    _A.ANCHOR_TEMPERATURE = 0.07  # softmax temperature of the label-free anchor over class texts
+    _A.TOKEN_TEMPERATURE = 0.07  # softmax temperature of region -> text-token alignment
+    _A.ALIGN_LOSS_WEIGHT = 0.0  # weight of the support region / class-token alignment loss (0 = off)
+    _A.TEXT_TEMPLATE = "a photo of {}."  # class text for anchors and the tokens regions align to
+    _A.SEED = 0  # seeds the coalitions when the caller passes no generator
+
+
+class AMCAP(nn.Module):
+    """Dynamic class text features from Shapley regions of support and query videos."""
+
+    def __init__(self, embed_dim: int, text_width: int, grid: int = 4, num_coalitions: int = 64,
+                 key_frames: int = 2, num_regions: int = 4, top_k: int = 2, n_ctx: int = 4,
+                 per_class: bool = True, anchor_temperature: float = 0.07, align_loss_weight: float = 0.0,
+                 exact: bool = False, num_heads: int = 4, merge_threshold: float = 0.0,
+                 region_score: str = "value", support_class_anchor: bool = True, token_temperature: float = 0.07,
+                 text_template: str = "a photo of {}.", seed: int = 0, empty_value: str = "zero"):
+        super().__init__()
+        if empty_value not in EMPTY_VALUES:
+            raise ValueError(f"models/amcap/amcap.py: AMCAP.EMPTY_VALUE must be one of {EMPTY_VALUES}, "
+                             f"got '{empty_value}'")
+        if region_score not in REGION_SCORES:
+            raise ValueError(f"models/amcap/amcap.py: AMCAP.REGION_SCORE must be one of {REGION_SCORES}, "
+                             f"got '{region_score}'")
+        for key, value in (("GRID", grid), ("KEY_FRAMES", key_frames), ("NUM_REGIONS", num_regions),
+                           ("TOP_K", top_k), ("NUM_COALITIONS", num_coalitions)):
+            if value < 1:
+                raise ValueError(f"models/amcap/amcap.py: AMCAP.{key} must be >= 1, got {value}")
+        self.grid, self.num_coalitions, self.exact = grid, num_coalitions, exact
+        self.key_frames, self.num_regions, self.top_k = key_frames, num_regions, top_k
+        self.per_class, self.support_class_anchor = per_class, support_class_anchor
+        self.anchor_temperature, self.token_temperature = anchor_temperature, token_temperature
+        self.align_loss_weight, self.merge_threshold = align_loss_weight, merge_threshold
+        self.region_score, self.text_template, self.seed = region_score, text_template, seed
+        self.empty_value = empty_value
+        self.prompt_generator = PromptGenerator(embed_dim, text_width, n_ctx=n_ctx, num_heads=num_heads)
+        self.register_buffer("pairs", grid_adjacent_pairs(grid), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, embed_dim: int, text_width: int) -> dict[str, Any]:
+        a = cfg.AMCAP
+        return dict(embed_dim=embed_dim, text_width=text_width, grid=a.GRID, num_coalitions=a.NUM_COALITIONS,
+                    key_frames=a.KEY_FRAMES, num_regions=a.NUM_REGIONS, top_k=a.TOP_K, n_ctx=a.N_CTX,
+                    per_class=a.PER_CLASS, anchor_temperature=a.ANCHOR_TEMPERATURE,
+                    align_loss_weight=a.ALIGN_LOSS_WEIGHT, exact=a.EXACT, num_heads=a.NUM_HEADS,
+                    merge_threshold=a.MERGE_THRESHOLD, region_score=a.REGION_SCORE,
+                    support_class_anchor=a.SUPPORT_CLASS_ANCHOR, token_temperature=a.TOKEN_TEMPERATURE,
+                    text_template=a.TEXT_TEMPLATE, seed=a.SEED, empty_value=a.EMPTY_VALUE)
+
+    # ------------------------------------------------------------------ steps 2-5 (regions, no gradient)
+    def key_frame_indices(self, num_frames: int) -> Tensor:
+        """Segment centres of `KEY_FRAMES` equal segments (all frames when there are fewer)."""
+        k = min(self.key_frames, num_frames)
+        return ((torch.arange(k) * 2 + 1) * num_frames) // (2 * k)
+
+    def coalitions(self, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """One coalition set per episode, shared by all videos so no video's result depends on another's."""
+        n = self.grid * self.grid
+        if self.exact:
+            return enumerate_coalitions(n)
+        if generator is None:
+            generator = torch.Generator().manual_seed(self.seed)
+        return sample_coalitions(n, self.num_coalitions, generator)
+
+    @staticmethod
+    def label_free_anchor(frame_feats: Tensor, class_feats: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+        """Soft maximum over class texts: frame features [..., D], class texts [C, D] -> (anchor [..., D], weights)."""
+        texts = F.normalize(class_feats, dim=-1)
+        weights = (F.normalize(frame_feats, dim=-1) @ texts.T / temperature).softmax(dim=-1)  # [..., C]
+        return weights @ texts, weights
+
+    @torch.no_grad()
+    def find_regions(self, tokens: Tensor, anchor: Tensor, coalitions: tuple[Tensor, Tensor]) -> dict[str, Any]:
+        """tokens [V, T, h, w, D], anchors [V, K, D] on the key frames -> kept regions and interactions."""
+        v, t, h, w, d = tokens.shape
+        key = tokens[:, self.key_frame_indices(t).to(tokens.device)].float()  # [V, K, h, w, D]
+        anchor = anchor.float()
+        k = key.shape[1]
+        cell_sums, _ = pool_cells(key.reshape(v * k, h, w, d), self.grid)  # [V*K, n, D]
+        masks, weights = coalitions
+        inter = cosine_game_interactions(cell_sums, anchor.reshape(v * k, d), self.pairs, masks, weights,
+                                         self.empty_value)
+        inter = inter.reshape(v, k, -1).mean(dim=1).float()  # [V, P]
+        labels = partition_cells(inter, self.pairs, self.grid * self.grid, self.merge_threshold)
+        if self.region_score == "value":
+            slot_scores = region_values(labels, cell_sums.reshape(v, k, *cell_sums.shape[1:]), anchor)
+        else:
+            slot_scores = region_interactions(labels, inter, self.pairs)
+        regions = keep_top_regions(labels, slot_scores, self.num_regions, self.grid, (h, w))
+        return {"regions": regions, "interactions": inter}
+
+    def _anchors(self, tokens: Tensor, text: ClassText, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Shapley anchors [V, K, D] on the key frames: class text of `labels`, else the label-free soft maximum."""
+        frames = self.key_frame_indices(tokens.shape[1]).to(tokens.device)
+        key_means = tokens[:, frames].detach().float().mean(dim=(2, 3))  # [V, K, D]
+        class_feats = text.features.detach().float()
+        if labels is not None:
+            return F.normalize(class_feats, dim=-1)[labels][:, None].expand_as(key_means), None
+        return self.label_free_anchor(key_means, class_feats, self.anchor_temperature)
+
+    # ------------------------------------------------------------------ steps 5-7 (differentiable)
+    def describe(self, tokens: Tensor, text: ClassText, labels: Tensor | None,
+                 coalitions: tuple[Tensor, Tensor]) -> dict[str, Any]:
+        """Regions, region features and per-class salient regions of a set of videos [V, T, h, w, D]."""
+        anchor, anchor_weights = self._anchors(tokens, text, labels)
+        found = self.find_regions(tokens, anchor, coalitions)
+        regions = found["regions"]
+        feats = region_features(tokens, regions.token_masks)  # [V, R, D]
+        scores = attention_scores(feats, text.token_features)  # [V, C, R, L]
+        selected, saliency, selected_valid = select_salient(scores, regions.valid, text.name_mask, self.top_k)
+        tokens_aligned, top_token = aligned_tokens(scores, selected, text.token_features, text.name_mask,
+                                                   self.token_temperature)
+        picked = feats[:, None].expand(-1, selected.shape[1], -1, -1).gather(
+            2, selected[..., None].expand(-1, -1, -1, feats.shape[-1]))  # [V, C, K, D]
+        return {"regions": regions, "interactions": found["interactions"], "anchor_weights": anchor_weights,
+                "features": feats, "scores": scores, "selected": selected, "saliency": saliency,
+                "selected_valid": selected_valid, "picked": picked, "aligned": tokens_aligned,
+                "top_token": top_token}
+
+    def _context(self, info: dict[str, Any], cls: Tensor | None = None) -> Tensor:
+        """Context for every (video, class) [V, C, n_ctx, W], or for one class per video [V, n_ctx, W]."""
+        picked, aligned, valid = info["picked"], info["aligned"], info["selected_valid"]
+        if cls is not None:
+            rows = torch.arange(picked.shape[0], device=picked.device)
+            return self.prompt_generator(picked[rows, cls], aligned[rows, cls], valid[rows, cls])
+        v, c, k, d = picked.shape
+        ctx = self.prompt_generator(picked.reshape(v * c, k, d), aligned.reshape(v * c, k, d), valid.reshape(v * c, k))
+        return ctx.reshape(v, c, *ctx.shape[1:])
+
+    def _encode_all_classes(self, backbone, ctx: Tensor, text: ClassText) -> Tensor:
+        """ctx [V, C, n_ctx, W] -> text features [V, C, D] of each class's prompt with that video's context."""
+        v, c = ctx.shape[:2]
+        ids = text.prompt_ids[None].expand(v, -1, -1).reshape(v * c, -1)
+        embeds = text.prompt_embeds[None].expand(v, -1, -1, -1).reshape(v * c, *text.prompt_embeds.shape[1:])
+        return encode_prompts(backbone, ctx.reshape(v * c, *ctx.shape[2:]), ids, embeds).reshape(v, c, -1)
+
+    def _align_loss(self, support: dict[str, Any], support_labels: Tensor) -> Tensor:
+        """Cross-entropy of support videos over classes scored by their salient regions' best name-token cosine."""
+        saliency = support["saliency"].gather(2, support["selected"])  # [S, C, K]
+        valid = support["selected_valid"]
+        score = (saliency.masked_fill(~valid, 0.0).sum(-1) / valid.sum(-1).clamp_min(1))  # [S, C]
+        return F.cross_entropy(score / self.token_temperature, support_labels)
+
+    def forward(self, backbone, support_tokens: Tensor, query_tokens: Tensor, class_names: list[str],
+                support_labels: Tensor, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Dynamic class text for supports ([WAY, D] per class or [S, WAY, D]) and queries ([Q, WAY, D]).
+
+        `align_loss` is already multiplied by ALIGN_LOSS_WEIGHT. Query outputs use no label of any video.
+        """
+        way = len(class_names)
+        if bool((support_labels < 0).any()) or bool((support_labels >= way).any()):
+            raise ValueError(f"models/amcap/amcap.py: support_labels must be in 0..{way - 1}")
+        text = build_class_text(backbone, class_names, self.text_template, self.prompt_generator.n_ctx)
+        coalitions = self.coalitions(generator)
+        support = self.describe(support_tokens, text, support_labels if self.support_class_anchor else None,
+                                coalitions)
+        query = self.describe(query_tokens, text, None, coalitions)
+        if self.per_class:
+            counts = torch.bincount(support_labels, minlength=way)
+            if bool((counts == 0).any()):
+                raise ValueError("models/amcap/amcap.py: PER_CLASS needs at least one support video per class")
+            ctx = self._context(support, support_labels)  # [S, n_ctx, W]
+            class_ctx = torch.zeros(way, *ctx.shape[1:], dtype=ctx.dtype, device=ctx.device)
+            class_ctx = class_ctx.index_add(0, support_labels, ctx) / counts[:, None, None].to(ctx.dtype)
+            support_text = encode_prompts(backbone, class_ctx, text.prompt_ids, text.prompt_embeds)  # [WAY, D]
+        else:
+            support_text = self._encode_all_classes(backbone, self._context(support), text)  # [S, WAY, D]
+        query_text = self._encode_all_classes(backbone, self._context(query), text)  # [Q, WAY, D]
+        if self.align_loss_weight > 0:
+            align_loss = self.align_loss_weight * self._align_loss(support, support_labels)
+        else:
+            align_loss = query_text.new_zeros(())
+        diagnostics = {"token_ids": text.token_ids, "name_mask": text.name_mask,
+                       "support": _detach(support), "query": _detach(query)}
+        return {"support_text": support_text, "query_text": query_text, "align_loss": align_loss,
+                "regions": diagnostics}
+
+
+def _detach(info: dict[str, Any]) -> dict[str, Any]:
+    keep = ("interactions", "anchor_weights", "scores", "selected", "saliency", "selected_valid", "top_token")
+    out = {key: info[key].detach() if info[key] is not None else None for key in keep}
+    regions = info["regions"]
+    out.update(labels=regions.labels, cell_masks=regions.cell_masks, token_masks=regions.token_masks,
+               valid=regions.valid, region_scores=regions.scores)
+    return out

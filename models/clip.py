@@ -1,0 +1,284 @@
+"""CLIP backbone on open_clip: per-frame embeddings, dense joint-space patch tokens, and the text encoder.
+
+The wrapper hides open_clip's tower layout from the heads: `encode_frames` gives the global image embedding and,
+in the same pass, the patch-token map projected into the joint image-text space (ViT: tokens through `ln_post`
+and `proj`; RN50: the attention pool's value path applied to every grid cell). The text side takes token ids or
+prompt token *embeddings* (learned prompts), always with gradients flowing through the (possibly frozen) weights.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.factory import load_state_dict
+from open_clip.model import resize_pos_embed
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer, text_global_pool
+from open_clip.utils import freeze_batch_norm_2d
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from models.build import BACKBONE_REGISTRY
+from utils.config import CfgNode, register_config, section
+from utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+# Shipped architectures (FSAR-Tiny-ViT) become ordinary open_clip names.
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+FINETUNE_POLICIES = ("full", "frozen", "last_n")
+# Keys that only OpenAI's released checkpoints carry (TorchScript attributes saved into the state dict).
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@register_config
+def add_clip_backbone_config(cfg: CfgNode) -> None:
+    _H = section(section(cfg, "VIDEO"), "HEAD")
+    _H.BACKBONE_NAME = "ViT-B/16"  # open_clip model name, CLIP-FSAR's RN50 / ViT-B/16, or FSAR-Tiny-ViT (shipped)
+    _H.PRETRAINED = "openai"  # "openai" (open_clip download), a local checkpoint path, or "" for random init
+    _H.FINETUNE = "full"  # image tower policy: full (CLIP-FSAR), frozen, or last_n
+    _H.FINETUNE_LAST_N = 0  # with FINETUNE last_n: number of trainable last blocks (ViT blocks / RN bottlenecks)
+    _H.TRAIN_TEXT_ENCODER = False  # train the text tower too (CLIP-FSAR keeps it frozen; disables the text cache)
+    _T = section(cfg, "TRAIN")
+    _T.GRAD_CHECKPOINT = False  # activation checkpointing of the CLIP image blocks (less memory, ~30% more time)
+
+
+def open_clip_name(name: str) -> str:
+    """CLIP-FSAR / OpenAI spellings ("ViT-B/16") to open_clip's ("ViT-B-16"); other names pass through."""
+    return name.replace("/", "-")
+
+
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives (OpenAI's released .pt files) are zip files with a code/ folder."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
+
+
+def _read_local_checkpoint(path: str) -> tuple[dict[str, Tensor] | None, bool]:
+    """Return (state dict, is_openai_format); the state dict is None for open_clip files (open_clip loads them)."""
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but OpenAI ships it
+            return dict(torch.jit.load(path, map_location="cpu").state_dict()), True
+    state = load_state_dict(path)  # unwraps {"state_dict": ...} and "module." prefixes
+    if any(key in state for key in _OPENAI_EXTRA_KEYS):
+        return state, True
+    return None, False
+
+
+def _create_model(name: str, pretrained: str) -> nn.Module:
+    oc_name = open_clip_name(name)
+    if oc_name not in open_clip.list_models():
+        raise ValueError(f"models/clip.py: VIDEO.HEAD.BACKBONE_NAME '{name}' is not an open_clip model; "
+                         f"known: {', '.join(open_clip.list_models())}")
+    if pretrained == "":
+        return open_clip.create_model(oc_name, pretrained=None)
+    if pretrained == "openai":
+        # OpenAI weights were trained with QuickGELU; open_clip's plain names default to nn.GELU.
+        return open_clip.create_model(oc_name, pretrained="openai", force_quick_gelu=True)
+    path = os.path.expanduser(pretrained)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"models/clip.py: VIDEO.HEAD.PRETRAINED '{pretrained}' is neither 'openai', '' "
+                                f"nor an existing checkpoint file")
+    state, is_openai = _read_local_checkpoint(path)
+    model = open_clip.create_model(oc_name, pretrained=None, force_quick_gelu=is_openai)
+    if not is_openai:
+        open_clip.load_checkpoint(model, path, strict=True)
+        return model
+    for key in _OPENAI_EXTRA_KEYS:
+        state.pop(key, None)
+    resize_pos_embed(state, model)
+    # TorchScript archives also store non-persistent buffers (e.g. the causal mask); the model rebuilds those.
+    transient = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in transient}, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"models/clip.py: checkpoint {path} does not fit {oc_name}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    logger.info("loaded OpenAI-format CLIP weights from %s (QuickGELU)", path)
+    return model
+
+
+class CLIPBackbone(nn.Module):
+    """open_clip CLIP model with the frame/text encoders the FSAR heads need."""
+
+    def __init__(self, name: str, pretrained: str = "", finetune: str = "full", finetune_last_n: int = 0,
+                 grad_checkpoint: bool = False, train_text: bool = False):
+        super().__init__()
+        if finetune not in FINETUNE_POLICIES:
+            raise ValueError(f"models/clip.py: VIDEO.HEAD.FINETUNE must be one of {FINETUNE_POLICIES}, "
+                             f"got '{finetune}'")
+        self.name = name
+        self.model = _create_model(name, pretrained)
+        if not isinstance(self.model, open_clip.CLIP):
+            raise ValueError(f"models/clip.py: {name} builds a {type(self.model).__name__}; only open_clip.CLIP "
+                             f"models (built-in text transformer) are supported")
+        visual = self.model.visual
+        if isinstance(visual, VisionTransformer):
+            if visual.attn_pool is not None or not isinstance(visual.patch_dropout, nn.Identity):
+                raise ValueError(f"models/clip.py: {name}: attentional pooling / patch dropout towers have no "
+                                 f"dense patch grid")
+            self.is_vit = True
+            self.grid_size = tuple(visual.grid_size)
+        elif isinstance(visual, ModifiedResNet):
+            self.is_vit = False
+            side = visual.image_size // 32
+            self.grid_size = (side, side)
+        else:
+            raise ValueError(f"models/clip.py: {name}: unsupported image tower {type(visual).__name__}")
+        preprocess = open_clip.get_model_preprocess_cfg(self.model)
+        size = preprocess["size"]
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        self.image_mean = tuple(float(v) for v in preprocess["mean"])
+        self.image_std = tuple(float(v) for v in preprocess["std"])
+        self.embed_dim = int(visual.output_dim)
+        self.text_width = int(self.model.token_embedding.embedding_dim)
+        self.context_length = int(self.model.context_length)
+        self._tokenizer = open_clip.get_tokenizer(open_clip_name(name))
+        self.finetune, self.finetune_last_n = finetune, finetune_last_n
+        self.grad_checkpoint = grad_checkpoint
+        self.train_text = train_text
+        self._apply_finetune_policy()
+        if grad_checkpoint:
+            self.model.set_grad_checkpointing(True)  # ViT blocks (and text blocks); RN stages are done below
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        head = cfg.VIDEO.HEAD
+        return dict(name=head.BACKBONE_NAME, pretrained=head.PRETRAINED, finetune=head.FINETUNE,
+                    finetune_last_n=head.FINETUNE_LAST_N, grad_checkpoint=cfg.TRAIN.GRAD_CHECKPOINT,
+                    train_text=head.TRAIN_TEXT_ENCODER)
+
+    # ------------------------------------------------------------------ trainability
+    def _visual_blocks(self) -> list[nn.Module]:
+        visual = self.model.visual
+        if self.is_vit:
+            return list(visual.transformer.resblocks)
+        return [block for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4) for block in layer]
+
+    def _apply_finetune_policy(self) -> None:
+        model, visual = self.model, self.model.visual
+        for name, param in model.named_parameters():
+            if not name.startswith("visual."):
+                # Text tower as configured; CLIP's own logit scale/bias are unused (heads own their scales).
+                param.requires_grad_(self.train_text and name not in ("logit_scale", "logit_bias"))
+        if self.finetune == "full":
+            return
+        visual.requires_grad_(False)
+        blocks = self._visual_blocks()
+        if self.finetune == "last_n":
+            if not 0 < self.finetune_last_n <= len(blocks):
+                raise ValueError(f"models/clip.py: VIDEO.HEAD.FINETUNE_LAST_N must be in 1..{len(blocks)} for "
+                                 f"{self.name}, got {self.finetune_last_n}")
+            trainable = blocks[-self.finetune_last_n:]
+            for block in trainable:
+                block.requires_grad_(True)
+            if self.is_vit:
+                visual.ln_post.requires_grad_(True)
+                visual.proj.requires_grad_(True)
+            else:
+                visual.attnpool.requires_grad_(True)
+        else:
+            trainable = []
+        if not self.is_vit:
+            # Frozen ResNet parts must not update BatchNorm statistics either.
+            keep = {id(m) for block in trainable for m in block.modules()}
+            names = {name for name, m in visual.named_modules()
+                     if isinstance(m, nn.BatchNorm2d) and id(m) not in keep}
+            freeze_batch_norm_2d(visual, module_match=names)
+
+    @property
+    def text_trainable(self) -> bool:
+        """True when text features depend on trainable weights (callers must not cache them)."""
+        return self.train_text
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.token_embedding.weight.device
+
+    # ------------------------------------------------------------------ image side
+    def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def encode_frames(self, images: Tensor, dense: bool = False) -> dict[str, Tensor]:
+        """images [N,3,H,W] -> {"global": [N,D]} (+ "tokens": [N,h,w,D] joint-space patch tokens), one pass."""
+        visual = self.model.visual
+        if tuple(images.shape[-2:]) != self.image_size:
+            raise ValueError(f"models/clip.py: {self.name} expects {self.image_size} images, got "
+                             f"{tuple(images.shape[-2:])} (set the data crop size to the model's image size)")
+        h, w = self.grid_size
+        if self.is_vit:
+            x = visual.transformer(visual._embeds(images))  # [N, 1+h*w, width]
+            pooled, tokens = visual._pool(x)  # tokens went through ln_post unless it is applied after pooling
+            out = {"global": pooled @ visual.proj}
+            if dense:
+                if visual.final_ln_after_pool:
+                    tokens = visual.ln_post(tokens)
+                out["tokens"] = (tokens @ visual.proj).reshape(images.shape[0], h, w, -1)  # [N, h, w, D]
+            return out
+        x = images.to(visual.conv1.weight.dtype)
+        for stage in (visual.stem, visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+            x = self._run_stage(stage, x)  # [N, C, h, w] after layer4
+        out = {"global": visual.attnpool(x)}
+        if dense:
+            pool = visual.attnpool
+            grid = x.flatten(2).transpose(1, 2) + pool.positional_embedding[1:].to(x.dtype)  # [N, h*w, C]
+            # Value path only: each cell attends to itself, which is what the pool's output is for one token.
+            out["tokens"] = pool.c_proj(pool.v_proj(grid)).reshape(images.shape[0], h, w, -1)
+        return out
+
+    # ------------------------------------------------------------------ text side
+    def tokenize(self, texts: list[str]) -> Tensor:
+        """[B, L] long token ids on the module's device."""
+        return self._tokenizer(list(texts)).to(self.device)
+
+    def token_embeddings(self, token_ids: Tensor) -> Tensor:
+        """[B, L] ids -> [B, L, text_width] token embeddings (no positional embedding yet)."""
+        return self.model.token_embedding(token_ids)
+
+    def _text_transformer(self, embeddings: Tensor) -> Tensor:
+        model = self.model
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = embeddings.to(cast_dtype) + model.positional_embedding.to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask)
+        return model.ln_final(x)  # [B, L, text_width]
+
+    def _project_text(self, x: Tensor) -> Tensor:
+        proj = self.model.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    def _pool_text(self, x: Tensor, token_ids: Tensor) -> Tensor:
+        model = self.model
+        return text_global_pool(x, token_ids, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+
+    def encode_text_embeddings(self, embeddings: Tensor, token_ids: Tensor) -> Tensor:
+        """[B,L,W] prompt embeddings + [B,L] ids (for the EOT position) -> [B, D]; differentiable w.r.t. inputs."""
+        return self._project_text(self._pool_text(self._text_transformer(embeddings), token_ids))
+
+    def encode_text(self, token_ids: Tensor) -> Tensor:
+        """[B, L] ids -> [B, D] text embeddings (not normalised)."""
+        return self.encode_text_embeddings(self.token_embeddings(token_ids), token_ids)
+
+    def encode_text_tokens(self, token_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """[B, L] ids -> ([B, D] pooled at EOT, [B, L, D] every token through ln_final and the projection)."""
+        x = self._text_transformer(self.token_embeddings(token_ids))
+        tokens = self._project_text(x)
+        return self._pool_text(tokens, token_ids), tokens
+
+    def forward(self, images: Tensor, dense: bool = False) -> dict[str, Tensor]:
+        return self.encode_frames(images, dense=dense)
+
+
+BACKBONE_REGISTRY._do_register("CLIP", CLIPBackbone)  # fvcore registers by __name__ only; the config name is CLIP

@@ -1,0 +1,239 @@
+"""CLIP-FSAR head (CNN_OTAM_CLIPFSAR): CLIP frame features, text prototype modulation, bidirectional OTAM.
+
+Per episode: one backbone pass over support and query frames; a temporal transformer over each query's frames
+and over each support's frames plus one class-text token ("a photo of {name}" through the frozen text encoder);
+shots averaged per class (before the transformer with MERGE_BEFORE); frame distances 1 - cos; OTAM distance in
+both directions; logits = -distance. Training adds USE_CLASSIFICATION_VALUE * CE of video-text logits over all
+classes of the split (learnable scale). At test time EVAL_TEXT / COMBINE use the text logits as CLIP-FSAR does.
+Nothing computed for queries reads their labels: only the loss uses target labels.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.build import HEAD_REGISTRY
+from models.clip import CLIPBackbone
+from models.otam import otam_distance
+from utils.config import CfgNode, register_config, section
+
+FRAME_FEATURES = ("global", "patch_map")
+
+
+@register_config
+def add_clipfsar_config(cfg: CfgNode) -> None:
+    _H = section(section(cfg, "VIDEO"), "HEAD")
+    _H.FRAME_FEATURE = "global"  # frame descriptor: global (CLIP image embedding) or patch_map (centred pooled tokens)
+    _H.PATCH_POOL = 2  # patch_map: tokens average-pooled to PATCH_POOL x PATCH_POOL cells (descriptor D*P*P)
+    _H.PROJ_DIM = 0  # >0: learned linear map of frame descriptors (and text) to this width before the transformer
+    _H.TRANSFORMER_DEPTH = 1  # temporal transformer blocks (shared by queries and text-modulated supports)
+    _H.TRANSFORMER_HEADS = 8  # attention heads of the temporal transformer
+    _H.TRANSFORMER_MLP_DIM = 2048  # hidden width of its feed-forward layers (CLIP-FSAR: 2048)
+    _H.TRANSFORMER_DROPOUT = 0.2  # attention dropout (CLIP-FSAR: 0.2)
+    _H.TRANSFORMER_FFN_DROPOUT = 0.05  # feed-forward dropout (CLIP-FSAR: 0.05)
+    _H.PROMPT_TEMPLATE = "a photo of {}"  # text prompt; {} is replaced by the class name
+    _H.OTAM_LAMBDA = 0.5  # OTAM soft-minimum temperature
+    _T = section(cfg, "TRAIN")
+    _T.USE_CLASSIFICATION = True  # add the video-text loss over all classes of the split
+    _T.USE_CLASSIFICATION_VALUE = 1.0  # its weight (CLIP-FSAR configs use 1.5 to 3.0)
+    _T.MERGE_BEFORE = False  # average shots per class before the temporal transformer (else after)
+    _T.SINGLE_DIRECT = False  # OTAM query->support only (else bidirectional)
+    _T.EVAL_TEXT = False  # test time: classify queries by video-text similarity only
+    _T.COMBINE = False  # test time: p_text^TEXT_COFF * p_visual^(1 - TEXT_COFF)
+    _T.TEXT_COFF = 0.9  # COMBINE: exponent of the text probabilities (CLIP-FSAR's default 0.9)
+
+
+class TemporalBlock(nn.Module):
+    """Pre-norm self-attention + feed-forward block (fused attention via nn.MultiheadAttention)."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, attn_dropout: float, ffn_dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"models/heads/clipfsar.py: transformer width {dim} is not divisible by "
+                             f"VIDEO.HEAD.TRANSFORMER_HEADS={heads}")
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=attn_dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(ffn_dropout),
+                                 nn.Linear(mlp_dim, dim), nn.Dropout(ffn_dropout))
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, L, dim]
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.ffn(self.norm2(x))
+
+
+def class_means(features: Tensor, labels: Tensor, way: int) -> Tensor:
+    """Average [S, ...] features per episode label 0..way-1 -> [way, ...] (vectorised, no per-class loop)."""
+    onehot = F.one_hot(labels.long(), way).to(features.dtype)  # [S, way]
+    counts = onehot.sum(0).clamp_min(1)
+    flat = features.reshape(features.shape[0], -1)
+    return ((onehot.t() @ flat) / counts[:, None]).reshape(way, *features.shape[1:])
+
+
+def cosine_logits(a: Tensor, b: Tensor) -> Tensor:
+    return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).t()
+
+
+@HEAD_REGISTRY.register()
+class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered name)
+    def __init__(self, *, backbone: CLIPBackbone, frame_feature: str = "global", patch_pool: int = 2,
+                 proj_dim: int = 0, transformer_depth: int = 1, transformer_heads: int = 8,
+                 transformer_mlp_dim: int = 2048, transformer_dropout: float = 0.2,
+                 transformer_ffn_dropout: float = 0.05, prompt_template: str = "a photo of {}",
+                 otam_lambda: float = 0.5, use_classification: bool = True, classification_weight: float = 1.0,
+                 merge_before: bool = False, single_direct: bool = False, eval_text: bool = False,
+                 combine: bool = False, text_coff: float = 0.9):
+        super().__init__()
+        if frame_feature not in FRAME_FEATURES:
+            raise ValueError(f"models/heads/clipfsar.py: VIDEO.HEAD.FRAME_FEATURE must be one of {FRAME_FEATURES}, "
+                             f"got '{frame_feature}'")
+        if "{}" not in prompt_template:
+            raise ValueError(f"models/heads/clipfsar.py: VIDEO.HEAD.PROMPT_TEMPLATE needs a '{{}}' for the class "
+                             f"name, got '{prompt_template}'")
+        self.backbone = backbone
+        self.frame_feature, self.patch_pool = frame_feature, patch_pool
+        self.prompt_template, self.otam_lambda = prompt_template, otam_lambda
+        self.use_classification, self.classification_weight = use_classification, classification_weight
+        self.merge_before, self.single_direct = merge_before, single_direct
+        self.eval_text, self.combine, self.text_coff = eval_text, combine, text_coff
+
+        embed_dim = backbone.embed_dim
+        descriptor_dim = embed_dim * patch_pool * patch_pool if frame_feature == "patch_map" else embed_dim
+        self.model_dim = proj_dim if proj_dim > 0 else descriptor_dim
+        self.frame_proj = nn.Linear(descriptor_dim, proj_dim) if proj_dim > 0 else nn.Identity()
+        # CLIP-FSAR feeds the raw text embedding (same joint space as the global frame embedding). Any other
+        # descriptor needs a learned map; a text vector tiled over cells would be erased by the centring.
+        lineage_text = frame_feature == "global" and proj_dim <= 0
+        self.text_proj = nn.Identity() if lineage_text else nn.Linear(embed_dim, self.model_dim)
+        self.temporal = nn.Sequential(*[
+            TemporalBlock(self.model_dim, transformer_heads, transformer_mlp_dim, transformer_dropout,
+                          transformer_ffn_dropout) for _ in range(transformer_depth)])
+        self.text_logit_scale = nn.Parameter(torch.ones(()))  # CLIP-FSAR's learnable `scale`, initialised to 1
+        self._text_cache: dict[str, Tensor] = {}
+        # Loaded weights may change the text tower; cached features would then be stale.
+        self.register_load_state_dict_post_hook(lambda module, keys: module.clear_text_cache())
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        head, train = cfg.VIDEO.HEAD, cfg.TRAIN
+        return dict(
+            backbone=CLIPBackbone(**CLIPBackbone.from_config(cfg)), frame_feature=head.FRAME_FEATURE,
+            patch_pool=head.PATCH_POOL, proj_dim=head.PROJ_DIM, transformer_depth=head.TRANSFORMER_DEPTH,
+            transformer_heads=head.TRANSFORMER_HEADS, transformer_mlp_dim=head.TRANSFORMER_MLP_DIM,
+            transformer_dropout=head.TRANSFORMER_DROPOUT, transformer_ffn_dropout=head.TRANSFORMER_FFN_DROPOUT,
+            prompt_template=head.PROMPT_TEMPLATE, otam_lambda=head.OTAM_LAMBDA,
+            use_classification=train.USE_CLASSIFICATION, classification_weight=train.USE_CLASSIFICATION_VALUE,
+            merge_before=train.MERGE_BEFORE, single_direct=train.SINGLE_DIRECT, eval_text=train.EVAL_TEXT,
+            combine=train.COMBINE, text_coff=train.TEXT_COFF)
+
+    def param_groups(self) -> list[dict]:
+        """Trainable parameters split into the backbone (own lr multiplier in the solver) and the head."""
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        head = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        return [dict(params=backbone, name="backbone"), dict(params=head, name="head")]
+
+    # ------------------------------------------------------------------ text
+    def clear_text_cache(self) -> None:
+        self._text_cache.clear()
+
+    def class_text_features(self, names: list[str]) -> Tensor:
+        """[N, D] text embeddings of `prompt_template` filled with each name; cached while the text tower is frozen."""
+        if self.backbone.text_trainable:
+            return self.backbone.encode_text(self.backbone.tokenize([self.prompt_template.format(n) for n in names]))
+        missing = sorted({n for n in names if n not in self._text_cache})
+        if missing:
+            device_type = self.backbone.device.type
+            # Cached once per name, so computed in full precision whatever autocast context this call is in.
+            with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
+                ids = self.backbone.tokenize([self.prompt_template.format(n) for n in missing])
+                features = self.backbone.encode_text(ids).float()
+            self._text_cache.update(zip(missing, features, strict=True))
+        device = self.text_logit_scale.device
+        return torch.stack([self._text_cache[n].to(device) for n in names])
+
+    # ------------------------------------------------------------------ encode
+    def encode_videos(self, videos: Tensor) -> dict[str, Tensor]:
+        """videos [B,T,3,H,W] -> {"frames": [B,T,F] descriptors, "video_text": [B,T,D] joint-space embeddings}."""
+        num_videos, num_frames = videos.shape[:2]
+        out = self.backbone.encode_frames(videos.flatten(0, 1), dense=self.frame_feature == "patch_map")
+        if self.frame_feature == "global":
+            frames = video_text = out["global"]  # [N, D]
+        else:
+            tokens = out["tokens"].permute(0, 3, 1, 2)  # [N, D, h, w]
+            video_text = tokens.mean(dim=(2, 3))  # the mean token: the part of the map centring removes
+            cells = F.adaptive_avg_pool2d(tokens, self.patch_pool).flatten(2)  # [N, D, P*P]
+            frames = (cells - cells.mean(dim=2, keepdim=True)).flatten(1)  # centred per channel, [N, D*P*P]
+        return {"frames": frames.reshape(num_videos, num_frames, -1),
+                "video_text": video_text.reshape(num_videos, num_frames, -1)}
+
+    # ------------------------------------------------------------------ episode math
+    def _prototypes(self, support: Tensor, text_tokens: Tensor, labels: Tensor, way: int) -> Tensor:
+        """support [S,T,d], text_tokens [S,d] -> class prototypes [way,T,d] modulated by the class text."""
+        num_frames = support.shape[1]
+        if self.merge_before:
+            support, text_tokens, labels = (class_means(support, labels, way), class_means(text_tokens, labels, way),
+                                            torch.arange(way, device=labels.device))
+        modulated = self.temporal(torch.cat([support, text_tokens[:, None]], dim=1))[:, :num_frames]
+        return modulated if self.merge_before else class_means(modulated, labels, way)
+
+    def _otam_distances(self, queries: Tensor, prototypes: Tensor) -> Tensor:
+        """queries [Q,T,d], prototypes [C,T,d] -> OTAM distances [Q, C] over frame distances 1 - cos."""
+        q = F.normalize(queries.float(), dim=-1)
+        p = F.normalize(prototypes.float(), dim=-1)
+        frame_dists = 1 - torch.einsum("qtd,csd->qcts", q, p)  # [Q, C, Tq, Ts]
+        return otam_distance(frame_dists, self.otam_lambda, bidirectional=not self.single_direct)
+
+    def forward_features(self, support_feats: dict[str, Tensor], target_feats: dict[str, Tensor],
+                         episode: dict) -> dict[str, Any]:
+        """Episode math on `encode_videos` outputs; returns logits [Q, WAY] and (training) the losses."""
+        support_labels = episode["support_labels"].long()
+        class_names = list(episode["class_names"])
+        way = len(class_names)
+        class_text = self.class_text_features(class_names)  # [WAY, D]
+        support = self.frame_proj(support_feats["frames"])
+        queries = self.temporal(self.frame_proj(target_feats["frames"]))
+        text_tokens = self.text_proj(class_text.to(support.dtype))[support_labels]  # [S, d]
+        prototypes = self._prototypes(support, text_tokens, support_labels, way)
+        dists = self._otam_distances(queries, prototypes)  # [Q, WAY]
+        logits = -dists
+        if not self.training and (self.eval_text or self.combine):
+            query_text = target_feats["video_text"].float().mean(1)  # [Q, D]
+            text_probs = F.softmax(self.text_logit_scale * cosine_logits(query_text, class_text), dim=1)
+            if self.eval_text:
+                logits = text_probs
+            else:
+                num_frames = queries.shape[1]  # CLIP-FSAR's constant 8 is its number of frames
+                visual_probs = F.softmax((num_frames - dists) / num_frames, dim=1)
+                logits = text_probs.pow(self.text_coff) * visual_probs.pow(1.0 - self.text_coff)
+        output: dict[str, Any] = {"logits": logits, "losses": {}}
+        if self.training:
+            output["losses"] = self._losses(logits, support_feats, target_feats, episode)
+            output["loss"] = sum(output["losses"].values())
+        return output
+
+    def _losses(self, logits: Tensor, support_feats: dict[str, Tensor], target_feats: dict[str, Tensor],
+                episode: dict) -> dict[str, Tensor]:
+        losses = {"otam_ce": F.cross_entropy(logits, episode["target_labels"].long())}
+        if self.use_classification and self.classification_weight:
+            if "split_class_names" not in episode:
+                raise KeyError("models/heads/clipfsar.py: TRAIN.USE_CLASSIFICATION needs episode['split_class_names']")
+            split_text = self.class_text_features(list(episode["split_class_names"]))  # [N_split, D]
+            video_text = torch.cat([support_feats["video_text"], target_feats["video_text"]]).float().mean(1)
+            class_logits = self.text_logit_scale * cosine_logits(video_text, split_text)
+            real_labels = torch.cat([episode["real_support_labels"], episode["real_target_labels"]]).long()
+            losses["video_text_ce"] = self.classification_weight * F.cross_entropy(class_logits, real_labels)
+        return losses
+
+    def forward(self, episode: dict) -> dict[str, Any]:
+        """One backbone pass over cat(support, target) videos, then `forward_features`."""
+        support, target = episode["support_set"], episode["target_set"]
+        feats = self.encode_videos(torch.cat([support, target]))
+        num_support = support.shape[0]
+        support_feats = {k: v[:num_support] for k, v in feats.items()}
+        target_feats = {k: v[num_support:] for k, v in feats.items()}
+        return self.forward_features(support_feats, target_feats, episode)

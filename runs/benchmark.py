@@ -1,0 +1,155 @@
+"""Benchmarks, one subcommand each: `python runs/benchmark.py <name> [options]`.
+
+    data   episodes/s of the episodic loader (decode resized vs full resolution then resize)
+
+Each subcommand prints a small table and, with `--json OUT`, writes its numbers (medians over repeats).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Sequence
+
+if __package__ in (None, ""):  # `python runs/benchmark.py`: make the project root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import simplejson as json  # noqa: E402
+
+from datasets.video import DecordSource, OpenedVideo, VideoSource, resize_frames, resized_size  # noqa: E402
+
+
+def write_json(path: str, data: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class _FullResolutionVideo(OpenedVideo):
+    def __init__(self, video: OpenedVideo, size: tuple[int, int]):
+        self.inner, self.path, self.num_frames = video, video.path, video.num_frames
+        self.width, self.height, self.size = video.width, video.height, size
+
+    def frames(self, indices: Sequence[int]):
+        return resize_frames(self.inner.frames(indices), self.size)
+
+
+class FullResolutionThenResize(VideoSource):
+    """The baseline: decord decodes the sampled frames at full resolution, torch resizes them."""
+
+    def __init__(self, num_threads: int = 1):
+        self.decord = DecordSource(num_threads=num_threads)
+
+    def open(self, path: str, short_side: int) -> OpenedVideo:
+        video = self.decord.open(path, 0)
+        return _FullResolutionVideo(video, resized_size(video.width, video.height, short_side))
+
+
+def _data_cfg(root: str, way: int, shot: int, query: int, workers: int):
+    from utils.config import load_config
+
+    return load_config(None, [
+        "DATA.DATASET", "Synthetic_few_shot", "DATA.ANNO_DIR", root, "DATA.DATA_ROOT_DIR", root,
+        "DATA.NUM_INPUT_FRAMES", "8", "DATA.TRAIN_CROP_SIZE", "224", "DATA.TRAIN_JITTER_SCALES", "[256, 320]",
+        "DATA.NUM_WORKERS", str(workers), "DATA.PIN_MEMORY", "False",
+        "TRAIN.WAY", str(way), "TRAIN.SHOT", str(shot), "TRAIN.QUERY_PER_CLASS", str(query),
+    ])
+
+
+def episodes_per_second(cfg, episodes: int, source: VideoSource, offset: int) -> float:
+    """Steady-state rate: the clock starts when the first episode arrives (worker start-up excluded)."""
+    from datasets import build_loader
+
+    loader = build_loader(cfg, "train", range(offset, offset + episodes + 1), video_source=source)
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    count = sum(1 for _ in iterator)
+    elapsed = time.perf_counter() - start
+    del iterator, loader
+    return count / elapsed
+
+
+def bench_data(args: argparse.Namespace) -> dict:
+    """Episodes/s for decode-resized (the loader's reader) vs full resolution then resize, 0 and N workers."""
+    from datasets.synthetic import make_synthetic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.root or os.path.join(tmp, "synthetic")
+        if not os.path.isfile(os.path.join(root, "train_few_shot.txt")):
+            print(f"generating synthetic videos ({args.size}x{args.size}, {args.frames} frames) in {root} ...")
+            make_synthetic(root, classes=15, videos_per_class=args.shot + args.query + 1, frames=args.frames,
+                           size=args.size, seed=0)
+        methods: dict[str, Callable[[], VideoSource]] = {
+            "decode_resized": lambda: DecordSource(num_threads=1),
+            "full_res_then_resize": lambda: FullResolutionThenResize(num_threads=1),
+        }
+        results: dict[str, dict] = {}
+        for workers in args.workers:
+            cfg = _data_cfg(root, args.way, args.shot, args.query, workers)
+            for name, make_source in methods.items():
+                # Each repeat reads different episodes, so the page cache favours neither method.
+                rates = [episodes_per_second(cfg, args.episodes, make_source(), offset=r * 1000)
+                         for r in range(args.repeats)]
+                results[f"{name}/workers={workers}"] = {"method": name, "workers": workers,
+                                                        "episodes_per_s": statistics.median(rates), "runs": rates}
+    rows = [["workers", "decode_resized ep/s", "full_res_then_resize ep/s", "ratio"]]
+    summary = {}
+    for workers in args.workers:
+        fast = results[f"decode_resized/workers={workers}"]["episodes_per_s"]
+        slow = results[f"full_res_then_resize/workers={workers}"]["episodes_per_s"]
+        summary[str(workers)] = {"decode_resized": fast, "full_res_then_resize": slow, "ratio": fast / slow}
+        rows.append([str(workers), f"{fast:.2f}", f"{slow:.2f}", f"{fast / slow:.2f}x"])
+    print(f"episodes: {args.way}-way {args.shot}-shot {args.query}-query, 8 frames, 224 px crop, short side "
+          f"256-320; videos {args.size}x{args.size}, {args.frames} frames (mp4); median of {args.repeats} x "
+          f"{args.episodes} episodes; {os.cpu_count()} CPUs")
+    print_table(rows)
+    out = {"benchmark": "data", "video_size": args.size, "video_frames": args.frames, "way": args.way,
+           "shot": args.shot, "query": args.query, "episodes": args.episodes, "repeats": args.repeats,
+           "cpus": os.cpu_count(), "results": results, "summary": summary}
+    write_json(args.json, out)
+    return out
+
+
+def add_data_parser(subparsers) -> None:
+    p = subparsers.add_parser("data", help="episodic loader throughput: decode resized vs full res + resize")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (the median is reported)")
+    p.add_argument("--episodes", type=int, default=6, help="episodes per timed run")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to compare")
+    p.add_argument("--size", type=int, default=480, help="side of the generated square videos (pixels)")
+    p.add_argument("--frames", type=int, default=48, help="frames per generated video")
+    p.add_argument("--root", default="", help="existing synthetic benchmark to read (default: generate one)")
+    p.add_argument("--way", type=int, default=5)
+    p.add_argument("--shot", type=int, default=1)
+    p.add_argument("--query", type=int, default=5)
+    p.add_argument("--json", default="", help="write the results here")
+    p.set_defaults(func=bench_data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_data_parser(subparsers)
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Gather the results.json of many runs into one ablation table (Markdown and CSV).
+
+`python runs/summarize.py RUNS_DIR [--out table]`: every run folder below RUNS_DIR that holds a results.json
+becomes a row; the config keys whose values differ between runs become columns, next to benchmark, shot and
+test accuracy ± 95% CI.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import pandas as pd
+import simplejson as json
+import yaml
+
+# Keys that always differ between runs and say nothing about the method.
+IGNORED_KEYS = {"OUTPUT_DIR", "TEST.CHECKPOINT_FILE_PATH"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def find_results(root: str) -> list[str]:
+    found = []
+    for folder, _, files in os.walk(root):
+        if "results.json" in files:
+            found.append(os.path.join(folder, "results.json"))
+    return sorted(found)
+
+
+def load_runs(root: str) -> list[dict]:
+    runs = []
+    for path in find_results(root):
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+        for key in ("accuracy", "ci95", "config"):
+            if key not in result:
+                raise ValueError(f"{path}: not a results.json of this framework (no '{key}')")
+        runs.append({"path": path, "result": result, "config": flatten(yaml.safe_load(result["config"]))})
+    return runs
+
+
+def build_table(runs: list[dict]) -> pd.DataFrame:
+    """One row per run: run name, benchmark, shot, differing config keys, accuracy and CI."""
+    if not runs:
+        raise ValueError("no results.json found")
+    keys = sorted({k for run in runs for k in run["config"]} - IGNORED_KEYS)
+    differing = [k for k in keys if len({run["config"].get(k) for run in runs}) > 1]
+    rows = []
+    for run in runs:
+        cfg, res = run["config"], run["result"]
+        row = {"run": os.path.basename(os.path.dirname(run["path"])),
+               "benchmark": cfg.get("DATA.DATASET", "?"),
+               "shot": cfg.get("TRAIN.SHOT_TEST") or cfg.get("TRAIN.SHOT"),
+               "head": cfg.get("VIDEO.HEAD.NAME", "?")}
+        row.update({k: cfg.get(k) for k in differing if k not in ("DATA.DATASET", "VIDEO.HEAD.NAME")})
+        row["accuracy"] = f"{res['accuracy']:.2f} ± {res['ci95']:.2f}"
+        row["episodes"] = res.get("episodes")
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["benchmark", "shot", "run"]).reset_index(drop=True)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir")
+    parser.add_argument("--out", default="", help="write OUT.md and OUT.csv (default: RUNS_DIR/summary)")
+    args = parser.parse_args(argv)
+    table = build_table(load_runs(args.runs_dir))
+    out = args.out or os.path.join(args.runs_dir, "summary")
+    table.to_csv(out + ".csv", index=False)
+    markdown = table.to_markdown(index=False)
+    with open(out + ".md", "w", encoding="utf-8") as f:
+        f.write(markdown + "\n")
+    print(markdown)
+    print(f"\nwrote {out}.md and {out}.csv", file=sys.stderr)
+    return table
+
+
+if __name__ == "__main__":
+    main()

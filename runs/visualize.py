@@ -1,0 +1,184 @@
+"""Pictures of models and runs: `python runs/visualize.py <command> [options] [KEY VALUE ...]`.
+
+Commands:
+  regions   a video's frames with AMCAP's Shapley regions, its salient regions for the best-matching class,
+            and the class-name tokens each salient region aligns with:
+            python runs/visualize.py regions --cfg <yaml> --video <mp4> --classes "a,b,c" --out regions.png
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from datasets.sampling import segment_indices
+from datasets.splits import read_class_names, split_files
+from models.amcap import AMCAP, build_class_text
+from models.clip import CLIPBackbone
+from utils.config import CfgNode, load_config
+from utils.seeding import seed_everything
+
+TOKENS_PER_REGION = 3  # aligned tokens listed beside each salient region
+
+
+# ---------------------------------------------------------------------------------------------- regions
+def read_frames(path: str, num_frames: int, size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
+    """uint8 [T, H, W, 3] frames at segment centres, resized to `size` (H, W) by decord; and their indices."""
+    import decord
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"runs/visualize.py: --video {path} not found")
+    reader = decord.VideoReader(path, width=size[1], height=size[0])
+    indices = segment_indices(len(reader), num_frames, train=False, generator=None)
+    return reader.get_batch(indices).asnumpy(), indices
+
+
+def episode_class_names(cfg: CfgNode, classes: str, split: str) -> list[str]:
+    """`--classes "a,b,c"`, or every class name of `split` in DATA.ANNO_DIR."""
+    if classes.strip():
+        names = [name.strip() for name in classes.split(",") if name.strip()]
+    else:
+        if not cfg.DATA.ANNO_DIR:
+            raise ValueError("runs/visualize.py: give --classes \"a,b,c\" or set DATA.ANNO_DIR for the split's names")
+        names = read_class_names(split_files(cfg.DATA.ANNO_DIR, split)[1])
+    if not names:
+        raise ValueError("runs/visualize.py: --classes names no class")
+    return names
+
+
+@torch.no_grad()
+def analyse_video(cfg: CfgNode, backbone: CLIPBackbone, frames: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Backbone tokens and AMCAP's query-side regions (label-free anchor) of one video's frames [T, H, W, 3]."""
+    mean = torch.tensor(backbone.image_mean)[:, None, None]
+    std = torch.tensor(backbone.image_std)[:, None, None]
+    images = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    tokens = backbone.encode_frames(images.to(backbone.device), dense=True)["tokens"][None]  # [1, T, h, w, D]
+    amcap = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width)).to(backbone.device).eval()
+    text = build_class_text(backbone, class_names, amcap.text_template, amcap.prompt_generator.n_ctx)
+    info = amcap.describe(tokens, text, None, amcap.coalitions(None))
+    best_class = int(info["anchor_weights"][0].mean(dim=0).argmax())
+    key_frames = amcap.key_frame_indices(frames.shape[0]).tolist()
+    return {"info": info, "text": text, "best_class": best_class, "key_frames": key_frames,
+            "class_weights": info["anchor_weights"][0].mean(dim=0).cpu()}
+
+
+def _decode_token(token_id: int) -> str:
+    from open_clip.tokenizer import decode
+
+    return decode(torch.tensor([token_id])).strip()
+
+
+def region_token_lines(analysis: dict[str, Any], class_names: list[str]) -> list[tuple[int, str]]:
+    """(region slot, "S<k> ...: 'token' score, ...") for each salient region of the best class."""
+    info, text, c = analysis["info"], analysis["text"], analysis["best_class"]
+    lines = []
+    for k, (slot, ok) in enumerate(zip(info["selected"][0, c].tolist(), info["selected_valid"][0, c].tolist(),
+                                       strict=True)):
+        if not ok:
+            continue
+        row = info["scores"][0, c, slot].masked_fill(~text.name_mask[c], float("-inf"))
+        top = row.topk(min(TOKENS_PER_REGION, int(text.name_mask[c].sum())))
+        words = ", ".join(f"'{_decode_token(int(text.token_ids[c, pos]))}' {score:.2f}"
+                          for score, pos in zip(top.values.tolist(), top.indices.tolist(), strict=True))
+        lines.append((slot, f"S{k + 1} (region {slot + 1}): {words}"))
+    return lines
+
+
+def draw_regions(frames: np.ndarray, frame_indices: Sequence[int], analysis: dict[str, Any],
+                 class_names: list[str], out: str) -> None:
+    """Frames with kept regions (tinted, outlined), salient ones outlined thick and tagged, tokens beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info = analysis["info"]
+    masks = info["regions"].token_masks[0].cpu().numpy()  # [R, h, w]
+    valid = info["regions"].valid[0].cpu().tolist()
+    lines = region_token_lines(analysis, class_names)
+    salient = {slot: f"S{k + 1}" for k, (slot, _) in enumerate(lines)}
+    t, height, width = frames.shape[:3]
+    cols = math.ceil(t / 2)
+    fig = plt.figure(figsize=(2.2 * cols + 5.0, 4.8))
+    grid = fig.add_gridspec(2, cols + 1, width_ratios=[1] * cols + [2.3])
+    colours = plt.get_cmap("tab10")
+    scale_y, scale_x = height / masks.shape[1], width / masks.shape[2]
+    for i in range(t):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        ax.imshow(frames[i])
+        for slot, mask in enumerate(masks):
+            if not valid[slot]:
+                continue
+            big = np.kron(mask, np.ones((math.ceil(scale_y), math.ceil(scale_x))))[:height, :width]
+            colour = colours(slot % 10)
+            ax.imshow(np.dstack([np.broadcast_to(colour[:3], (*big.shape, 3)), big * 0.35]))
+            ax.contour(big, levels=[0.5], colors=[colour], linewidths=2.5 if slot in salient else 0.8)
+            if slot in salient:
+                ys, xs = np.nonzero(big)
+                ax.text(xs.mean(), ys.mean(), salient[slot], color="white", fontsize=8, ha="center",
+                        va="center", bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0})
+        key = " (key)" if i in analysis["key_frames"] else ""
+        ax.set_title(f"frame {frame_indices[i]}{key}", fontsize=8)
+        ax.axis("off")
+    panel = fig.add_subplot(grid[:, cols])
+    panel.axis("off")
+    weights = analysis["class_weights"]
+    top_classes = weights.topk(min(5, len(class_names)))
+    summary = [f"best class: {class_names[analysis['best_class']]}", "", "anchor weights:"]
+    summary += [f"  {class_names[c]}: {w:.2f}" for w, c in zip(top_classes.values.tolist(),
+                                                                top_classes.indices.tolist(), strict=True)]
+    summary += ["", f"regions kept: {sum(valid)} (outlined), salient (thick):"]
+    summary += [line for _, line in lines]
+    panel.text(0.0, 1.0, "\n".join(summary), va="top", ha="left", fontsize=8, family="monospace", wrap=True)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def run_regions(args: argparse.Namespace) -> int:
+    cfg = load_config(args.cfg or None, args.opts)
+    seed_everything(cfg.RANDOM_SEED)  # a random-init backbone (PRETRAINED "") is then the same on every call
+    class_names = episode_class_names(cfg, args.classes, args.split)
+    backbone = CLIPBackbone(**CLIPBackbone.from_config(cfg)).eval()
+    num_frames = cfg.DATA.NUM_INPUT_FRAMES if args.frames <= 0 else args.frames
+    frames, indices = read_frames(args.video, num_frames, backbone.image_size)
+    analysis = analyse_video(cfg, backbone, frames, class_names)
+    draw_regions(frames, indices, analysis, class_names, args.out)
+    kept = int(analysis["info"]["regions"].valid.sum())
+    print(f"wrote {args.out}: {kept} regions kept, best class '{class_names[analysis['best_class']]}'")
+    return 0
+
+
+def add_regions_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("regions", help="AMCAP Shapley and salient regions of one video")
+    p.add_argument("--cfg", default="", help="config YAML (defaults plus KEY VALUE pairs when omitted)")
+    p.add_argument("--video", required=True, help="video file (decord)")
+    p.add_argument("--classes", default="", help='comma-separated class names, e.g. "a,b,c"')
+    p.add_argument("--split", default="test", help="without --classes: use this split's names from DATA.ANNO_DIR")
+    p.add_argument("--frames", type=int, default=0, help="frames to sample (0 = DATA.NUM_INPUT_FRAMES)")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    p.set_defaults(func=run_regions)
+
+
+# ---------------------------------------------------------------------------------------------- dispatcher
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runs/visualize.py", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_regions_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""AMCAP prompts and the composed module (models/amcap/prompts.py, amcap.py) on the tiny CLIP config."""
+import pytest
+import torch
+
+from models.amcap import AMCAP, build_class_text, encode_prompts
+from models.clip import CLIPBackbone
+from utils.config import get_cfg
+
+WAY, SHOT, QUERY_PER_CLASS, FRAMES = 3, 2, 2, 8
+NAMES = ["jumping jacks", "pushing something from left to right", "archery"]
+
+
+@pytest.fixture(scope="module")
+def backbone() -> CLIPBackbone:
+    torch.manual_seed(0)
+    return CLIPBackbone("FSAR-Tiny-ViT", finetune="frozen").eval()
+
+
+@pytest.fixture(scope="module")
+def episode_tokens(backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense tokens of random support and query videos, [S, T, 8, 8, 64] and [Q, T, 8, 8, 64]."""
+    gen = torch.Generator().manual_seed(0)
+    videos = WAY * (SHOT + QUERY_PER_CLASS)
+    with torch.no_grad():
+        tokens = backbone.encode_frames(torch.randn(videos * FRAMES, 3, 64, 64, generator=gen), dense=True)["tokens"]
+    tokens = tokens.reshape(videos, FRAMES, *tokens.shape[1:])
+    return tokens[:WAY * SHOT], tokens[WAY * SHOT:]
+
+
+def _support_labels() -> torch.Tensor:
+    return torch.arange(WAY).repeat_interleave(SHOT)  # class-major, like the episode dict
+
+
+def _module(backbone, **kwargs) -> AMCAP:
+    torch.manual_seed(0)
+    return AMCAP(backbone.embed_dim, backbone.text_width, **kwargs)
+
+
+def test_config_keys_build_the_module(backbone):
+    cfg = get_cfg()
+    assert cfg.AMCAP.ENABLE is False
+    module = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width))
+    assert module.grid == cfg.AMCAP.GRID and module.prompt_generator.n_ctx == cfg.AMCAP.N_CTX
+
+
+def test_name_mask_marks_the_class_name_tokens(backbone):
+    text = build_class_text(backbone, NAMES, "a photo of {}.", n_ctx=4)
+    # "<sot> a photo of jumping jacks . <eot>": the name is at positions 4 and 5
+    assert text.name_mask[0].nonzero().flatten().tolist() == [4, 5]
+    assert text.name_mask.shape == text.token_ids.shape and text.features.shape == (WAY, backbone.embed_dim)
+
+
+def test_prompt_with_placeholder_embeddings_equals_encoding_the_text(backbone):
+    text = build_class_text(backbone, NAMES, "a photo of {}.", n_ctx=4)
+    ctx = text.prompt_embeds[:, 1:5]  # the X embeddings themselves: the CoOp splice must be the identity
+    with torch.no_grad():
+        spliced = encode_prompts(backbone, ctx, text.prompt_ids, text.prompt_embeds)
+        direct = backbone.encode_text(text.prompt_ids)
+    assert torch.allclose(spliced, direct, atol=1e-5)
+
+
+def test_one_backward_gives_every_prompt_generator_parameter_a_gradient(backbone, episode_tokens):
+    module = _module(backbone, align_loss_weight=0.5)
+    support, query = (t.clone().requires_grad_(True) for t in episode_tokens)
+    out = module(backbone, support, query, NAMES, _support_labels())
+    assert out["support_text"].shape == (WAY, backbone.embed_dim)
+    assert out["query_text"].shape == (WAY * QUERY_PER_CLASS, WAY, backbone.embed_dim)
+    assert out["align_loss"].item() > 0
+    target = torch.randn_like(out["query_text"])
+    loss = (out["query_text"] * target).sum() + out["support_text"].square().sum() + out["align_loss"]
+    loss.backward()
+    for name, param in module.prompt_generator.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert support.grad.abs().sum() > 0  # region features carry gradient back to the visual tokens
+
+
+def test_query_text_uses_no_label(backbone, episode_tokens):
+    module = _module(backbone)
+    support, query = episode_tokens
+    order = torch.randperm(len(query), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        base = module(backbone, support, query, NAMES, _support_labels())
+        relabelled = module(backbone, support, query, NAMES, _support_labels().roll(SHOT))
+        permuted = module(backbone, support, query[order], NAMES, _support_labels())["query_text"]
+    # Support labels (the only labels the module is given) steer the support anchors, never the queries.
+    assert torch.allclose(base["query_text"], relabelled["query_text"], atol=1e-6)
+    assert not torch.allclose(base["regions"]["support"]["interactions"],
+                              relabelled["regions"]["support"]["interactions"])
+    assert torch.allclose(base["query_text"][order], permuted, atol=1e-5)  # each query depends on itself only
+
+
+def test_output_is_deterministic_for_a_fixed_seed(backbone, episode_tokens):
+    support, query = episode_tokens
+    runs = []
+    for generator in (torch.Generator().manual_seed(0), None, torch.Generator().manual_seed(6)):
+        module = _module(backbone)  # default seed AMCAP.SEED = 0 when no generator is passed
+        with torch.no_grad():
+            runs.append(module(backbone, support, query, NAMES, _support_labels(), generator=generator))
+    assert torch.equal(runs[0]["query_text"], runs[1]["query_text"])
+    assert torch.equal(runs[0]["support_text"], runs[1]["support_text"])
+    assert torch.equal(runs[0]["regions"]["query"]["interactions"], runs[1]["regions"]["query"]["interactions"])
+    assert not torch.equal(runs[0]["regions"]["query"]["interactions"], runs[2]["regions"]["query"]["interactions"])
+
+
+def test_per_video_support_text_and_exact_small_grid(backbone, episode_tokens):
+    module = _module(backbone, per_class=False, grid=2, exact=True, num_regions=3, top_k=3)
+    support, query = episode_tokens
+    with torch.no_grad():
+        out = module(backbone, support, query, NAMES, _support_labels())
+    assert out["support_text"].shape == (WAY * SHOT, WAY, backbone.embed_dim)
+    assert out["align_loss"].item() == 0.0
+    regions = out["regions"]["query"]
+    assert regions["token_masks"].shape == (WAY * QUERY_PER_CLASS, 3, 8, 8)
+    assert int(regions["token_masks"].sum(dim=1).max()) <= 1  # kept regions never overlap
+    assert bool(regions["valid"][:, 0].all())  # every video has at least one region
+
+
+def test_bad_settings_fail_with_the_key_name(backbone):
+    with pytest.raises(ValueError, match="AMCAP.REGION_SCORE"):
+        _module(backbone, region_score="size")
+    with pytest.raises(ValueError, match="AMCAP.NUM_HEADS"):
+        _module(backbone, num_heads=3)

@@ -1,0 +1,57 @@
+"""`python runs/visualize.py regions`: a PNG of a video's AMCAP regions, run in-process on a synthetic mp4."""
+from pathlib import Path
+
+import av
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from runs import visualize
+from utils.config import load_config
+
+TINY = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", ""]
+
+
+def _write_video(path: Path, frames: int = 20, width: int = 96, height: int = 80) -> None:
+    """A red square moving right over a green floor."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    for i in range(frames):
+        img = np.zeros((height, width, 3), np.uint8)
+        img[10:40, 5 + 3 * i:35 + 3 * i] = (255, 60, 0)
+        img[50:, :, 1] = 120
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+
+def test_regions_command_writes_a_png(tmp_path, capsys):
+    video, out = tmp_path / "clip.mp4", tmp_path / "pics" / "regions.png"
+    _write_video(video)
+    argv = ["regions", "--video", str(video), "--classes", "jumping jacks, archery,pushing something",
+            "--out", str(out), *TINY, "AMCAP.GRID", "4"]
+    assert visualize.main(argv) == 0
+    image = mpimg.imread(out)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 1000  # 8 frames plus the token panel
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+    assert "regions kept" in capsys.readouterr().out
+
+
+def test_frames_are_segment_centres_at_the_backbone_size(tmp_path):
+    video = tmp_path / "clip.mp4"
+    _write_video(video, frames=16)
+    frames, indices = visualize.read_frames(str(video), 8, (64, 64))
+    assert frames.shape == (8, 64, 64, 3)
+    assert indices == [1, 3, 5, 7, 9, 11, 13, 15]
+
+
+def test_class_names_come_from_the_split_without_classes(tmp_path):
+    (tmp_path / "test_class_names.txt").write_text("archery\nbowling\n")
+    cfg = load_config(None, ["DATA.ANNO_DIR", str(tmp_path)])
+    assert visualize.episode_class_names(cfg, "", "test") == ["archery", "bowling"]
+    assert visualize.episode_class_names(cfg, " a , b ,", "test") == ["a", "b"]
+    with pytest.raises(ValueError, match="--classes"):
+        visualize.episode_class_names(load_config(None, []), "", "test")

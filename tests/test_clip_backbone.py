@@ -1,0 +1,203 @@
+"""CLIP backbone wrapper: dense tokens, text encoders, fine-tuning policies and local checkpoint loading."""
+import json
+
+import open_clip
+import pytest
+import torch
+
+from models.clip import CLIPBackbone, open_clip_name
+from utils.config import load_config
+
+TINY = "FSAR-Tiny-ViT"
+TINY_RN = {  # a ModifiedResNet small enough for a unit test (registered from a temporary folder)
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64, "patch_size": None},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> CLIPBackbone:
+    torch.manual_seed(0)
+    return CLIPBackbone(TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_rn(tmp_path_factory) -> CLIPBackbone:
+    folder = tmp_path_factory.mktemp("rn_config")
+    (folder / "Test-Tiny-RN.json").write_text(json.dumps(TINY_RN))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(0)
+    return CLIPBackbone("Test-Tiny-RN").eval()
+
+
+def frames(n: int = 3, size: int = 64) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def test_names_map_to_open_clip():
+    assert open_clip_name("ViT-B/16") == "ViT-B-16"
+    assert open_clip_name("RN50") == "RN50"
+    assert open_clip_name(TINY) == TINY
+    assert TINY in open_clip.list_models()
+
+
+def test_unknown_backbone_name_lists_known_models():
+    with pytest.raises(ValueError, match="not an open_clip model.*FSAR-Tiny-ViT"):
+        CLIPBackbone("No-Such-CLIP")
+
+
+def test_config_maps_to_constructor_arguments():
+    cfg = load_config(None, ["VIDEO.HEAD.BACKBONE_NAME", TINY, "VIDEO.HEAD.PRETRAINED", "",
+                             "VIDEO.HEAD.FINETUNE", "last_n", "VIDEO.HEAD.FINETUNE_LAST_N", "2",
+                             "TRAIN.GRAD_CHECKPOINT", "True"])
+    assert CLIPBackbone.from_config(cfg) == dict(name=TINY, pretrained="", finetune="last_n", finetune_last_n=2,
+                                                 grad_checkpoint=True, train_text=False)
+
+
+def test_vit_properties_and_dense_tokens(tiny):
+    assert (tiny.embed_dim, tiny.text_width, tiny.grid_size, tiny.image_size) == (64, 128, (8, 8), (64, 64))
+    assert tiny.image_mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
+    images = frames()
+    with torch.no_grad():
+        out = tiny.encode_frames(images, dense=True)
+        assert out["global"].shape == (3, 64) and out["tokens"].shape == (3, 8, 8, 64)
+        torch.testing.assert_close(out["global"], tiny.model.encode_image(images))
+        # open_clip's own token output (after ln_post) projected into the joint space
+        tiny.model.visual.output_tokens = True
+        _, tokens = tiny.model.visual(images)
+        tiny.model.visual.output_tokens = False
+        torch.testing.assert_close(out["tokens"], (tokens @ tiny.model.visual.proj).reshape(3, 8, 8, 64))
+        assert set(tiny.encode_frames(images)) == {"global"}
+
+
+def test_wrong_image_size_names_the_model_size(tiny):
+    with pytest.raises(ValueError, match=r"expects \(64, 64\) images"):
+        tiny.encode_frames(frames(size=32))
+
+
+def test_resnet_dense_tokens_use_attention_pool_value_path(tiny_rn):
+    assert tiny_rn.grid_size == (2, 2) and tiny_rn.embed_dim == 32
+    images = frames()
+    with torch.no_grad():
+        out = tiny_rn.encode_frames(images, dense=True)
+        torch.testing.assert_close(out["global"], tiny_rn.model.encode_image(images))
+        visual = tiny_rn.model.visual
+        grid = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(images)))))  # [3, C, 2, 2]
+        cell = grid[:, :, 1, 0] + visual.attnpool.positional_embedding[1 + 2 * 1 + 0]
+        expected = visual.attnpool.c_proj(visual.attnpool.v_proj(cell))
+    assert out["tokens"].shape == (3, 2, 2, 32)
+    torch.testing.assert_close(out["tokens"][:, 1, 0], expected)
+
+
+def test_text_encoders_agree(tiny):
+    ids = tiny.tokenize(["a photo of juggling", "a photo of x"])
+    assert ids.dtype == torch.long and ids.shape == (2, 77) and ids.device == tiny.device
+    with torch.no_grad():
+        text = tiny.encode_text(ids)
+        pooled, tokens = tiny.encode_text_tokens(ids)
+        torch.testing.assert_close(text, tiny.model.encode_text(ids))
+    assert text.shape == (2, 64) and tokens.shape == (2, 77, 64)
+    torch.testing.assert_close(pooled, text)
+    torch.testing.assert_close(tokens[torch.arange(2), ids.argmax(-1)], text)
+
+
+def test_prompt_embeddings_path_matches_and_backpropagates_through_frozen_weights(tiny):
+    assert not any(p.requires_grad for p in tiny.model.transformer.parameters())
+    ids = tiny.tokenize(["a photo of juggling"])
+    embeddings = tiny.token_embeddings(ids).detach().requires_grad_(True)
+    out = tiny.encode_text_embeddings(embeddings, ids)
+    torch.testing.assert_close(out, tiny.encode_text(ids))
+    out.sum().backward()
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny.model.transformer.parameters())
+
+
+def trainable(backbone: CLIPBackbone) -> set[str]:
+    return {n for n, p in backbone.model.visual.named_parameters() if p.requires_grad}
+
+
+def test_finetune_policies():
+    full = CLIPBackbone(TINY)
+    assert trainable(full) == {n for n, _ in full.model.visual.named_parameters()}
+    assert not any(p.requires_grad for p in full.model.token_embedding.parameters())
+    assert not full.model.logit_scale.requires_grad
+    assert not trainable(CLIPBackbone(TINY, finetune="frozen"))
+    last2 = trainable(CLIPBackbone(TINY, finetune="last_n", finetune_last_n=2))
+    assert {n.split(".")[0] if not n.startswith("transformer") else ".".join(n.split(".")[:3]) for n in last2} == {
+        "transformer.resblocks.2", "transformer.resblocks.3", "ln_post", "proj"}
+    with pytest.raises(ValueError, match="FINETUNE_LAST_N must be in 1..4"):
+        CLIPBackbone(TINY, finetune="last_n", finetune_last_n=0)
+    with pytest.raises(ValueError, match="FINETUNE must be one of"):
+        CLIPBackbone(TINY, finetune="partial")
+    text = CLIPBackbone(TINY, train_text=True)
+    assert text.text_trainable and all(p.requires_grad for p in text.model.transformer.parameters())
+
+
+def test_frozen_resnet_keeps_batchnorm_statistics(tiny_rn):
+    frozen = CLIPBackbone("Test-Tiny-RN", finetune="frozen").train()
+    before = {k: v.clone() for k, v in frozen.state_dict().items() if "running_mean" in k}
+    frozen.encode_frames(frames())
+    after = {k: v for k, v in frozen.state_dict().items() if "running_mean" in k}
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+    last = CLIPBackbone("Test-Tiny-RN", finetune="last_n", finetune_last_n=1)
+    assert {n.split(".")[0] for n in trainable(last)} == {"layer4", "attnpool"}
+
+
+def test_grad_checkpointing_gives_identical_results():
+    torch.manual_seed(0)
+    plain = CLIPBackbone(TINY).train()
+    ckpt = CLIPBackbone(TINY, grad_checkpoint=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    images = frames(2)
+    grads = []
+    for model in (plain, ckpt):
+        model.zero_grad()
+        out = model.encode_frames(images, dense=True)
+        (out["global"].sum() + out["tokens"].square().mean()).backward()
+        grads.append(model.model.visual.conv1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def outputs(backbone: CLIPBackbone) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        return backbone.encode_frames(frames(2))["global"], backbone.encode_text(backbone.tokenize(["a cat"]))
+
+
+def test_load_open_clip_checkpoint(tmp_path, tiny):
+    plain = tmp_path / "open_clip.pt"
+    torch.save(tiny.model.state_dict(), plain)
+    wrapped = tmp_path / "wrapped.pt"  # open_clip training checkpoints: {"state_dict": {"module.<key>": ...}}
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in tiny.model.state_dict().items()}}, wrapped)
+    expected = outputs(tiny)
+    for path in (plain, wrapped):
+        loaded = CLIPBackbone(TINY, pretrained=str(path)).eval()
+        for got, want in zip(outputs(loaded), expected, strict=True):
+            torch.testing.assert_close(got, want)
+
+
+def test_load_openai_checkpoints_with_quick_gelu(tmp_path):
+    torch.manual_seed(3)
+    reference = open_clip.create_model(TINY, force_quick_gelu=True).eval()
+    state = {k: v.half() for k, v in reference.state_dict().items()}  # OpenAI ships fp16 weights
+    state.update(input_resolution=torch.tensor(64), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    state_path = tmp_path / "openai_state.pt"
+    torch.save(state, state_path)
+    reference.half().float()  # compare against the same fp16-rounded weights
+    with pytest.warns(FutureWarning):
+        scripted = torch.jit.script(reference)
+    jit_path = tmp_path / "openai_jit.pt"
+    with pytest.warns(FutureWarning):
+        torch.jit.save(scripted, str(jit_path))
+    with torch.no_grad():
+        expected = (reference.encode_image(frames(2)), reference.encode_text(open_clip.tokenize(["a cat"])))
+    for path in (state_path, jit_path):
+        loaded = CLIPBackbone(TINY, pretrained=str(path)).eval()
+        assert isinstance(loaded.model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+        for got, want in zip(outputs(loaded), expected, strict=True):
+            torch.testing.assert_close(got, want)
+
+
+def test_missing_checkpoint_path_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="VIDEO.HEAD.PRETRAINED '/no/such.pt'"):
+        CLIPBackbone(TINY, pretrained="/no/such.pt")
