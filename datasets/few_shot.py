@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from datasets.build import DATASET_REGISTRY
+from datasets.build import CLIP_MEAN, CLIP_STD, DATASET_REGISTRY
 from datasets.sampling import EpisodeSampler, segment_indices
 from datasets.splits import Split, VideoEntry, load_split
 from datasets.tracks import TrackFile, boxes_at_frames, check_track_matches, load_track_file, track_path
@@ -47,7 +47,7 @@ class FewShotDataset(torch.utils.data.Dataset):
     def __init__(self, *, split: Split, episode_indices: Sequence[int], way: int, shot: int, query: int,
                  seed: int = 0, data_root: str = "", video_ext: str = ".mp4", frames_folder: bool = False,
                  num_frames: int = 8, train_jitter_scales: Sequence[int] = (256, 320), test_scale: int = 256,
-                 crop_size: int = 224, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
+                 crop_size: int = 224, mean: Sequence[float] = tuple(CLIP_MEAN), std: Sequence[float] = tuple(CLIP_STD),
                  flip: bool = False, on_bad_video: str = "error", track_dir: str = "", max_entities: int = 4,
                  min_video_frames: int = 1, video_source: VideoSource | None = None):
         if on_bad_video not in BAD_VIDEO_POLICIES:
@@ -97,14 +97,18 @@ class FewShotDataset(torch.utils.data.Dataset):
         plan = self.sampler(episode_generator(self.seed, self.split_name, index))
         used = {e.video_id for e in plan.support + plan.query}
         replaced: list[list[str]] = []
-        support = [self._load_slot(e, s, used, replaced, index)
-                   for e, s in zip(plan.support, plan.support_seeds, strict=True)]
-        query = [self._load_slot(e, s, used, replaced, index)
-                 for e, s in zip(plan.query, plan.query_seeds, strict=True)]
+        # Clips are written straight into the episode tensors (no stacking copy of the largest arrays).
+        shape = (self.num_frames, 3, self.crop_size, self.crop_size)
+        support_set = torch.empty((len(plan.support), *shape))  # [S, T, 3, H, W]
+        target_set = torch.empty((len(plan.query), *shape))  # [Q, T, 3, H, W]
+        support = [self._load_slot(e, s, used, replaced, index, support_set[k])
+                   for k, (e, s) in enumerate(zip(plan.support, plan.support_seeds, strict=True))]
+        query = [self._load_slot(e, s, used, replaced, index, target_set[k])
+                 for k, (e, s) in enumerate(zip(plan.query, plan.query_seeds, strict=True))]
         names = self.split.class_names
         episode: dict[str, Any] = {
-            "support_set": torch.stack([c.frames for c in support]),  # [S, T, 3, H, W]
-            "target_set": torch.stack([c.frames for c in query]),  # [Q, T, 3, H, W]
+            "support_set": support_set,
+            "target_set": target_set,
             "support_labels": torch.arange(self.way).repeat_interleave(self.shot),
             "target_labels": torch.arange(self.way).repeat_interleave(self.query),
             "real_support_labels": torch.tensor(plan.class_ids).repeat_interleave(self.shot),
@@ -127,8 +131,8 @@ class FewShotDataset(torch.utils.data.Dataset):
 
     # -----------------------------------------------------------------------------------------
 
-    def _load_slot(self, entry: VideoEntry, seed: int, used: set[str], replaced: list[list[str]],
-                   index: int) -> Clip:
+    def _load_slot(self, entry: VideoEntry, seed: int, used: set[str], replaced: list[list[str]], index: int,
+                   out: torch.Tensor) -> Clip:
         """Decode one support/query video; with the resample policy, bad videos give way to others of
         the same class (drawn from this slot's generator, so the replacement is reproducible too)."""
         generator = torch.Generator().manual_seed(seed)
@@ -137,7 +141,7 @@ class FewShotDataset(torch.utils.data.Dataset):
         current = entry
         while True:
             try:
-                return self._load_video(current, view, generator)
+                return self._load_video(current, view, generator, out)
             except BadVideoError as err:
                 where = f"{self.split_name} episode {index}"
                 if self.on_bad_video == "error":
@@ -156,12 +160,13 @@ class FewShotDataset(torch.utils.data.Dataset):
                 logger.warning("%s: replaced %s (%s) by %s", where, err, err.reason, nxt.video_id)
                 current = nxt
 
-    def _load_video(self, entry: VideoEntry, view: ViewParams, generator: torch.Generator) -> Clip:
+    def _load_video(self, entry: VideoEntry, view: ViewParams, generator: torch.Generator,
+                    out: torch.Tensor) -> Clip:
         path = entry.video_path(self.data_root, self.video_ext, self.frames_folder)
         video = self.source.open(path, view.short_side)
         indices = segment_indices(video.num_frames, self.num_frames, self.train, generator)
         frames = video.frames(indices)  # uint8 [T, h, w, 3]
-        clip = Clip(entry.video_id, frames_to_tensor(frames, view, self.mean, self.std))
+        clip = Clip(entry.video_id, frames_to_tensor(frames, view, self.mean, self.std, out=out))
         if self.track_dir:
             size = (frames.shape[2], frames.shape[1])
             track_file = self._track_file(entry.video_id, video.num_frames, video.width, video.height)

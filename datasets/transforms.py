@@ -45,20 +45,21 @@ def crop_box(size: tuple[int, int], view: ViewParams) -> tuple[int, int]:
     return round(view.x_frac * (width - view.crop_size)), round(view.y_frac * (height - view.crop_size))
 
 
-def frames_to_tensor(frames: np.ndarray, view: ViewParams, mean: Sequence[float],
-                     std: Sequence[float]) -> torch.Tensor:
-    """uint8 [T, h, w, 3] at the resized size -> normalised float [T, 3, crop, crop]."""
+def frames_to_tensor(frames: np.ndarray, view: ViewParams, mean: Sequence[float], std: Sequence[float],
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [T, h, w, 3] at the resized size -> normalised float [T, 3, crop, crop] (written into `out`)."""
     height, width = frames.shape[1:3]
     x0, y0 = crop_box((width, height), view)
     c = view.crop_size
-    crop = frames[:, y0:y0 + c, x0:x0 + c]
+    video = torch.from_numpy(frames)[:, y0:y0 + c, x0:x0 + c].permute(0, 3, 1, 2)  # [T, 3, c, c] uint8 view
     if view.flip:
-        crop = crop[:, :, ::-1]
-    video = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2)  # [T, 3, c, c] uint8
-    # (x / 255 - mean) / std as one multiply-add: fewer passes over the episode's largest tensors.
+        video = video.flip(-1)
+    if out is None:
+        out = torch.empty(video.shape, dtype=torch.float32)
+    # (x / 255 - mean) / std as one multiply-add reading the uint8 crop: one pass over the largest tensors.
     scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)]).view(1, 3, 1, 1)
-    return torch.addcmul(shift, video.float(), scale).contiguous()
+    return torch.addcmul(shift, video, scale, out=out)
 
 
 def transform_boxes(boxes: torch.Tensor, mask: torch.Tensor, size: tuple[int, int],

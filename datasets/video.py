@@ -92,15 +92,19 @@ def probe_size(path: str) -> tuple[int, int]:
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [T, h, w, 3] -> [T, size[1], size[0], 3], bilinear with antialiasing (torch)."""
+    """uint8 [T, h, w, 3] -> [T, size[1], size[0], 3], bilinear with antialiasing.
+
+    torch's uint8 channels-last kernel (what torchvision uses for uint8 tensors): about 15x faster than
+    converting to float first, and within 1 grey level of it.
+    """
     import torch
     import torch.nn.functional as F
 
     if (frames.shape[2], frames.shape[1]) == tuple(size):
         return frames
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
     video = F.interpolate(video, size=(size[1], size[0]), mode="bilinear", antialias=True, align_corners=False)
-    return video.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return video.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def _open_decord(path: str, size: tuple[int, int] | None, num_threads: int):
@@ -170,13 +174,16 @@ class DecordSource(VideoSource):
     def __init__(self, num_threads: int = 1, min_frames: int = 1):
         self.num_threads = num_threads  # 1 per DataLoader worker: workers already use the cores
         self.min_frames = min_frames
+        self._sizes: dict[str, tuple[int, int]] = {}  # path -> original (w, h): videos recur across episodes
 
     def open(self, path: str, short_side: int) -> OpenedVideo:
         if not os.path.isfile(path):
             raise BadVideoError(path, "missing")
         if os.path.getsize(path) == 0:
             raise BadVideoError(path, "empty", "0 bytes")
-        width, height = probe_size(path)
+        if path not in self._sizes:
+            self._sizes[path] = probe_size(path)
+        width, height = self._sizes[path]
         video = _DecordVideo(path, width, height, resized_size(width, height, short_side), self.num_threads)
         self.check_length(path, video.num_frames)
         return video

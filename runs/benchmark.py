@@ -41,24 +41,36 @@ def print_table(rows: list[list[str]]) -> None:
 # data
 
 
+def resize_frames_float(frames, size: tuple[int, int]):
+    """The common float pipeline (ToTensor-style): uint8 -> float, antialiased bilinear, back to uint8."""
+    import torch
+    import torch.nn.functional as F
+
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    video = F.interpolate(video, size=(size[1], size[0]), mode="bilinear", antialias=True, align_corners=False)
+    return video.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
 class _FullResolutionVideo(OpenedVideo):
-    def __init__(self, video: OpenedVideo, size: tuple[int, int]):
-        self.inner, self.path, self.num_frames = video, video.path, video.num_frames
+    def __init__(self, video: OpenedVideo, size: tuple[int, int], resize: Callable):
+        self.inner, self.path, self.num_frames, self.resize = video, video.path, video.num_frames, resize
         self.width, self.height, self.size = video.width, video.height, size
 
     def frames(self, indices: Sequence[int]):
-        return resize_frames(self.inner.frames(indices), self.size)
+        return self.resize(self.inner.frames(indices), self.size)
 
 
 class FullResolutionThenResize(VideoSource):
-    """The baseline: decord decodes the sampled frames at full resolution, torch resizes them."""
+    """The baseline: decord decodes the sampled frames at full resolution, then they are resized
+    (`resize="uint8"`: torch's uint8 antialiased kernel; `"float"`: the float pipeline)."""
 
-    def __init__(self, num_threads: int = 1):
+    def __init__(self, resize: str = "uint8", num_threads: int = 1):
         self.decord = DecordSource(num_threads=num_threads)
+        self.resize = resize_frames if resize == "uint8" else resize_frames_float
 
     def open(self, path: str, short_side: int) -> OpenedVideo:
         video = self.decord.open(path, 0)
-        return _FullResolutionVideo(video, resized_size(video.width, video.height, short_side))
+        return _FullResolutionVideo(video, resized_size(video.width, video.height, short_side), self.resize)
 
 
 def _data_cfg(root: str, way: int, shot: int, query: int, workers: int):
@@ -98,24 +110,26 @@ def bench_data(args: argparse.Namespace) -> dict:
                            size=args.size, seed=0)
         methods: dict[str, Callable[[], VideoSource]] = {
             "decode_resized": lambda: DecordSource(num_threads=1),
-            "full_res_then_resize": lambda: FullResolutionThenResize(num_threads=1),
+            "full_res+resize_uint8": lambda: FullResolutionThenResize("uint8"),
+            "full_res+resize_float": lambda: FullResolutionThenResize("float"),
         }
         results: dict[str, dict] = {}
         for workers in args.workers:
             cfg = _data_cfg(root, args.way, args.shot, args.query, workers)
             for name, make_source in methods.items():
-                # Each repeat reads different episodes, so the page cache favours neither method.
+                # Each repeat reads different episodes, so the page cache favours no method.
                 rates = [episodes_per_second(cfg, args.episodes, make_source(), offset=r * 1000)
                          for r in range(args.repeats)]
                 results[f"{name}/workers={workers}"] = {"method": name, "workers": workers,
                                                         "episodes_per_s": statistics.median(rates), "runs": rates}
-    rows = [["workers", "decode_resized ep/s", "full_res_then_resize ep/s", "ratio"]]
+    rows = [["workers", *[f"{m} ep/s" for m in methods], "ratio vs uint8", "ratio vs float"]]
     summary = {}
     for workers in args.workers:
-        fast = results[f"decode_resized/workers={workers}"]["episodes_per_s"]
-        slow = results[f"full_res_then_resize/workers={workers}"]["episodes_per_s"]
-        summary[str(workers)] = {"decode_resized": fast, "full_res_then_resize": slow, "ratio": fast / slow}
-        rows.append([str(workers), f"{fast:.2f}", f"{slow:.2f}", f"{fast / slow:.2f}x"])
+        rate = {m: results[f"{m}/workers={workers}"]["episodes_per_s"] for m in methods}
+        fast = rate["decode_resized"]
+        ratios = [fast / rate["full_res+resize_uint8"], fast / rate["full_res+resize_float"]]
+        summary[str(workers)] = {**rate, "ratio_vs_uint8": ratios[0], "ratio_vs_float": ratios[1]}
+        rows.append([str(workers), *[f"{rate[m]:.2f}" for m in methods], *[f"{r:.2f}x" for r in ratios]])
     print(f"episodes: {args.way}-way {args.shot}-shot {args.query}-query, 8 frames, 224 px crop, short side "
           f"256-320; videos {args.size}x{args.size}, {args.frames} frames (mp4); median of {args.repeats} x "
           f"{args.episodes} episodes; {os.cpu_count()} CPUs")

@@ -36,7 +36,8 @@ def summarize_accuracies(records: list[dict], num_episodes: int, split: str) -> 
         missing = sorted(set(range(num_episodes)) - set(indices))[:10]
         raise RuntimeError(f"{split}: episodes not evaluated exactly once (got {len(indices)} of "
                            f"{num_episodes}; missing e.g. {missing})")
-    accs = torch.tensor([r["accuracy"] for r in sorted(records, key=lambda r: r["index"])], dtype=torch.float64)
+    ordered = [r["accuracy"] for r in sorted(records, key=lambda r: r["index"])]
+    accs = torch.tensor(ordered, dtype=torch.float64)
     std = accs.std(unbiased=False).item() if len(accs) > 1 else 0.0
     correct, total = defaultdict(int), defaultdict(int)
     for r in records:
@@ -49,7 +50,7 @@ def summarize_accuracies(records: list[dict], num_episodes: int, split: str) -> 
         "accuracy": 100.0 * accs.mean().item(),
         "ci95": 100.0 * 1.96 * std / math.sqrt(num_episodes),
         "per_class": {name: 100.0 * correct[name] / total[name] for name in sorted(total)},
-        "episode_indices_checked": True,
+        "episode_accuracies": [100.0 * a for a in ordered],  # by episode index; each index seen exactly once
     }
 
 
@@ -59,7 +60,7 @@ def episode_record(index: int, episode: dict, logits: torch.Tensor) -> dict:
     target = episode["target_labels"].cpu()
     hits = (pred == target)
     per_class: dict[str, list[int]] = {}
-    for label, hit in zip(target.tolist(), hits.tolist()):
+    for label, hit in zip(target.tolist(), hits.tolist(), strict=True):
         name = episode["class_names"][label]
         c, t = per_class.get(name, (0, 0))
         per_class[name] = (c + int(hit), t + 1)

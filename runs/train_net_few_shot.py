@@ -41,7 +41,8 @@ def check_train_config(cfg: CfgNode) -> None:
     for key in ("VAL_FRE_ITER", "CHECKPOINT_PERIOD"):
         if cfg.TRAIN[key] % accum:
             # Checkpoints are taken between optimizer steps so a resume never sees half-accumulated gradients.
-            raise ValueError(f"TRAIN.{key} ({cfg.TRAIN[key]}) must be a multiple of TRAIN.BATCH_SIZE_PER_TASK ({accum})")
+            raise ValueError(f"TRAIN.{key} ({cfg.TRAIN[key]}) must be a multiple of "
+                             f"TRAIN.BATCH_SIZE_PER_TASK ({accum})")
 
 
 def train_episode_indices(start: int, stop: int) -> list[int]:
@@ -58,7 +59,7 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.model = build_model(cfg).to(device)
         self.optimizer = build_optimizer(self.model, cfg.SOLVER)
-        self.scheduler = build_scheduler(self.optimizer, cfg.SOLVER)
+        self.scheduler = build_scheduler(self.optimizer, cfg.SOLVER, cfg.TRAIN.BATCH_SIZE_PER_TASK)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.TRAIN.AUTOCAST == "fp16")
         self.checkpointer = Checkpointer(os.path.join(cfg.OUTPUT_DIR, "checkpoints"))
         self.iteration, self.best_acc, self.bad_steps, self.skipped_steps = 0, -1.0, 0, 0
@@ -107,7 +108,7 @@ class Trainer:
         self._count_bad(bad, loss)
         if boundary:
             self._optimizer_step()
-        self.scheduler.step()
+            self.scheduler.step()
         self.iteration += 1
         return {"loss": loss.item(), **{k: v.item() for k, v in out.get("losses", {}).items()}}
 

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from utils.checkpoint import (CheckpointError, Checkpointer, atomic_save, load_checkpoint, load_model_state,
-                              rng_state, set_rng_state)
+from utils.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    set_rng_state,
+)
 
 
 def small_model():
@@ -28,7 +35,7 @@ def test_save_and_load_full_state_round_trip(tmp_path):
     assert state["iteration"] == 7 and state["config"] == "A: 1\n"
     other = small_model()
     load_model_state(other, state["model"], path)
-    for a, b in zip(model.parameters(), other.parameters()):
+    for a, b in zip(model.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)
     opt2 = torch.optim.Adam(other.parameters(), lr=0.1)
     opt2.load_state_dict(state["optimizer"])

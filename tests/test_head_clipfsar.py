@@ -41,6 +41,7 @@ def episode() -> dict:
 
 @pytest.mark.parametrize("options", [
     dict(frame_feature="global"),
+    dict(frame_feature="global", use_classification=False),
     dict(frame_feature="patch_map", merge_before=True),
     dict(frame_feature="patch_map", proj_dim=64, single_direct=True, transformer_depth=2),
 ])
@@ -48,12 +49,13 @@ def test_forward_backward_returns_logits_and_losses(episode, options):
     head = make_head(**options).train()
     out = head(episode)
     assert out["logits"].shape == (WAY * QUERY, WAY)
-    assert set(out["losses"]) == {"otam_ce", "video_text_ce"}
+    expected = {"otam_ce", "video_text_ce"} if options.get("use_classification", True) else {"otam_ce"}
+    assert set(out["losses"]) == expected
     torch.testing.assert_close(out["loss"], sum(out["losses"].values()))
     out["loss"].backward()
-    assert head.text_logit_scale.grad is not None
+    # Every trainable parameter gets a gradient (DistributedDataParallel needs no find_unused_parameters).
+    assert [n for n, p in head.named_parameters() if p.requires_grad and p.grad is None] == []
     assert head.backbone.model.visual.conv1.weight.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in head.temporal.parameters())
     if head.frame_feature == "patch_map":  # the class-text token reaches the transformer through a learned map
         assert head.text_proj.weight.grad.abs().sum() > 0
 

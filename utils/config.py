@@ -236,7 +236,7 @@ def merge_opts(cfg: CfgNode, opts: Iterable[str]) -> None:
     opts = list(opts)
     if len(opts) % 2:
         raise ConfigError(f"command line: overrides come in KEY VALUE pairs, got an odd count: {opts}")
-    for full_key, text in zip(opts[0::2], opts[1::2]):
+    for full_key, text in zip(opts[0::2], opts[1::2], strict=True):
         node, parts = cfg, full_key.split(".")
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], CfgNode):

@@ -88,7 +88,9 @@ def build_optimizer(model: nn.Module, solver: CfgNode) -> torch.optim.Optimizer:
     raise ValueError(f"SOLVER.OPTIM_METHOD: unknown optimizer {method!r} (adam, adamw, sgd)")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, solver: CfgNode) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR stepped once per training iteration; multiplies each group's base lr."""
+def build_scheduler(optimizer: torch.optim.Optimizer, solver: CfgNode,
+                    iterations_per_step: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR stepped once per optimizer step (every `iterations_per_step` training iterations, the gradient
+    accumulation); the schedule itself is a function of the iteration."""
     solver = solver.clone()  # keep the lambda's config independent of later edits
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(solver, it))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(solver, step * iterations_per_step))

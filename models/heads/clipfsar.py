@@ -78,6 +78,10 @@ def cosine_logits(a: Tensor, b: Tensor) -> Tensor:
     return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).t()
 
 
+def _clear_text_cache_after_load(module: "CNN_OTAM_CLIPFSAR", incompatible_keys: Any) -> None:
+    module.clear_text_cache()
+
+
 @HEAD_REGISTRY.register()
 class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered name)
     def __init__(self, *, backbone: CLIPBackbone, frame_feature: str = "global", patch_pool: int = 2,
@@ -112,10 +116,13 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
         self.temporal = nn.Sequential(*[
             TemporalBlock(self.model_dim, transformer_heads, transformer_mlp_dim, transformer_dropout,
                           transformer_ffn_dropout) for _ in range(transformer_depth)])
-        self.text_logit_scale = nn.Parameter(torch.ones(()))  # CLIP-FSAR's learnable `scale`, initialised to 1
+        # CLIP-FSAR's learnable `scale` (init 1). Only the video-text loss trains it; frozen otherwise so that
+        # every trainable parameter receives a gradient (DDP without find_unused_parameters).
+        self.use_text_loss = use_classification and classification_weight != 0
+        self.text_logit_scale = nn.Parameter(torch.ones(()), requires_grad=self.use_text_loss)
         self._text_cache: dict[str, Tensor] = {}
         # Loaded weights may change the text tower; cached features would then be stale.
-        self.register_load_state_dict_post_hook(lambda module, keys: module.clear_text_cache())
+        self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
@@ -219,7 +226,7 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
     def _losses(self, logits: Tensor, support_feats: dict[str, Tensor], target_feats: dict[str, Tensor],
                 episode: dict) -> dict[str, Tensor]:
         losses = {"otam_ce": F.cross_entropy(logits, episode["target_labels"].long())}
-        if self.use_classification and self.classification_weight:
+        if self.use_text_loss:
             if "split_class_names" not in episode:
                 raise KeyError("models/heads/clipfsar.py: TRAIN.USE_CLASSIFICATION needs episode['split_class_names']")
             split_text = self.class_text_features(list(episode["split_class_names"]))  # [N_split, D]
