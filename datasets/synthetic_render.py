@@ -171,14 +171,20 @@ def noisy_detections(entities: list[EntityPath], size: int, rng: np.random.Gener
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: int = 12) -> None:
-    """H.264 mp4 with PyAV; one encoder thread so the bytes are identical run to run."""
+    """H.264 mp4 with PyAV, byte-identical run to run.
+
+    One encoder thread, and no lookahead decisions (B-frame placement, scene cuts, macroblock tree): with
+    them x264 gave different bytes for the same frames in a few runs out of a hundred, as if reading uninitialised
+    frame padding.
+    """
     import av
 
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1",
+                          "x264-params": "bframes=0:scenecut=0:rc-lookahead=0:mbtree=0"}
         stream.codec_context.thread_count = 1
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

@@ -122,8 +122,7 @@ class _DecordVideo(OpenedVideo):
     def __init__(self, path: str, width: int, height: int, size: tuple[int, int], num_threads: int):
         self.path, self.num_threads = path, num_threads
         self.width, self.height, self.size = width, height, size
-        self.full_res = size == (width, height)
-        self.reader = _open_decord(path, None if self.full_res else size, num_threads)
+        self.reader = _open_decord(path, None if size == (width, height) else size, num_threads)
         self.num_frames = len(self.reader)
 
     def _get_batch(self, indices: list[int]) -> np.ndarray:
@@ -152,14 +151,14 @@ def decode_with_pyav(path: str, indices: Sequence[int], decord_error: BadVideoEr
     """Full-resolution RGB frames at `indices` by decoding sequentially with PyAV (fallback path)."""
     import av
 
-    wanted = sorted(set(indices))
+    wanted, last = set(indices), max(indices)
     found: dict[int, np.ndarray] = {}
     try:
         with av.open(path) as container:
             for k, frame in enumerate(container.decode(video=0)):
                 if k in wanted:
                     found[k] = frame.to_ndarray(format="rgb24")
-                if k >= wanted[-1]:
+                if k >= last:
                     break
     except Exception:  # PyAV raises many error types for broken files; decord's message is the useful one
         raise decord_error from None

@@ -84,6 +84,10 @@ def _clear_text_cache_after_load(module: "CNN_OTAM_CLIPFSAR", incompatible_keys:
 
 @HEAD_REGISTRY.register()
 class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered name)
+    # `encode_videos` treats every video on its own (no episode context), so the evaluator may cache its outputs
+    # per video id and call `forward_features` directly.
+    supports_feature_cache = True
+
     def __init__(self, *, backbone: CLIPBackbone, frame_feature: str = "global", patch_pool: int = 2,
                  proj_dim: int = 0, transformer_depth: int = 1, transformer_heads: int = 8,
                  transformer_mlp_dim: int = 2048, transformer_dropout: float = 0.2,

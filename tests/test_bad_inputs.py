@@ -1,0 +1,88 @@
+"""Bad inputs the engine meets: non-finite losses, test-only runs without or with mismatched weights.
+
+Data-side cases (videos, split lists, track files) live in test_data_*.py, config cases in test_config.py,
+checkpoint cases in test_checkpoint.py; README's "what happens when" table lists them all.
+"""
+import pytest
+import torch
+
+from engine_utils import TINY_CFG, tiny_argv, tiny_opts
+from runs.run import main
+from runs.train_net_few_shot import Trainer
+from utils.checkpoint import CheckpointError
+from utils.config import load_config
+
+
+class NaNOnIterations(torch.nn.Module):
+    """Wraps a head; the loss of chosen iterations becomes NaN (as a diverging run would)."""
+
+    def __init__(self, head, bad: set[int]):
+        super().__init__()
+        self.head, self.bad, self.calls = head, bad, 0
+
+    def forward(self, episode):
+        out = self.head(episode)
+        if self.calls in self.bad:
+            out["loss"] = out["loss"] * float("nan")
+        self.calls += 1
+        return out
+
+
+def make_trainer(root, tmp_path, *opts):
+    cfg = load_config(TINY_CFG, tiny_opts(root, tmp_path / "run", "TRAIN.BATCH_SIZE_PER_TASK", "1", *opts))
+    return Trainer(cfg, torch.device("cpu"))
+
+
+def first_episode(trainer):
+    from datasets import build_dataset
+
+    return build_dataset(trainer.cfg, "train", [0])[0]
+
+
+def test_non_finite_loss_is_skipped_and_counted(synthetic_root, tmp_path):
+    trainer = make_trainer(synthetic_root, tmp_path)
+    trainer.ddp = NaNOnIterations(trainer.model, bad={1})
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    episode = first_episode(trainer)
+    trainer.run_step(episode)
+    after_good = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run_step(episode)  # NaN: no update, counted
+    assert trainer.skipped_steps == 1 and trainer.bad_steps == 1
+    assert any(not torch.equal(before[k], after_good[k]) for k in before)
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, after_good[key]), f"{key} changed on a skipped step"
+    trainer.run_step(episode)
+    assert trainer.bad_steps == 0 and trainer.skipped_steps == 1
+
+
+def test_too_many_consecutive_non_finite_losses_stop_with_a_clear_message(synthetic_root, tmp_path):
+    trainer = make_trainer(synthetic_root, tmp_path, "TRAIN.MAX_BAD_STEPS", "3")
+    trainer.ddp = NaNOnIterations(trainer.model, bad={0, 1, 2})
+    episode = first_episode(trainer)
+    trainer.run_step(episode)
+    trainer.run_step(episode)
+    with pytest.raises(FloatingPointError, match=r"3 consecutive non-finite losses .*TRAIN\.MAX_BAD_STEPS=3"):
+        trainer.run_step(episode)
+
+
+def test_test_only_run_needs_a_checkpoint(synthetic_root, tmp_path):
+    with pytest.raises(ValueError, match=r"TEST\.CHECKPOINT_FILE_PATH"):
+        main(tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False"))
+
+
+def test_checkpoint_from_another_config_gives_a_readable_key_diff(synthetic_root, tmp_path):
+    trained = tmp_path / "trained"
+    main(tiny_argv(synthetic_root, trained, "TRAIN.NUM_TRAIN_TASKS", "2", "TRAIN.VAL_FRE_ITER", "2",
+                   "TRAIN.BATCH_SIZE_PER_TASK", "1", "TEST.ENABLE", "False", "VIDEO.HEAD.TRANSFORMER_DEPTH", "2"))
+    ckpt = str(trained / "checkpoints" / "last.pth")
+    with pytest.raises(CheckpointError, match=r"last\.pth: checkpoint does not match the model: .*unexpected: "
+                                              r"temporal\.1\."):
+        main(tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False", "TEST.CHECKPOINT_FILE_PATH", ckpt,
+                       "VIDEO.HEAD.TRANSFORMER_DEPTH", "1"))
+
+
+def test_wrong_type_on_the_command_line_names_the_key(synthetic_root, tmp_path):
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"command line: TRAIN\.NUM_TRAIN_TASKS expects int"):
+        main(tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.NUM_TRAIN_TASKS", "many"))
