@@ -156,7 +156,7 @@ class Trainer:
 
     def _log_train(self, metrics: MetricsWriter, losses: list[float], start: float) -> None:
         finite = [x for x in losses if math.isfinite(x)]
-        record = {"train/loss": sum(finite) / max(len(finite), 1),
+        record = {"train/loss": sum(finite) / len(finite) if finite else float("nan"),  # NaN is stored as null
                   "lr": self.optimizer.param_groups[-1]["lr"],
                   "train/skipped_steps": self.skipped_steps}
         metrics.write(record, self.iteration)
@@ -189,7 +189,19 @@ def train(cfg: CfgNode, device: torch.device, resume: bool) -> Trainer:
         trainer.train(metrics)
     finally:
         metrics.close()
+    if du.is_main_process():
+        _write_curves(cfg.OUTPUT_DIR)
     return trainer
+
+
+def _write_curves(output_dir: str) -> None:
+    """curves.png of the finished run; a plotting failure is logged, never the end of a finished run."""
+    from runs.plots import write_curves
+
+    try:
+        logger.info("training curves: %s", write_curves(output_dir))
+    except (OSError, ValueError) as e:
+        logger.warning("could not draw the training curves: %s", e)
 
 
 def load_weights_for_test(model: torch.nn.Module, path: str) -> None:

@@ -4,6 +4,12 @@ Commands:
   regions   a video's frames with AMCAP's Shapley regions, its salient regions for the best-matching class,
             and the class-name tokens each salient region aligns with:
             python runs/visualize.py regions --cfg <yaml> --video <mp4> --classes "a,b,c" --out regions.png
+  curves    a run's training loss and learning rate, and validation accuracy with its 95% CI, vs iteration:
+            python runs/visualize.py curves --run <OUTPUT_DIR> [--out curves.png]
+  episode   one episode's support and query frames with their track boxes, labelled with class and video id:
+            python runs/visualize.py episode --cfg <yaml> [--split test] [--index 0] [--out PNG] [KEY VALUE ...]
+
+The curves and episode pictures are drawn by runs/plots.py (the engine calls plots.write_curves itself).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from datasets.sampling import segment_indices
 from datasets.splits import read_class_names, split_files
 from models.amcap import AMCAP, build_class_text
 from models.clip import CLIPBackbone
+from runs.plots import write_curves, write_episode
 from utils.config import CfgNode, load_config
 from utils.seeding import seed_everything
 
@@ -167,11 +174,43 @@ def add_regions_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_regions)
 
 
+# ---------------------------------------------------------------------------------------------- curves, episode
+def run_curves(args: argparse.Namespace) -> int:
+    print(f"wrote {write_curves(args.run, args.out or None)}")
+    return 0
+
+
+def add_curves_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("curves", help="training and validation curves of a run (its metrics.jsonl)")
+    p.add_argument("--run", required=True, help="the run's OUTPUT_DIR (holds metrics.jsonl)")
+    p.add_argument("--out", default="", help="PNG to write (default: <run>/curves.png)")
+    p.set_defaults(func=run_curves)
+
+
+def run_episode(args: argparse.Namespace) -> int:
+    cfg = load_config(args.cfg or None, args.opts)
+    out = args.out or os.path.join(cfg.OUTPUT_DIR, f"episode_{args.split}_{args.index}.png")
+    print(f"wrote {write_episode(cfg, args.split, args.index, out)}")
+    return 0
+
+
+def add_episode_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("episode", help="one episode's frames with track boxes, supports then queries")
+    p.add_argument("--cfg", default="", help="config YAML (defaults plus KEY VALUE pairs when omitted)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to draw from")
+    p.add_argument("--index", type=int, default=0, help="episode index (episodes are a pure function of it)")
+    p.add_argument("--out", default="", help="PNG to write (default: OUTPUT_DIR/episode_<split>_<index>.png)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    p.set_defaults(func=run_episode)
+
+
 # ---------------------------------------------------------------------------------------------- dispatcher
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runs/visualize.py", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add_regions_parser(commands)
+    add_curves_parser(commands)
+    add_episode_parser(commands)
     return parser
 
 

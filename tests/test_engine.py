@@ -13,7 +13,7 @@ from utils.logger import read_metrics
 def test_train_and_test_end_to_end_writes_the_run_folder(synthetic_root, tmp_path):
     out = tmp_path / "run"
     result = main(tiny_argv(synthetic_root, out))
-    for name in ("config.yaml", "log.txt", "metrics.jsonl", "results.json", "checkpoints/last.pth",
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "results.json", "curves.png", "checkpoints/last.pth",
                  "checkpoints/best.pth"):
         assert (out / name).is_file(), name
     assert any((out / "tensorboard").iterdir())

@@ -110,6 +110,7 @@ def test_two_process_training_writes_only_on_rank_zero(synthetic_root, tmp_path)
                             "TRAIN.NUM_TEST_TASKS", "5"))
     assert result["episodes"] == 5 and len(result["episode_accuracies"]) == 5
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["checkpoints", "config.yaml", "log.txt", "metrics.jsonl", "results.json", "tensorboard"]
+    assert files == ["checkpoints", "config.yaml", "curves.png", "log.txt", "metrics.jsonl", "results.json",
+                     "tensorboard"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pth", "last.pth"]
     assert "rank 1" not in (out / "log.txt").read_text()
