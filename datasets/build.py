@@ -39,6 +39,7 @@ def add_data_config(cfg: CfgNode) -> None:
     _D.MIN_VIDEO_FRAMES = 1  # fewer decodable frames = "too short"; shorter than NUM_INPUT_FRAMES repeats frames
     _D.TRACK_DIR = ""  # folder of <video id>.json track files; "" = no boxes in the episode
     _D.MAX_ENTITIES = 4  # entity slots per frame (top tracks by length x area x score)
+    _D.DETERMINISTIC_TRAIN = False  # train episodes use test-style views (centre frames and crop, no flip/jitter)
     _D.NUM_WORKERS = 2  # DataLoader worker processes (persistent); 0 decodes in the main process
     _D.PIN_MEMORY = True  # pin episode tensors when CUDA is available
     _T = section(cfg, "TRAIN")
@@ -49,7 +50,8 @@ def add_data_config(cfg: CfgNode) -> None:
     _T.QUERY_PER_CLASS_TEST = 1  # query videos per class in val/test episodes
 
 
-def build_dataset(cfg: CfgNode, split: str, episode_indices: Sequence[int], video_source=None) -> Dataset:
+def build_dataset(cfg: CfgNode, split: str, episode_indices: Sequence[int], video_source=None,
+                  skip_videos=None) -> Dataset:
     """The DATA.DATASET entry for `split`; item i is episode `episode_indices[i]`.
 
     `video_source` (a datasets.video.VideoSource) replaces the reader chosen by DATA.FRAMES_FOLDER
@@ -59,7 +61,7 @@ def build_dataset(cfg: CfgNode, split: str, episode_indices: Sequence[int], vide
     kwargs = cls.from_config(cfg, split, episode_indices)
     if video_source is not None:
         kwargs["video_source"] = video_source
-    return cls(**kwargs)
+    return cls(**kwargs, skip_videos=skip_videos)
 
 
 class _WorkerInit:
@@ -77,10 +79,15 @@ class _WorkerInit:
         torch.set_num_threads(1)  # workers already occupy the cores; avoid oversubscription
 
 
-def build_loader(cfg: CfgNode, split: str, episode_indices: Sequence[int], video_source=None) -> DataLoader:
-    """One episode dict per item, in the order of `episode_indices` (batch_size=None: no collation)."""
-    dataset = build_dataset(cfg, split, episode_indices, video_source)
-    workers = cfg.DATA.NUM_WORKERS if len(dataset) > 0 else 0
+def build_loader(cfg: CfgNode, split: str, episode_indices: Sequence[int], video_source=None,
+                 skip_videos=None) -> DataLoader:
+    """One episode dict per item, in the order of `episode_indices` (batch_size=None: no collation).
+
+    `skip_videos` (a container of video ids, e.g. runs.feature_cache.VideoFeatureCache) is consulted while
+    loading, so it forces loading in this process (workers would see a stale copy).
+    """
+    dataset = build_dataset(cfg, split, episode_indices, video_source, skip_videos)
+    workers = cfg.DATA.NUM_WORKERS if len(dataset) > 0 and skip_videos is None else 0
     return DataLoader(
         dataset,
         batch_size=None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Container, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ class Clip:
     """One decoded, transformed video of an episode."""
 
     video_id: str
-    frames: torch.Tensor  # [T, 3, crop, crop]
+    frames: torch.Tensor | None  # [T, 3, crop, crop]; None when skipped (features cached by the consumer)
     boxes: torch.Tensor | None = None  # [T, K, 4] in 0..1 of the crop
     box_mask: torch.Tensor | None = None  # [T, K] bool
     missing_tracks: bool = False
@@ -49,11 +49,17 @@ class FewShotDataset(torch.utils.data.Dataset):
                  num_frames: int = 8, train_jitter_scales: Sequence[int] = (256, 320), test_scale: int = 256,
                  crop_size: int = 224, mean: Sequence[float] = tuple(CLIP_MEAN), std: Sequence[float] = tuple(CLIP_STD),
                  flip: bool = False, on_bad_video: str = "error", track_dir: str = "", max_entities: int = 4,
-                 min_video_frames: int = 1, video_source: VideoSource | None = None):
+                 min_video_frames: int = 1, video_source: VideoSource | None = None,
+                 deterministic_train: bool = False, skip_videos: Container[str] | None = None):
         if on_bad_video not in BAD_VIDEO_POLICIES:
             raise ValueError(f"DATA.ON_BAD_VIDEO must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
         self.split, self.split_name = split, split.name
         self.train = split.name == "train"
+        # Random frames and views only for train episodes, unless DATA.DETERMINISTIC_TRAIN asks for test-style
+        # views there too (then a video always looks the same and its features can be cached).
+        self.random_views = self.train and not deterministic_train
+        # Videos whose features the consumer already holds (runs/feature_cache.py): not decoded, slot = None.
+        self.skip_videos = skip_videos
         self.episode_indices = [int(i) for i in episode_indices]
         self.way, self.shot, self.query = way, shot, query
         self.seed, self.data_root, self.video_ext, self.frames_folder = seed, data_root, video_ext, frames_folder
@@ -87,7 +93,7 @@ class FewShotDataset(torch.utils.data.Dataset):
                     train_jitter_scales=data.TRAIN_JITTER_SCALES, test_scale=data.TEST_SCALE, crop_size=crop,
                     mean=data.MEAN, std=data.STD, flip=flip, on_bad_video=data.ON_BAD_VIDEO,
                     track_dir=data.TRACK_DIR, max_entities=data.MAX_ENTITIES,
-                    min_video_frames=data.MIN_VIDEO_FRAMES)
+                    min_video_frames=data.MIN_VIDEO_FRAMES, deterministic_train=data.DETERMINISTIC_TRAIN)
 
     def __len__(self) -> int:
         return len(self.episode_indices)
@@ -122,11 +128,15 @@ class FewShotDataset(torch.utils.data.Dataset):
             "replaced_videos": replaced,
         }
         if self.track_dir:
-            episode["support_boxes"] = torch.stack([c.boxes for c in support])  # [S, T, K, 4]
-            episode["support_box_mask"] = torch.stack([c.box_mask for c in support])  # [S, T, K]
-            episode["target_boxes"] = torch.stack([c.boxes for c in query])
-            episode["target_box_mask"] = torch.stack([c.box_mask for c in query])
+            episode["support_boxes"] = _stack([c.boxes for c in support])  # [S, T, K, 4]
+            episode["support_box_mask"] = _stack([c.box_mask for c in support])  # [S, T, K]
+            episode["target_boxes"] = _stack([c.boxes for c in query])
+            episode["target_box_mask"] = _stack([c.box_mask for c in query])
             episode["missing_tracks"] = [c.video_id for c in support + query if c.missing_tracks]
+        if any(c.frames is None for c in support + query):  # some videos skipped: per-video lists
+            episode["support_set"] = [None if c.frames is None else t
+                                      for c, t in zip(support, support_set, strict=True)]
+            episode["target_set"] = [None if c.frames is None else t for c, t in zip(query, target_set, strict=True)]
         return episode
 
     # -----------------------------------------------------------------------------------------
@@ -135,8 +145,10 @@ class FewShotDataset(torch.utils.data.Dataset):
                    out: torch.Tensor) -> Clip:
         """Decode one support/query video; with the resample policy, bad videos give way to others of
         the same class (drawn from this slot's generator, so the replacement is reproducible too)."""
+        if self.skip_videos is not None and entry.video_id in self.skip_videos:
+            return Clip(entry.video_id, None)  # cached by the consumer: a cached video decoded fine before
         generator = torch.Generator().manual_seed(seed)
-        view = sample_view(generator, self.train, self.jitter_scales, self.test_scale, self.crop_size, self.flip)
+        view = sample_view(generator, self.random_views, self.jitter_scales, self.test_scale, self.crop_size, self.flip)
         candidates: list[VideoEntry] | None = None
         current = entry
         while True:
@@ -164,7 +176,7 @@ class FewShotDataset(torch.utils.data.Dataset):
                     out: torch.Tensor) -> Clip:
         path = entry.video_path(self.data_root, self.video_ext, self.frames_folder)
         video = self.source.open(path, view.short_side)
-        indices = segment_indices(video.num_frames, self.num_frames, self.train, generator)
+        indices = segment_indices(video.num_frames, self.num_frames, self.random_views, generator)
         frames = video.frames(indices)  # uint8 [T, h, w, 3]
         clip = Clip(entry.video_id, frames_to_tensor(frames, view, self.mean, self.std, out=out))
         if self.track_dir:
@@ -189,6 +201,11 @@ class FewShotDataset(torch.utils.data.Dataset):
         if len(self._track_cache) > 4096:  # bounded: SSv2 has ~70k videos per worker
             self._track_cache.popitem(last=False)
         return track_file
+
+
+def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | list[torch.Tensor | None]:
+    """Stack per-video tensors; with skipped (None) videos keep the list."""
+    return list(tensors) if any(t is None for t in tensors) else torch.stack(tensors)
 
 
 def check_scales(jitter_scales: Sequence[int], test_scale: int, train_crop: int, test_crop: int) -> None:

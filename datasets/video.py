@@ -17,7 +17,7 @@ from PIL import Image
 
 
 class BadVideoError(RuntimeError):
-    """A video that cannot be used; `reason` is one of missing, unreadable, empty, too short."""
+    """A video that cannot be used; `reason` is one of missing, unreadable, empty, too short, gaps."""
 
     def __init__(self, path: str, reason: str, detail: str = ""):
         self.path, self.reason, self.detail = path, reason, detail
@@ -227,6 +227,12 @@ class FramesFolderSource(VideoSource):
             raise BadVideoError(path, "missing", "frames folder not found")
         files = sorted(glob.glob(os.path.join(path, self.pattern)))
         self.check_length(path, len(files))
+        numbers = [int(os.path.basename(f)[4:9]) for f in files]
+        missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+        if missing:
+            # Frames would silently shift in time: sampled segment positions no longer match the video.
+            shown = ", ".join(f"img_{n:05d}.jpg" for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise BadVideoError(path, "gaps", f"{len(missing)} missing frame(s): {shown}")
         try:
             with Image.open(files[0]) as img:
                 width, height = img.size

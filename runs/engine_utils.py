@@ -9,9 +9,17 @@ from utils.config import CfgNode
 
 
 def to_device(episode: dict, device: torch.device) -> dict:
-    """Move an episode's tensors to `device` (other values are kept as they are)."""
+    """Move an episode's tensors (also inside lists, as in feature-cache episodes) to `device`."""
     non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in episode.items()}
+
+    def move(value):
+        if torch.is_tensor(value):
+            return value.to(device, non_blocking=non_blocking)
+        if isinstance(value, list) and any(torch.is_tensor(v) for v in value):
+            return [move(v) for v in value]
+        return value
+
+    return {k: move(v) for k, v in episode.items()}
 
 
 def autocast(cfg: CfgNode, device: torch.device) -> contextlib.AbstractContextManager:

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from datasets import build_loader
 from runs.engine_utils import autocast, to_device, unwrap
+from runs.feature_cache import VideoFeatureCache, head_supports_cache
 from utils import distributed as du
 from utils.config import CfgNode, register_config, section
 from utils.logger import get_logger
@@ -76,61 +77,23 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
     head.eval()
     start = time.time()
     indices = list(du.shard_indices(num_episodes))
-    loader = build_loader(cfg, split, indices)
-    cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE) if cfg.TEST.FEATURE_CACHE else None
+    cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE) if cfg.TEST.FEATURE_CACHE and head_supports_cache(head) else None
+    loader = build_loader(cfg, split, indices, skip_videos=cache)
     records = []
-    for index, episode in zip(indices, tqdm(loader, total=len(indices), desc=split, disable=not du.is_main_process(),
-                                            leave=False)):
+    progress = tqdm(loader, total=len(indices), desc=split, disable=not du.is_main_process(), leave=False)
+    for index, episode in zip(indices, progress, strict=True):
         episode = to_device(episode, device)
         with autocast(cfg, device):
-            logits = forward_episode(head, episode, cache)
+            if cache is None:
+                logits = head(episode)["logits"]
+            else:
+                logits = head.forward_features(*cache.episode_features(head, episode), episode)["logits"]
         records.append(episode_record(index, episode, logits.float()))
     gathered = [r for part in du.all_gather_object(records) for r in part]
     result = summarize_accuracies(gathered, num_episodes, split)
     result["replaced_videos"] = sorted({tuple(v) for r in gathered for v in r["replaced"]})
     result["seconds"] = time.time() - start
     if cache is not None:
-        result["cache_hits"], result["cache_misses"] = cache.hits, cache.misses
+        result["cache"] = {"videos": len(cache), "hits": cache.hits, "misses": cache.misses}
     head.train(was_training)
     return result
-
-
-def forward_episode(head: torch.nn.Module, episode: dict, cache: "VideoFeatureCache | None") -> torch.Tensor:
-    """Logits of one episode, reusing cached per-video features when the head allows it."""
-    if cache is None or not getattr(head, "supports_feature_cache", False):
-        return head(episode)["logits"]
-    support = cache.encode(head, episode["support_ids"], episode["support_set"], episode, "support")
-    target = cache.encode(head, episode["target_ids"], episode["target_set"], episode, "target")
-    return head.forward_features(support, target, episode)["logits"]
-
-
-class VideoFeatureCache:
-    """Bounded LRU cache of per-video features from `head.encode_videos`, keyed by video id.
-
-    Exact because test-time decoding and transforms are deterministic and the head is in eval mode; the
-    per-video feature dict is sliced per video so episodes can mix cached and new videos.
-    """
-
-    def __init__(self, capacity: int):
-        from collections import OrderedDict
-
-        self.capacity = capacity
-        self.store: "OrderedDict[str, dict]" = OrderedDict()
-        self.hits = self.misses = 0
-
-    def encode(self, head, ids: list[str], videos: torch.Tensor, episode: dict, role: str) -> dict:
-        missing = [i for i, vid in enumerate(ids) if vid not in self.store]
-        self.hits += len(ids) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            extra = head.video_inputs(episode, role, missing) if hasattr(head, "video_inputs") else {}
-            feats = head.encode_videos(videos[missing], **extra)
-            for j, i in enumerate(missing):
-                self.store[ids[i]] = {k: v[j] for k, v in feats.items()}
-                self.store.move_to_end(ids[i])
-            while len(self.store) > self.capacity:
-                self.store.popitem(last=False)
-        for vid in ids:
-            self.store.move_to_end(vid)
-        keys = self.store[ids[0]].keys()
-        return {k: torch.stack([self.store[vid][k] for vid in ids]) for k in keys}

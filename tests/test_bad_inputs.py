@@ -5,8 +5,8 @@ checkpoint cases in test_checkpoint.py; README's "what happens when" table lists
 """
 import pytest
 import torch
+from tiny_run import TINY_CFG, tiny_argv, tiny_opts
 
-from engine_utils import TINY_CFG, tiny_argv, tiny_opts
 from runs.run import main
 from runs.train_net_few_shot import Trainer
 from utils.checkpoint import CheckpointError

@@ -99,6 +99,18 @@ def test_empty_frames_folder_is_bad(tmp_path):
         FramesFolderSource().open(str(tmp_path / "empty_video"), 32)
 
 
+def test_frames_folder_with_gaps_is_bad_and_names_the_missing_frames(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "gappy"
+    folder.mkdir()
+    for n in (1, 2, 5, 6):
+        Image.new("RGB", (40, 30)).save(folder / f"img_{n:05d}.jpg")
+    expected = r"gappy: gaps video \(2 missing frame\(s\): img_00003\.jpg, img_00004\.jpg\)"
+    with pytest.raises(BadVideoError, match=expected):
+        FramesFolderSource().open(str(folder), 32)
+
+
 def test_segment_sampling_centres_in_test_and_random_within_segments_in_train():
     assert segment_indices(16, 8, train=False, generator=None) == [1, 3, 5, 7, 9, 11, 13, 15]
     for seed in range(20):

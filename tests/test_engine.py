@@ -3,8 +3,8 @@ import json
 
 import pytest
 import torch
+from tiny_run import tiny_argv
 
-from engine_utils import tiny_argv
 from runs.run import main
 from utils.checkpoint import load_checkpoint
 from utils.logger import read_metrics

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import tiny_argv
 
-from engine_utils import tiny_argv
 from runs.run import main
 from runs.train_net_few_shot import train_episode_indices
 from utils import distributed as du
