@@ -95,6 +95,10 @@ class FewShotDataset(torch.utils.data.Dataset):
                     track_dir=data.TRACK_DIR, max_entities=data.MAX_ENTITIES,
                     min_video_frames=data.MIN_VIDEO_FRAMES, deterministic_train=data.DETERMINISTIC_TRAIN)
 
+    @classmethod
+    def prepare(cls, cfg) -> None:
+        """Run once on the main process before any loader is built (entries that can make their data do so)."""
+
     def __len__(self) -> int:
         return len(self.episode_indices)
 
@@ -254,3 +258,10 @@ class Synthetic_few_shot(FewShotDataset):
 
     name = "Synthetic_few_shot"
     flip_allowed = False
+
+    @classmethod
+    def prepare(cls, cfg) -> None:
+        """With SYNTHETIC.GENERATE, write the benchmark into DATA.ANNO_DIR when its split lists are missing."""
+        from datasets.synthetic import ensure_synthetic
+
+        ensure_synthetic(cfg)

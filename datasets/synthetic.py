@@ -36,6 +36,7 @@ from datasets.synthetic_render import (
     wander,
     write_mp4,
 )
+from utils.config import CfgNode, register_config, section
 from utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -195,3 +196,30 @@ def make_synthetic(out_dir: str, classes: int = 30, videos_per_class: int = 20, 
                "videos": classes * videos_per_class, "seconds": round(time.time() - start, 2)}
     logger.info("synthetic benchmark: %s", summary)
     return summary
+
+
+@register_config
+def add_synthetic_config(cfg: CfgNode) -> None:
+    _S = section(cfg, "SYNTHETIC")
+    _S.GENERATE = False  # Synthetic_few_shot: generate the benchmark into DATA.ANNO_DIR if its lists are missing
+    _S.CLASSES = 30  # classes (split into train/val/test)
+    _S.VIDEOS_PER_CLASS = 20  # videos per class
+    _S.FRAMES = 16  # frames per video
+    _S.SIZE = 64  # video side in pixels
+    _S.DISTRACTORS = 2  # moving distractor entities per video
+    _S.SEED = 0  # generator seed (same seed, same files)
+
+
+def ensure_synthetic(cfg: CfgNode) -> None:
+    """Generate the benchmark into DATA.ANNO_DIR (= DATA.DATA_ROOT_DIR) when SYNTHETIC.GENERATE and it is missing."""
+    root = cfg.DATA.ANNO_DIR
+    if os.path.isfile(os.path.join(root, "train_few_shot.txt")) or not cfg.SYNTHETIC.GENERATE:
+        return
+    if os.path.abspath(cfg.DATA.DATA_ROOT_DIR) != os.path.abspath(root):
+        raise ValueError(f"SYNTHETIC.GENERATE writes videos and lists into one folder: DATA.DATA_ROOT_DIR "
+                         f"({cfg.DATA.DATA_ROOT_DIR}) must equal DATA.ANNO_DIR ({root})")
+    syn = cfg.SYNTHETIC
+    logger.info("generating the synthetic benchmark into %s (%d classes x %d videos)", root, syn.CLASSES,
+                syn.VIDEOS_PER_CLASS)
+    make_synthetic(root, classes=syn.CLASSES, videos_per_class=syn.VIDEOS_PER_CLASS, frames=syn.FRAMES,
+                   size=syn.SIZE, seed=syn.SEED, distractors=syn.DISTRACTORS)

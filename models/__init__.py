@@ -1,7 +1,5 @@
-"""Models: CLIP backbone wrapper, OTAM, few-shot heads, MCDP modules.
-
-Importing registers every component's config keys and registry names (plain imports, failures are loud). Order
-does not matter: each module imports the registries it uses from models.build itself.
-"""
-from models import amcap, build, clip, heads, otam  # noqa: F401
+"""Models: CLIP backbone wrapper, OTAM, VFAM, AMCAP and the few-shot heads; importing registers their config
+keys and names. `build` comes first: it defines the registries the other modules register into."""
+from models import build  # noqa: F401, I001  (order matters, see above)
+from models import amcap, clip, heads, otam, vfam  # noqa: F401
 from models.build import BACKBONE_REGISTRY, HEAD_REGISTRY, build_model  # noqa: F401

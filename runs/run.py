@@ -11,6 +11,7 @@ import time
 import simplejson as json
 import torch
 
+from datasets import DATASET_REGISTRY
 from runs.test_net_few_shot import evaluate
 from runs.train_net_few_shot import load_weights_for_test, train
 from utils import distributed as du
@@ -42,6 +43,13 @@ def check_output_dir(cfg: CfgNode, resume: bool) -> None:
     if existing:
         raise FileExistsError(f"OUTPUT_DIR {out} already holds a run ({', '.join(existing)}); pass --resume to "
                               f"continue it or set OUTPUT_DIR to a new folder")
+
+
+def check_run_config(cfg: CfgNode) -> None:
+    """Combinations that would silently run something other than what the config says."""
+    if cfg.VFAM.ENABLE and not cfg.DATA.TRACK_DIR:
+        raise ValueError("VFAM.ENABLE needs DATA.TRACK_DIR (track files from runs/extract_tracks.py); without "
+                         "tracks every video would take the baseline path")
 
 
 def run_worker(cfg_yaml: str, resume: bool) -> dict | None:
@@ -116,10 +124,12 @@ def print_summary(cfg: CfgNode, result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     cfg = load_config(args.cfg_file, args.opts)
+    check_run_config(cfg)
     du.env_from_slurm()
     if du.get_rank() == 0 and int(os.environ.get("RANK", "0")) == 0:
         check_output_dir(cfg, args.resume)
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)  # e.g. generate the synthetic benchmark
     if cfg.NUM_GPUS > 1 and "RANK" not in os.environ:
         du.launch(run_worker, cfg.NUM_GPUS, args=(cfg.dump(), args.resume))
         path = os.path.join(cfg.OUTPUT_DIR, "results.json")

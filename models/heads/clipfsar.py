@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from models.build import HEAD_REGISTRY
 from models.clip import CLIPBackbone
 from models.otam import otam_distance
+from models.vfam import VFAM
 from utils.config import CfgNode, register_config, section
 
 FRAME_FEATURES = ("global", "patch_map")
@@ -94,7 +95,7 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
                  transformer_ffn_dropout: float = 0.05, prompt_template: str = "a photo of {}",
                  otam_lambda: float = 0.5, use_classification: bool = True, classification_weight: float = 1.0,
                  merge_before: bool = False, single_direct: bool = False, eval_text: bool = False,
-                 combine: bool = False, text_coff: float = 0.9):
+                 combine: bool = False, text_coff: float = 0.9, vfam: VFAM | None = None):
         super().__init__()
         if frame_feature not in FRAME_FEATURES:
             raise ValueError(f"models/heads/clipfsar.py: VIDEO.HEAD.FRAME_FEATURE must be one of {FRAME_FEATURES}, "
@@ -113,6 +114,9 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
         descriptor_dim = embed_dim * patch_pool * patch_pool if frame_feature == "patch_map" else embed_dim
         self.model_dim = proj_dim if proj_dim > 0 else descriptor_dim
         self.frame_proj = nn.Linear(descriptor_dim, proj_dim) if proj_dim > 0 else nn.Identity()
+        # VFAM (VFAM.ENABLE): tracked-entity context fused into the descriptors; its gate starts at 0.
+        self.vfam = vfam
+        self.needs_tokens = False  # subclasses that read the dense token grid per video (AMCAP) set this
         # CLIP-FSAR feeds the raw text embedding (same joint space as the global frame embedding). Any other
         # descriptor needs a learned map; a text vector tiled over cells would be erased by the centring.
         lineage_text = frame_feature == "global" and proj_dim <= 0
@@ -131,8 +135,14 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
         head, train = cfg.VIDEO.HEAD, cfg.TRAIN
+        backbone = CLIPBackbone(**CLIPBackbone.from_config(cfg))
+        vfam = None
+        if cfg.VFAM.ENABLE:
+            dim = backbone.embed_dim
+            out_dim = dim * head.PATCH_POOL ** 2 if head.FRAME_FEATURE == "patch_map" else dim
+            vfam = VFAM(**VFAM.from_config(cfg, dim, out_dim))
         return dict(
-            backbone=CLIPBackbone(**CLIPBackbone.from_config(cfg)), frame_feature=head.FRAME_FEATURE,
+            backbone=backbone, vfam=vfam, frame_feature=head.FRAME_FEATURE,
             patch_pool=head.PATCH_POOL, proj_dim=head.PROJ_DIM, transformer_depth=head.TRANSFORMER_DEPTH,
             transformer_heads=head.TRANSFORMER_HEADS, transformer_mlp_dim=head.TRANSFORMER_MLP_DIM,
             transformer_dropout=head.TRANSFORMER_DROPOUT, transformer_ffn_dropout=head.TRANSFORMER_FFN_DROPOUT,
@@ -168,19 +178,41 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
         return torch.stack([self._text_cache[n].to(device) for n in names])
 
     # ------------------------------------------------------------------ encode
-    def encode_videos(self, videos: Tensor) -> dict[str, Tensor]:
-        """videos [B,T,3,H,W] -> {"frames": [B,T,F] descriptors, "video_text": [B,T,D] joint-space embeddings}."""
+    def encode_videos(self, videos: Tensor, boxes: Tensor | None = None,
+                      box_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """videos [B,T,3,H,W] (+ track boxes [B,T,K,4] / mask [B,T,K] for VFAM) -> per-video features:
+        "frames" [B,T,F] descriptors, "video_text" [B,T,D] joint-space embeddings, and what VFAM / AMCAP need.
+
+        One backbone call; every video is encoded on its own, so the outputs can be cached per video."""
         num_videos, num_frames = videos.shape[:2]
-        out = self.backbone.encode_frames(videos.flatten(0, 1), dense=self.frame_feature == "patch_map")
-        if self.frame_feature == "global":
-            frames = video_text = out["global"]  # [N, D]
+        dense = self.frame_feature == "patch_map" or self.needs_tokens
+        if self.vfam is not None:
+            out = self.vfam.encode(self.backbone, videos, boxes, box_mask, dense=dense)
+            glob, tokens = out["global"].flatten(0, 1), out["tokens"].flatten(0, 1) if dense else None
         else:
-            tokens = out["tokens"].permute(0, 3, 1, 2)  # [N, D, h, w]
-            video_text = tokens.mean(dim=(2, 3))  # the mean token: the part of the map centring removes
-            cells = F.adaptive_avg_pool2d(tokens, self.patch_pool).flatten(2)  # [N, D, P*P]
+            enc = self.backbone.encode_frames(videos.flatten(0, 1), dense=dense)
+            glob, tokens = enc["global"], enc.get("tokens")
+        if self.frame_feature == "global":
+            frames = video_text = glob  # [N, D]
+        else:
+            grid = tokens.permute(0, 3, 1, 2)  # [N, D, h, w]
+            video_text = grid.mean(dim=(2, 3))  # the mean token: the part of the map centring removes
+            cells = F.adaptive_avg_pool2d(grid, self.patch_pool).flatten(2)  # [N, D, P*P]
             frames = (cells - cells.mean(dim=2, keepdim=True)).flatten(1)  # centred per channel, [N, D*P*P]
-        return {"frames": frames.reshape(num_videos, num_frames, -1),
-                "video_text": video_text.reshape(num_videos, num_frames, -1)}
+        feats = {"frames": frames.reshape(num_videos, num_frames, -1),
+                 "video_text": video_text.reshape(num_videos, num_frames, -1)}
+        if self.vfam is not None:
+            feats.update(frame_global=out["global"], entity_feats=out["entity_feats"], entity_mask=out["entity_mask"])
+        if self.needs_tokens:
+            feats["tokens"] = tokens.reshape(num_videos, num_frames, *tokens.shape[1:])
+        return feats
+
+    def frame_descriptors(self, feats: dict[str, Tensor]) -> Tensor:
+        """[B,T,d] transformer inputs: descriptors with VFAM's entity context fused in, then projected."""
+        frames = feats["frames"]
+        if self.vfam is not None:
+            frames = self.vfam(feats["frame_global"], frames, feats["entity_feats"], feats["entity_mask"])
+        return self.frame_proj(frames)
 
     # ------------------------------------------------------------------ episode math
     def _prototypes(self, support: Tensor, text_tokens: Tensor, labels: Tensor, way: int) -> Tensor:
@@ -202,40 +234,58 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
     def forward_features(self, support_feats: dict[str, Tensor], target_feats: dict[str, Tensor],
                          episode: dict) -> dict[str, Any]:
         """Episode math on `encode_videos` outputs; returns logits [Q, WAY] and (training) the losses."""
+        class_text = self.class_text_features(list(episode["class_names"]))  # [WAY, D]
+        return self.episode_outputs(support_feats, target_feats, episode, class_text[episode["support_labels"].long()])
+
+    def episode_outputs(self, support_feats: dict[str, Tensor], target_feats: dict[str, Tensor], episode: dict,
+                        support_text: Tensor, extra_logits: Tensor | None = None,
+                        video_class_text: Tensor | None = None) -> dict[str, Any]:
+        """Prototype modulation + OTAM given each support's class-text token `support_text` [S, D].
+
+        Heads built on this one (MCDP) pass `extra_logits` [Q, WAY] (added to -OTAM distance) and
+        `video_class_text` [S+Q, N_split, D] (per-video class texts for the video-text loss)."""
         support_labels = episode["support_labels"].long()
-        class_names = list(episode["class_names"])
-        way = len(class_names)
-        class_text = self.class_text_features(class_names)  # [WAY, D]
-        support = self.frame_proj(support_feats["frames"])
-        queries = self.temporal(self.frame_proj(target_feats["frames"]))
-        text_tokens = self.text_proj(class_text.to(support.dtype))[support_labels]  # [S, d]
+        way = len(episode["class_names"])
+        support = self.frame_descriptors(support_feats)
+        queries = self.temporal(self.frame_descriptors(target_feats))
+        text_tokens = self.text_proj(support_text.to(support.dtype))  # [S, d]
         prototypes = self._prototypes(support, text_tokens, support_labels, way)
         dists = self._otam_distances(queries, prototypes)  # [Q, WAY]
-        logits = -dists
+        logits = -dists if extra_logits is None else extra_logits - dists
         if not self.training and (self.eval_text or self.combine):
-            query_text = target_feats["video_text"].float().mean(1)  # [Q, D]
-            text_probs = F.softmax(self.text_logit_scale * cosine_logits(query_text, class_text), dim=1)
-            if self.eval_text:
-                logits = text_probs
-            else:
-                num_frames = queries.shape[1]  # CLIP-FSAR's constant 8 is its number of frames
-                visual_probs = F.softmax((num_frames - dists) / num_frames, dim=1)
-                logits = text_probs.pow(self.text_coff) * visual_probs.pow(1.0 - self.text_coff)
+            logits = self._text_eval_logits(logits, dists, target_feats, episode)
         output: dict[str, Any] = {"logits": logits, "losses": {}}
         if self.training:
-            output["losses"] = self._losses(logits, support_feats, target_feats, episode)
+            output["losses"] = self._losses(logits, support_feats, target_feats, episode, video_class_text)
             output["loss"] = sum(output["losses"].values())
         return output
 
+    def _text_eval_logits(self, logits: Tensor, dists: Tensor, target_feats: dict[str, Tensor],
+                          episode: dict) -> Tensor:
+        """CLIP-FSAR's test-time EVAL_TEXT (text only) and COMBINE (text^c * visual^(1-c)) probabilities."""
+        class_text = self.class_text_features(list(episode["class_names"]))
+        query_text = target_feats["video_text"].float().mean(1)  # [Q, D]
+        text_probs = F.softmax(self.text_logit_scale * cosine_logits(query_text, class_text), dim=1)
+        if self.eval_text:
+            return text_probs
+        num_frames = target_feats["frames"].shape[1]  # CLIP-FSAR's constant 8 is its number of frames
+        visual_probs = F.softmax((num_frames - dists) / num_frames, dim=1)
+        return text_probs.pow(self.text_coff) * visual_probs.pow(1.0 - self.text_coff)
+
     def _losses(self, logits: Tensor, support_feats: dict[str, Tensor], target_feats: dict[str, Tensor],
-                episode: dict) -> dict[str, Tensor]:
+                episode: dict, video_class_text: Tensor | None = None) -> dict[str, Tensor]:
         losses = {"otam_ce": F.cross_entropy(logits, episode["target_labels"].long())}
         if self.use_text_loss:
             if "split_class_names" not in episode:
                 raise KeyError("models/heads/clipfsar.py: TRAIN.USE_CLASSIFICATION needs episode['split_class_names']")
-            split_text = self.class_text_features(list(episode["split_class_names"]))  # [N_split, D]
             video_text = torch.cat([support_feats["video_text"], target_feats["video_text"]]).float().mean(1)
-            class_logits = self.text_logit_scale * cosine_logits(video_text, split_text)
+            if video_class_text is None:
+                split_text = self.class_text_features(list(episode["split_class_names"]))  # [N_split, D]
+                class_logits = self.text_logit_scale * cosine_logits(video_text, split_text)
+            else:  # per-video class texts [S+Q, N_split, D]
+                cos = torch.einsum("nd,ncd->nc", F.normalize(video_text, dim=-1),
+                                   F.normalize(video_class_text.float(), dim=-1))
+                class_logits = self.text_logit_scale * cos
             real_labels = torch.cat([episode["real_support_labels"], episode["real_target_labels"]]).long()
             losses["video_text_ce"] = self.classification_weight * F.cross_entropy(class_logits, real_labels)
         return losses
@@ -243,7 +293,11 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
     def forward(self, episode: dict) -> dict[str, Any]:
         """One backbone pass over cat(support, target) videos, then `forward_features`."""
         support, target = episode["support_set"], episode["target_set"]
-        feats = self.encode_videos(torch.cat([support, target]))
+        boxes = mask = None
+        if self.vfam is not None and "support_boxes" in episode:
+            boxes = torch.cat([episode["support_boxes"], episode["target_boxes"]])
+            mask = torch.cat([episode["support_box_mask"], episode["target_box_mask"]])
+        feats = self.encode_videos(torch.cat([support, target]), boxes, mask)
         num_support = support.shape[0]
         support_feats = {k: v[:num_support] for k, v in feats.items()}
         target_feats = {k: v[num_support:] for k, v in feats.items()}
