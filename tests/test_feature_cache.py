@@ -1,10 +1,10 @@
 """Fast exact evaluation: cached per-video features give the same episodes' results as re-encoding."""
 import pytest
 import torch
+from tiny_run import TINY_CFG, tiny_opts
 
 from models import build_model
 from runs.test_net_few_shot import evaluate
-from tiny_run import TINY_CFG, tiny_opts
 from utils.config import load_config
 
 

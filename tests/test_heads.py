@@ -1,10 +1,10 @@
 """Every registered head on real synthetic episodes; MCDP's modules and their guarantees."""
 import pytest
 import torch
+from tiny_run import TINY_CFG, tiny_opts
 
 from datasets import build_dataset
 from models import HEAD_REGISTRY, build_model
-from tiny_run import TINY_CFG, tiny_opts
 from utils.config import load_config
 
 MODULES_ON = ("VFAM.ENABLE", "True", "AMCAP.ENABLE", "True", "AMCAP.NUM_COALITIONS", "16")
