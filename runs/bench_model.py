@@ -212,3 +212,32 @@ def bench_flops(args) -> dict:
     return {"total_gflops": analysis.total() / 1e9, "table": table,
             "trainable_params": trainable, "trainable_total": sum(trainable.values()),
             "params_total": sum(p.numel() for p in model.parameters())}
+
+
+# ------------------------------------------------------------------------------------------- eval
+def bench_eval(args) -> dict:
+    """Test episodes/s with and without the per-video feature cache on the same fixed episodes."""
+    from models import build_model
+    from runs.test_net_few_shot import evaluate
+
+    device = pick_device()
+    rows, accs = [], {}
+    for cached in (False, True):
+        cfg = load_config(args.cfg, list(args.opts) + ["TEST.FEATURE_CACHE", str(cached)])
+        from datasets import DATASET_REGISTRY
+
+        DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)
+        torch.manual_seed(0)
+        model = build_model(cfg).to(device)
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            result = evaluate(model, cfg, args.split, args.episodes, device)
+            times.append(time.perf_counter() - start)
+        accs[cached] = result["episode_accuracies"]
+        rows.append({"variant": "cached" if cached else "re-encode every episode",
+                     "episodes_per_s": args.episodes / statistics.median(times), "accuracy": result["accuracy"]})
+    for row in rows:
+        row["speedup"] = row["episodes_per_s"] / rows[0]["episodes_per_s"]
+    return {"rows": rows, "episodes": args.episodes, "identical_episode_accuracies": accs[True] == accs[False],
+            "device": str(device)}

@@ -1,6 +1,11 @@
 """Benchmarks, one subcommand each: `python runs/benchmark.py <name> [options]`.
 
-    data   episodes/s of the episodic loader (decode resized vs full resolution then resize)
+    data        episodes/s of the episodic loader (decode resized vs full resolution then resize)
+    train-step  one training iteration of a config per variant (fp32, bf16, checkpointing, or KEY VALUE sets):
+                median time, peak memory (each variant in a fresh process), MFU on known GPUs
+    eval        test episodes/s with and without the per-video feature cache (and equal accuracies)
+    otam        OTAM forward+backward: vectorised vs per-cell loop (and equal values)
+    flops       per-module FLOPs (fvcore) and trainable parameters of a config
 
 Each subcommand prints a small table and, with `--json OUT`, writes its numbers (medians over repeats).
 """
@@ -156,10 +161,67 @@ def add_data_parser(subparsers) -> None:
     p.set_defaults(func=bench_data)
 
 
+def report(bench: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Namespace], dict]:
+    """Run a model benchmark, print its rows as a table and write its JSON."""
+    def run(args: argparse.Namespace) -> dict:
+        out = bench(args)
+        rows = out.get("rows", [])
+        if rows:
+            keys = list(rows[0])
+            print_table([keys] + [[_fmt(row.get(k)) for k in keys] for row in rows])
+        print({k: v for k, v in out.items() if k not in ("rows", "raw", "table")})
+        write_json(args.json, out)
+        return out
+    return run
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def add_model_parsers(subparsers) -> None:
+    from runs import bench_model as bm
+
+    def common(p, repeats: int):
+        p.add_argument("--cfg", default="configs/projects/MCDPFSAR/synthetic/demo.yaml")
+        p.add_argument("--repeats", type=int, default=repeats, help="timed repeats (the median is reported)")
+        p.add_argument("--json", default="", help="write the results here")
+        p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every variant")
+
+    p = subparsers.add_parser("train-step", help="one training iteration per variant")
+    common(p, 3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--variant", action="append", help="NAME=KEY VALUE ... (default: fp32, bf16, ckpt variants)")
+    p.add_argument("--flops", action="store_true", help="count FLOPs (for MFU on a GPU)")
+    p.set_defaults(func=report(bm.bench_train_step))
+    p = subparsers.add_parser("train-step-child", help=argparse.SUPPRESS)
+    common(p, 3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--flops", action="store_true")
+    p.add_argument("--child-json", required=True)
+    p.set_defaults(func=bm.train_step_child)
+    p = subparsers.add_parser("eval", help="test episodes/s with and without the feature cache")
+    common(p, 1)
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--split", default="test")
+    p.set_defaults(func=report(bm.bench_eval))
+    p = subparsers.add_parser("otam", help="OTAM forward+backward: vectorised vs per-cell loop")
+    p.add_argument("--shape", default="25,5,8,8")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", default="")
+    p.set_defaults(func=report(bm.bench_otam))
+    p = subparsers.add_parser("flops", help="per-module FLOPs and trainable parameters of a config")
+    common(p, 1)
+    p.add_argument("--depth", type=int, default=3, help="module depth of the FLOP table")
+    p.set_defaults(func=report(bm.bench_flops))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_data_parser(subparsers)
+    add_model_parsers(subparsers)
     args = parser.parse_args(argv)
     args.func(args)
     return 0
