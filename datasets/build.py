@@ -38,10 +38,11 @@ def add_data_config(cfg: CfgNode) -> None:
     _D.ON_BAD_VIDEO = "error"  # missing/unreadable/empty/too-short video: error, or resample (same class, logged)
     _D.MIN_VIDEO_FRAMES = 1  # fewer decodable frames = "too short"; shorter than NUM_INPUT_FRAMES repeats frames
     _D.TRACK_DIR = ""  # folder of <video id>.json track files; "" = no boxes in the episode
-    _D.MAX_ENTITIES = 4  # entity slots per frame (top tracks by length x area x score)
     _D.DETERMINISTIC_TRAIN = False  # train episodes use test-style views (centre frames and crop, no flip/jitter)
     _D.NUM_WORKERS = 2  # DataLoader worker processes (persistent); 0 decodes in the main process
     _D.PIN_MEMORY = True  # pin episode tensors when CUDA is available
+    # VFAM's entity slots are read here, where the episode boxes are built.
+    section(cfg, "VFAM").MAX_ENTITIES = 4  # entity slots per frame (top tracks by length x area x score)
     _T = section(cfg, "TRAIN")
     _T.WAY = 5  # classes per episode
     _T.SHOT = 1  # support videos per class (train episodes)

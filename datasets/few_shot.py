@@ -92,7 +92,7 @@ class FewShotDataset(torch.utils.data.Dataset):
                     video_ext=data.VIDEO_EXT, frames_folder=data.FRAMES_FOLDER, num_frames=data.NUM_INPUT_FRAMES,
                     train_jitter_scales=data.TRAIN_JITTER_SCALES, test_scale=data.TEST_SCALE, crop_size=crop,
                     mean=data.MEAN, std=data.STD, flip=flip, on_bad_video=data.ON_BAD_VIDEO,
-                    track_dir=data.TRACK_DIR, max_entities=data.MAX_ENTITIES,
+                    track_dir=data.TRACK_DIR, max_entities=cfg.VFAM.MAX_ENTITIES,
                     min_video_frames=data.MIN_VIDEO_FRAMES, deterministic_train=data.DETERMINISTIC_TRAIN)
 
     @classmethod

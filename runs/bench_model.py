@@ -54,7 +54,7 @@ def time_repeats(fn, repeats: int, warmup: int, device: torch.device) -> list[fl
 def random_episode(cfg: CfgNode, image_size: int, generator: torch.Generator) -> dict:
     """An episode of random frames with the config's way/shot/query/frames (for timing only)."""
     way, shot, query, frames = cfg.TRAIN.WAY, cfg.TRAIN.SHOT, cfg.TRAIN.QUERY_PER_CLASS, cfg.DATA.NUM_INPUT_FRAMES
-    k = cfg.DATA.MAX_ENTITIES
+    k = cfg.VFAM.MAX_ENTITIES
     names = [f"class {i}" for i in range(way)]
 
     def videos(n):

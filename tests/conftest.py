@@ -30,3 +30,13 @@ def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic(str(root), classes=15, videos_per_class=6, frames=24, size=64, seed=0)
     return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_environ():
+    """Restore os.environ after every test: code under test (SLURM translation) writes RANK/WORLD_SIZE, which
+    would make every later run believe it is one rank of a distributed job."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
