@@ -113,7 +113,8 @@ def print_summary(cfg: CfgNode, result: dict) -> None:
         f"{result['episodes']} test episodes",
         f"test accuracy: {result['accuracy']:.2f} ± {result['ci95']:.2f} (95% CI)",
         f"best val accuracy: {result['best_val_accuracy']}" if result["best_val_accuracy"] is not None else "",
-        f"replaced bad videos: {len(result['replaced_videos'])}   skipped non-finite steps: {result['skipped_steps']}",
+        f"replaced bad videos: {len(result['replaced_videos'])}   test videos without track files: "
+        f"{result['videos_without_tracks']}   skipped non-finite steps: {result['skipped_steps']}",
         f"time: {result['total_seconds']:.0f} s",
         f"outputs: {out}/ (results.json, metrics.jsonl, log.txt, config.yaml, checkpoints/, tensorboard/)",
         "=" * 72,

@@ -66,7 +66,7 @@ def episode_record(index: int, episode: dict, logits: torch.Tensor) -> dict:
         c, t = per_class.get(name, (0, 0))
         per_class[name] = (c + int(hit), t + 1)
     return {"index": index, "accuracy": hits.float().mean().item(), "per_class": per_class,
-            "replaced": list(episode.get("replaced_videos", []))}
+            "replaced": list(episode.get("replaced_videos", [])), "no_tracks": list(episode.get("missing_tracks", []))}
 
 
 @torch.no_grad()
@@ -92,6 +92,7 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
     gathered = [r for part in du.all_gather_object(records) for r in part]
     result = summarize_accuracies(gathered, num_episodes, split)
     result["replaced_videos"] = sorted({tuple(v) for r in gathered for v in r["replaced"]})
+    result["videos_without_tracks"] = len({v for r in gathered for v in r["no_tracks"]})
     result["seconds"] = time.time() - start
     if cache is not None:
         result["cache"] = {"videos": len(cache), "hits": cache.hits, "misses": cache.misses}

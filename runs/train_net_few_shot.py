@@ -13,6 +13,7 @@ from tqdm import tqdm
 from datasets import build_loader
 from models import build_model
 from runs.engine_utils import autocast, to_device, unwrap
+from runs.feature_cache import VideoFeatureCache
 from runs.test_net_few_shot import evaluate
 from utils import distributed as du
 from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state, set_rng_state
@@ -34,6 +35,7 @@ def add_train_config(cfg: CfgNode) -> None:
     _T.AUTOCAST = "none"  # none, bf16 (CPU and GPU) or fp16 (GPU, with a gradient scaler)
     _T.CLIP_GRAD_NORM = 0.0  # clip the global gradient norm to this (0: off)
     _T.MAX_BAD_STEPS = 5  # stop after this many consecutive non-finite losses (each one is skipped and counted)
+    _T.FEATURE_CACHE = False  # frozen backbone + DATA.DETERMINISTIC_TRAIN: encode each train video once, reuse it
 
 
 def check_train_config(cfg: CfgNode) -> None:
@@ -43,6 +45,18 @@ def check_train_config(cfg: CfgNode) -> None:
             # Checkpoints are taken between optimizer steps so a resume never sees half-accumulated gradients.
             raise ValueError(f"TRAIN.{key} ({cfg.TRAIN[key]}) must be a multiple of "
                              f"TRAIN.BATCH_SIZE_PER_TASK ({accum})")
+
+
+def check_train_cache(cfg: CfgNode, model: torch.nn.Module) -> None:
+    """The training feature cache is exact only when a video always encodes to the same features."""
+    if not cfg.TRAIN.FEATURE_CACHE:
+        return
+    if not cfg.DATA.DETERMINISTIC_TRAIN:
+        raise ValueError("TRAIN.FEATURE_CACHE needs DATA.DETERMINISTIC_TRAIN True (random views change features)")
+    if any(p.requires_grad for p in model.backbone.parameters()):
+        raise ValueError("TRAIN.FEATURE_CACHE needs a frozen backbone (VIDEO.HEAD.FINETUNE frozen, text frozen)")
+    if not getattr(model, "supports_feature_cache", False):
+        raise ValueError(f"TRAIN.FEATURE_CACHE: head {type(model).__name__} does not support per-video features")
 
 
 def train_episode_indices(start: int, stop: int) -> list[int]:
@@ -58,6 +72,8 @@ class Trainer:
         check_train_config(cfg)
         self.cfg, self.device = cfg, device
         self.model = build_model(cfg).to(device)
+        check_train_cache(cfg, self.model)
+        self.cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE) if cfg.TRAIN.FEATURE_CACHE else None
         self.optimizer = build_optimizer(self.model, cfg.SOLVER)
         self.scheduler = build_scheduler(self.optimizer, cfg.SOLVER, cfg.TRAIN.BATCH_SIZE_PER_TASK)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.TRAIN.AUTOCAST == "fp16")
@@ -99,7 +115,8 @@ class Trainer:
         sync = self.ddp.no_sync() if (self.ddp is not self.model and not boundary) else contextlib.nullcontext()
         with sync:
             with autocast(cfg, self.device):
-                out = self.ddp(episode)
+                features = None if self.cache is None else self.cache.episode_features(self.model, episode)
+                out = self.ddp(episode, features)
             loss = out["loss"].float()
             # All ranks agree on skipping, or DDP's gradient all-reduce would wait forever on the others.
             bad = du.all_reduce(torch.tensor(float(not torch.isfinite(loss)), device=self.device)).item() > 0
@@ -138,7 +155,7 @@ class Trainer:
     def train(self, metrics: MetricsWriter) -> None:
         cfg, total = self.cfg, self.cfg.TRAIN.NUM_TRAIN_TASKS
         self.model.train()
-        loader = build_loader(cfg, "train", train_episode_indices(self.iteration, total))
+        loader = build_loader(cfg, "train", train_episode_indices(self.iteration, total), skip_videos=self.cache)
         bar = tqdm(total=total, initial=self.iteration, desc="train", disable=not du.is_main_process())
         start, running = time.time(), []
         for episode in loader:

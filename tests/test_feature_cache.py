@@ -23,3 +23,33 @@ def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path, extra):
     cache = results[True]["cache"]
     assert cache["hits"] > 0 and cache["videos"] <= 12
     assert cache["hits"] + cache["misses"] == 12 * 10
+
+
+def test_frozen_backbone_training_cache_matches_plain_training(synthetic_root, tmp_path):
+    from datasets import build_loader
+    from runs.train_net_few_shot import Trainer
+
+    opts = tiny_opts(synthetic_root, tmp_path, "VIDEO.HEAD.FINETUNE", "frozen", "DATA.DETERMINISTIC_TRAIN", "True",
+                     "TRAIN.BATCH_SIZE_PER_TASK", "1", "VIDEO.HEAD.TRANSFORMER_DROPOUT", "0.0",
+                     "VIDEO.HEAD.TRANSFORMER_FFN_DROPOUT", "0.0")
+    losses, weights = {}, {}
+    for cache in (False, True):
+        cfg = load_config(TINY_CFG, opts + ["TRAIN.FEATURE_CACHE", str(cache)])
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, torch.device("cpu"))
+        loader = build_loader(cfg, "train", list(range(6)), skip_videos=trainer.cache)
+        losses[cache] = [trainer.run_step(episode)["loss"] for episode in loader]
+        weights[cache] = trainer.model.temporal.state_dict()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+    for key, value in weights[False].items():
+        torch.testing.assert_close(weights[True][key], value, rtol=1e-4, atol=1e-6)
+    assert trainer.cache.hits > 0
+
+
+def test_training_cache_refuses_random_views(synthetic_root, tmp_path):
+    from runs.train_net_few_shot import Trainer
+
+    cfg = load_config(TINY_CFG, tiny_opts(synthetic_root, tmp_path, "VIDEO.HEAD.FINETUNE", "frozen",
+                                          "TRAIN.FEATURE_CACHE", "True"))
+    with pytest.raises(ValueError, match="DATA.DETERMINISTIC_TRAIN"):
+        Trainer(cfg, torch.device("cpu"))

@@ -290,8 +290,11 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
             losses["video_text_ce"] = self.classification_weight * F.cross_entropy(class_logits, real_labels)
         return losses
 
-    def forward(self, episode: dict) -> dict[str, Any]:
-        """One backbone pass over cat(support, target) videos, then `forward_features`."""
+    def forward(self, episode: dict, features: tuple[dict, dict] | None = None) -> dict[str, Any]:
+        """One backbone pass over cat(support, target) videos, then `forward_features`; `features` (support,
+        target) from a per-video cache skip the encoding (runs/feature_cache.py)."""
+        if features is not None:
+            return self.forward_features(*features, episode)
         support, target = episode["support_set"], episode["target_set"]
         boxes = mask = None
         if self.vfam is not None and "support_boxes" in episode:
