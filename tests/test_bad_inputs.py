@@ -20,8 +20,8 @@ class NaNOnIterations(torch.nn.Module):
         super().__init__()
         self.head, self.bad, self.calls = head, bad, 0
 
-    def forward(self, episode):
-        out = self.head(episode)
+    def forward(self, episode, features=None):
+        out = self.head(episode, features)
         if self.calls in self.bad:
             out["loss"] = out["loss"] * float("nan")
         self.calls += 1
