@@ -13,3 +13,5 @@ def tiny_opts(root: Path, output_dir: Path, *extra: str) -> list[str]:
 
 def tiny_argv(root: Path, output_dir: Path, *extra: str) -> list[str]:
     return ["--cfg", TINY_CFG, *tiny_opts(root, output_dir, *extra)]
+
+REPO = Path(__file__).resolve().parents[1]
