@@ -91,7 +91,6 @@ def parse_variants(items: list[str] | None, default: dict) -> dict[str, list[str
 # ------------------------------------------------------------------------------------------- train-step
 def train_step_child(args) -> None:
     """One variant in a fresh process, so CPU peak memory (max RSS) belongs to this variant alone."""
-    from models import build_model  # noqa: F401  (registers heads)
     from runs.train_net_few_shot import Trainer
 
     device = pick_device()
@@ -217,6 +216,7 @@ def bench_flops(args) -> dict:
 # ------------------------------------------------------------------------------------------- eval
 def bench_eval(args) -> dict:
     """Test episodes/s with and without the per-video feature cache on the same fixed episodes."""
+    from datasets import DATASET_REGISTRY
     from models import build_model
     from runs.test_net_few_shot import evaluate
 
@@ -224,8 +224,6 @@ def bench_eval(args) -> dict:
     rows, accs = [], {}
     for cached in (False, True):
         cfg = load_config(args.cfg, list(args.opts) + ["TEST.FEATURE_CACHE", str(cached)])
-        from datasets import DATASET_REGISTRY
-
         DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)
         torch.manual_seed(0)
         model = build_model(cfg).to(device)

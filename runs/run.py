@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     cfg = load_config(args.cfg_file, args.opts)
     check_run_config(cfg)
     du.env_from_slurm()
-    if du.get_rank() == 0 and int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # before any process group exists: torchrun/SLURM rank or single
         check_output_dir(cfg, args.resume)
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)  # e.g. generate the synthetic benchmark
