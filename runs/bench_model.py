@@ -91,6 +91,7 @@ def parse_variants(items: list[str] | None, default: dict) -> dict[str, list[str
 # ------------------------------------------------------------------------------------------- train-step
 def train_step_child(args) -> None:
     """One variant in a fresh process, so CPU peak memory (max RSS) belongs to this variant alone."""
+    from runs.engine_utils import to_device
     from runs.train_net_few_shot import Trainer
 
     device = pick_device()
@@ -98,7 +99,7 @@ def train_step_child(args) -> None:
     torch.manual_seed(0)
     trainer = Trainer(cfg, device)
     size = trainer.model.backbone.image_size[0]
-    episode = random_episode(cfg, size, torch.Generator().manual_seed(0))
+    episode = to_device(random_episode(cfg, size, torch.Generator().manual_seed(0)), device)
     base_rss = psutil.Process().memory_info().rss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -239,3 +240,57 @@ def bench_eval(args) -> dict:
         row["speedup"] = row["episodes_per_s"] / rows[0]["episodes_per_s"]
     return {"rows": rows, "episodes": args.episodes, "identical_episode_accuracies": accs[True] == accs[False],
             "device": str(device)}
+
+
+# ------------------------------------------------------------------------------------------- train-cache
+def _timed_steps(trainer, cfg: CfgNode, indices: list[int], device: torch.device) -> list[float]:
+    """Seconds per training iteration (loading the episode included) over the given episode indices."""
+    from datasets import build_loader
+
+    loader = iter(build_loader(cfg, "train", indices, skip_videos=trainer.cache))
+    times = []
+    for _ in indices:
+        sync(device)
+        start = time.perf_counter()
+        trainer.run_step(next(loader))
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_train_cache(args) -> dict:
+    """Frozen-backbone training episodes/s with and without the per-video feature cache, on the same episodes.
+
+    The cached variant first trains `--first-pass` episodes (the pass that fills the cache); both variants are then
+    timed on the following `--episodes` episodes.
+    """
+    from datasets import DATASET_REGISTRY
+    from runs.train_net_few_shot import Trainer
+
+    device = pick_device()
+    rows = []
+    timed = list(range(args.first_pass, args.first_pass + args.episodes))
+    for cached in (False, True):
+        with tempfile.TemporaryDirectory() as out:
+            cfg = load_config(args.cfg, list(args.opts) + [
+                "VIDEO.HEAD.FINETUNE", "frozen", "DATA.DETERMINISTIC_TRAIN", "True", "TRAIN.BATCH_SIZE_PER_TASK", "1",
+                "TRAIN.FEATURE_CACHE", str(cached), "OUTPUT_DIR", out])
+            DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)
+            torch.manual_seed(0)
+            trainer = Trainer(cfg, device)
+            warm = list(range(args.first_pass)) if cached else list(range(args.first_pass - args.warmup,
+                                                                            args.first_pass))
+            first = _timed_steps(trainer, cfg, warm, device)
+            hits, misses = (trainer.cache.hits, trainer.cache.misses) if cached else (0, 0)
+            times = _timed_steps(trainer, cfg, timed, device)
+        row = {"variant": "feature cache" if cached else "encode every episode",
+               "episodes_per_s": 1.0 / statistics.median(times), "median_s": statistics.median(times)}
+        if cached:
+            row["first_pass_episodes_per_s"] = len(first) / sum(first)
+            row["timed_hit_rate"] = (trainer.cache.hits - hits) / max(
+                1, trainer.cache.hits - hits + trainer.cache.misses - misses)
+            row["videos_cached"] = len(trainer.cache)
+        rows.append(row)
+    for row in rows:
+        row["speedup"] = row["episodes_per_s"] / rows[0]["episodes_per_s"]
+    return {"rows": rows, "first_pass": args.first_pass, "episodes": args.episodes, "device": str(device)}

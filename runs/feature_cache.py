@@ -4,6 +4,11 @@ Valid when a video's encoding does not depend on the episode: deterministic view
 training with DATA.DETERMINISTIC_TRAIN) and an encoder without trainable parameters in the graph (eval mode, or
 a frozen backbone). The data loader is told which videos are cached and does not decode them; their slots in the
 episode hold None.
+
+In eval mode the cache also keeps the head's per-video outputs by role (`head.per_video_outputs`): a query's frames
+after the temporal transformer and, where the head's support text is fixed, a support's text-modulated frames. A
+video's query outputs are computed from its frames alone and its support outputs from its own (support) class, so
+no query label is read.
 """
 from __future__ import annotations
 
@@ -18,10 +23,10 @@ ROLES = (("support", "support_set", "support_boxes", "support_box_mask"),
 class VideoFeatureCache:
     """Bounded LRU map video id -> {name: tensor} of `head.encode_videos` outputs for one video."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, key: str = "TEST.CACHE_SIZE"):
         if capacity < 1:
-            raise ValueError(f"TEST.CACHE_SIZE must be >= 1, got {capacity}")
-        self.capacity = capacity
+            raise ValueError(f"{key} must be >= 1, got {capacity}")
+        self.capacity, self.key = capacity, key
         self.store: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self.hits = self.misses = 0
 
@@ -36,9 +41,10 @@ class VideoFeatureCache:
 
         New videos of the episode are encoded together in one backbone call.
         """
-        ids = list(episode["support_ids"]) + list(episode["target_ids"])
+        support_ids, target_ids = list(episode["support_ids"]), list(episode["target_ids"])
+        ids = support_ids + target_ids
         if len(ids) > self.capacity:
-            raise ValueError(f"TEST.CACHE_SIZE ({self.capacity}) is smaller than one episode ({len(ids)} videos)")
+            raise ValueError(f"{self.key} ({self.capacity}) is smaller than one episode ({len(ids)} videos)")
         for vid in ids:  # the episode's own videos are the last to be evicted
             if vid in self.store:
                 self.store.move_to_end(vid)
@@ -49,9 +55,41 @@ class VideoFeatureCache:
         if new:
             self._encode(head, [ids[i] for i in new], [clips[i] for i in new],
                          [boxes[i] for i in new] if boxes else None, [masks[i] for i in new] if masks else None)
-        num_support = len(episode["support_ids"])
-        stacked = {k: torch.stack([self.store[vid][k] for vid in ids]) for k in self.store[ids[0]]}
-        return ({k: v[:num_support] for k, v in stacked.items()}, {k: v[num_support:] for k, v in stacked.items()})
+        if not head.training and hasattr(head, "per_video_outputs"):
+            names = episode["class_names"]
+            self._add_role_outputs(head, "query", target_ids, None)
+            self._add_role_outputs(head, "support", support_ids,
+                                   [names[label] for label in episode["support_labels"].tolist()])
+        return self._stack(support_ids, "support"), self._stack(target_ids, "query")
+
+    def _add_role_outputs(self, head, role: str, ids: list[str], class_names: list[str] | None) -> None:
+        """Compute `head.per_video_outputs` for the videos first seen in this role (one batched call)."""
+        new = [i for i, vid in enumerate(ids) if role not in self.store[vid]]
+        if not new:
+            return
+        feats = {k: torch.stack([self.store[ids[i]][k] for i in new]) for k in self._feature_keys(ids[new[0]])}
+        names = None if class_names is None else [class_names[i] for i in new]
+        outputs = head.per_video_outputs(feats, names)
+        for j, i in enumerate(new):
+            self.store[ids[i]][role] = {k: v[j] for k, v in outputs.items()}
+
+    def stats(self) -> dict[str, int]:
+        """Cached videos, hits/misses of the encoder, and videos holding per-video outputs for each role."""
+        with_role = {role: sum(bool(e.get(role)) for e in self.store.values()) for role in ("support", "query")}
+        return {"videos": len(self), "hits": self.hits, "misses": self.misses,
+                "support_outputs": with_role["support"], "query_outputs": with_role["query"]}
+
+    def _feature_keys(self, video_id: str) -> list[str]:
+        return [k for k in self.store[video_id] if k not in ("support", "query")]
+
+    def _stack(self, ids: list[str], role: str) -> dict[str, torch.Tensor]:
+        """Per-video features (+ this role's per-video outputs, when every video has them) stacked on dim 0."""
+        entries = [self.store[vid] for vid in ids]
+        stacked = {k: torch.stack([e[k] for e in entries]) for k in self._feature_keys(ids[0])}
+        role_keys = set(entries[0].get(role, {}))
+        if role_keys and all(set(e.get(role, {})) == role_keys for e in entries):
+            stacked.update({k: torch.stack([e[role][k] for e in entries]) for k in role_keys})
+        return stacked
 
     def _encode(self, head, ids: list[str], clips: list, boxes: list | None, masks: list | None) -> None:
         missing = [vid for vid, clip in zip(ids, clips, strict=True) if clip is None]

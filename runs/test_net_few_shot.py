@@ -77,7 +77,8 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
     head.eval()
     start = time.time()
     indices = list(du.shard_indices(num_episodes))
-    cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE) if cfg.TEST.FEATURE_CACHE and head_supports_cache(head) else None
+    use_cache = cfg.TEST.FEATURE_CACHE and head_supports_cache(head)
+    cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE, "TEST.CACHE_SIZE") if use_cache else None
     loader = build_loader(cfg, split, indices, skip_videos=cache)
     records = []
     progress = tqdm(loader, total=len(indices), desc=split, disable=not du.is_main_process(), leave=False)
@@ -95,6 +96,6 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
     result["videos_without_tracks"] = len({v for r in gathered for v in r["no_tracks"]})
     result["seconds"] = time.time() - start
     if cache is not None:
-        result["cache"] = {"videos": len(cache), "hits": cache.hits, "misses": cache.misses}
+        result["cache"] = cache.stats()
     head.train(was_training)
     return result

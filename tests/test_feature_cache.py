@@ -23,6 +23,9 @@ def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path, extra):
     cache = results[True]["cache"]
     assert cache["hits"] > 0 and cache["videos"] <= 12
     assert cache["hits"] + cache["misses"] == 12 * 10
+    # the per-video head outputs were used: queries always, supports only where their text token is fixed
+    assert cache["query_outputs"] > 0
+    assert (cache["support_outputs"] > 0) == (not extra)
 
 
 def test_frozen_backbone_training_cache_matches_plain_training(synthetic_root, tmp_path):

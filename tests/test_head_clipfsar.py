@@ -141,6 +141,24 @@ def test_forward_equals_encode_then_forward_features(episode):
                                    head(episode)["logits"])
 
 
+@pytest.mark.parametrize("merge_before", [False, True])
+def test_per_video_outputs_give_the_episode_logits(episode, merge_before):
+    """The eval cache's per-video outputs (queries alone, supports with their own class text) change nothing."""
+    head = make_head(frame_feature="patch_map", merge_before=merge_before).eval()
+    with torch.no_grad():
+        support = head.encode_videos(episode["support_set"])
+        target = head.encode_videos(episode["target_set"])
+        own_classes = [episode["class_names"][i] for i in episode["support_labels"].tolist()]
+        support_out = head.per_video_outputs(support, own_classes)
+        assert set(support_out) == (set() if merge_before else {"support_tokens"})
+        target_out = head.per_video_outputs(target)
+        assert set(target_out) == {"query_tokens"}
+        cached = head.forward_features({**support, **support_out}, {**target, **target_out}, episode)["logits"]
+        torch.testing.assert_close(cached, head(episode)["logits"])
+    with pytest.raises(RuntimeError, match="eval mode"):
+        head.train().per_video_outputs(target)
+
+
 def test_patch_map_descriptor_is_centred_per_channel(episode):
     head = make_head(frame_feature="patch_map", patch_pool=2).eval()
     with torch.no_grad():

@@ -214,15 +214,42 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
             frames = self.vfam(feats["frame_global"], frames, feats["entity_feats"], feats["entity_mask"])
         return self.frame_proj(frames)
 
+    # ------------------------------------------------------------------ per-video outputs (eval cache)
+    @property
+    def static_support_text(self) -> bool:
+        """True when a support's modulation token is its class's fixed prompt embedding (heads with episode-
+        dependent class text, such as AMCAP's, return False)."""
+        return True
+
+    @torch.no_grad()
+    def per_video_outputs(self, feats: dict[str, Tensor], class_names: list[str] | None = None) -> dict[str, Tensor]:
+        """Eval-time outputs that depend on each video alone, for the feature cache (runs/feature_cache.py).
+
+        Videos as queries (`class_names` None): "query_tokens", their frames after the temporal transformer.
+        Videos as supports (`class_names`: each support's own class): "support_tokens", their frames modulated
+        by their class's text token, when that token is fixed and shots are merged after the transformer; else {}.
+        """
+        if self.training:
+            raise RuntimeError("models/heads/clipfsar.py: per_video_outputs is for eval mode (trainable graph)")
+        if class_names is None:
+            return {"query_tokens": self.temporal(self.frame_descriptors(feats))}
+        if self.merge_before or not self.static_support_text:
+            return {}
+        support = self.frame_descriptors(feats)
+        text_tokens = self.text_proj(self.class_text_features(class_names).to(support.dtype))
+        return {"support_tokens": self._modulate(support, text_tokens)}
+
     # ------------------------------------------------------------------ episode math
+    def _modulate(self, support: Tensor, text_tokens: Tensor) -> Tensor:
+        """support [S,T,d] with each one's text token [S,d] appended -> [S,T,d] after the temporal transformer."""
+        tokens = torch.cat([support, text_tokens.to(support.dtype)[:, None]], dim=1)
+        return self.temporal(tokens)[:, :support.shape[1]]
+
     def _prototypes(self, support: Tensor, text_tokens: Tensor, labels: Tensor, way: int) -> Tensor:
         """support [S,T,d], text_tokens [S,d] -> class prototypes [way,T,d] modulated by the class text."""
-        num_frames = support.shape[1]
         if self.merge_before:
-            support, text_tokens, labels = (class_means(support, labels, way), class_means(text_tokens, labels, way),
-                                            torch.arange(way, device=labels.device))
-        modulated = self.temporal(torch.cat([support, text_tokens[:, None]], dim=1))[:, :num_frames]
-        return modulated if self.merge_before else class_means(modulated, labels, way)
+            return self._modulate(class_means(support, labels, way), class_means(text_tokens, labels, way))
+        return class_means(self._modulate(support, text_tokens), labels, way)
 
     def _otam_distances(self, queries: Tensor, prototypes: Tensor) -> Tensor:
         """queries [Q,T,d], prototypes [C,T,d] -> OTAM distances [Q, C] over frame distances 1 - cos."""
@@ -246,10 +273,16 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
         `video_class_text` [S+Q, N_split, D] (per-video class texts for the video-text loss)."""
         support_labels = episode["support_labels"].long()
         way = len(episode["class_names"])
-        support = self.frame_descriptors(support_feats)
-        queries = self.temporal(self.frame_descriptors(target_feats))
-        text_tokens = self.text_proj(support_text.to(support.dtype))  # [S, d]
-        prototypes = self._prototypes(support, text_tokens, support_labels, way)
+        # "query_tokens" / "support_tokens": per-video outputs from the eval feature cache (per_video_outputs)
+        queries = target_feats.get("query_tokens")
+        if queries is None:
+            queries = self.temporal(self.frame_descriptors(target_feats))
+        if "support_tokens" in support_feats:
+            prototypes = class_means(support_feats["support_tokens"], support_labels, way)
+        else:
+            support = self.frame_descriptors(support_feats)
+            text_tokens = self.text_proj(support_text.to(support.dtype))  # [S, d]
+            prototypes = self._prototypes(support, text_tokens, support_labels, way)
         dists = self._otam_distances(queries, prototypes)  # [Q, WAY]
         logits = -dists if extra_logits is None else extra_logits - dists
         if not self.training and (self.eval_text or self.combine):

@@ -36,6 +36,10 @@ class MCDP_FSAR(CNN_OTAM_CLIPFSAR):  # noqa: N801  (registered name)
         # Scale of the fused cosine logits (CLIP-FSAR's text scale starts at 1 too); trained only when used.
         self.fusion_logit_scale = nn.Parameter(torch.ones(()), requires_grad=amcap is not None and fusion_weight != 0)
 
+    @property
+    def static_support_text(self) -> bool:
+        return self.amcap is None  # AMCAP's support text depends on the episode's classes and coalitions
+
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
         kwargs = super().from_config(cfg)
