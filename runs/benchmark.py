@@ -167,7 +167,7 @@ def report(bench: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Na
         out = bench(args)
         rows = out.get("rows", [])
         if rows:
-            keys = list(rows[0])
+            keys = list(dict.fromkeys(k for row in rows for k in row))  # every row's keys, first-seen order
             print_table([keys] + [[_fmt(row.get(k)) for k in keys] for row in rows])
         print({k: v for k, v in out.items() if k not in ("rows", "raw", "table")})
         write_json(args.json, out)
@@ -176,6 +176,8 @@ def report(bench: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Na
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

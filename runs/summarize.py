@@ -48,10 +48,20 @@ def load_runs(root: str) -> list[dict]:
     return runs
 
 
+def fill_defaults(runs: list[dict]) -> None:
+    """Keys a run's saved config lacks (it predates them) take today's default, so they do not look changed."""
+    from utils.config import get_cfg
+
+    defaults = flatten(yaml.safe_load(get_cfg().dump()))
+    for run in runs:
+        run["config"] = {**defaults, **run["config"]}
+
+
 def build_table(runs: list[dict]) -> pd.DataFrame:
     """One row per run: run name, benchmark, shot, differing config keys, accuracy and CI."""
     if not runs:
         raise ValueError("no results.json found")
+    fill_defaults(runs)
     keys = sorted({k for run in runs for k in run["config"]} - IGNORED_KEYS)
     differing = [k for k in keys if len({run["config"].get(k) for run in runs}) > 1]
     rows = []

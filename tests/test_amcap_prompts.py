@@ -50,6 +50,23 @@ def test_name_mask_marks_the_class_name_tokens(backbone):
     assert text.name_mask.shape == text.token_ids.shape and text.features.shape == (WAY, backbone.embed_dim)
 
 
+def test_class_text_is_encoded_once_per_name_while_the_text_tower_is_frozen(backbone, monkeypatch):
+    module = _module(backbone)
+    expected = build_class_text(backbone, NAMES, module.text_template, module.prompt_generator.n_ctx)
+    calls = []
+    original = backbone.encode_text_tokens
+    monkeypatch.setattr(backbone, "encode_text_tokens", lambda ids: calls.append(len(ids)) or original(ids))
+    first = module.class_text(backbone, NAMES[:2])
+    reordered = module.class_text(backbone, [NAMES[2], NAMES[0]])  # only the new name is encoded
+    assert calls == [2, 1]
+    for field in ("features", "token_features", "token_ids", "name_mask", "prompt_ids", "prompt_embeds"):
+        torch.testing.assert_close(getattr(first, field), getattr(expected, field)[:2])
+        torch.testing.assert_close(getattr(reordered, field), getattr(expected, field)[[2, 0]])
+    module.clear_text_cache()
+    module.class_text(backbone, NAMES[:1])
+    assert calls == [2, 1, 1]
+
+
 def test_prompt_with_placeholder_embeddings_equals_encoding_the_text(backbone):
     text = build_class_text(backbone, NAMES, "a photo of {}.", n_ctx=4)
     ctx = text.prompt_embeds[:, 1:5]  # the X embeddings themselves: the CoOp splice must be the identity

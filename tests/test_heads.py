@@ -104,3 +104,16 @@ def test_mcdp_output_is_deterministic_for_a_fixed_seed(synthetic_root, tmp_path,
     a, b = build(cfg).eval(), build(cfg).eval()
     with torch.no_grad():
         assert torch.equal(a(episodes["test"])["logits"], b(episodes["test"])["logits"])
+
+
+def test_loading_weights_clears_the_cached_class_texts(synthetic_root, tmp_path, episodes):
+    """Fixed class texts are cached per name; loaded weights may change the text tower, so the caches go."""
+    cfg = config(synthetic_root, tmp_path, "VIDEO.HEAD.NAME", "MCDP_FSAR", *MODULES_ON)
+    model, other = build(cfg).eval(), build(cfg, seed=1).eval()
+    with torch.no_grad():
+        model(episodes["test"])
+        model.class_text_features(episodes["test"]["class_names"])
+        assert model._text_cache and model.amcap._class_text_cache
+        model.load_state_dict(other.state_dict())
+        assert not model._text_cache and not model.amcap._class_text_cache
+        torch.testing.assert_close(model(episodes["test"])["logits"], other(episodes["test"])["logits"])

@@ -29,3 +29,18 @@ def test_summary_table_has_differing_keys_and_accuracy(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert "VFAM.ENABLE" in md and "61.23 ± 1.10" in md
     assert (tmp_path / "summary.csv").read_text().startswith("run,")
+
+
+def test_keys_missing_from_older_runs_take_the_default(tmp_path):
+    from utils.config import get_cfg
+
+    default_lambda = get_cfg().VIDEO.HEAD.OTAM_LAMBDA
+    old = {"DATA": {"DATASET": "Synthetic_few_shot"}, "VFAM": {"ENABLE": True}}  # predates the newer keys
+    new = {"DATA": {"DATASET": "Synthetic_few_shot"}, "VFAM": {"ENABLE": True},
+           "TRAIN": {"CACHE_SIZE": get_cfg().TRAIN.CACHE_SIZE}, "VIDEO": {"HEAD": {"OTAM_LAMBDA": 0.1}}}
+    fake_run(tmp_path, "old", old, 50.0, 1.0)
+    fake_run(tmp_path, "new", new, 51.0, 1.0)
+    table = main([str(tmp_path)])
+    assert "TRAIN.CACHE_SIZE" not in table.columns  # the default, saved or not
+    assert dict(zip(table["run"], table["VIDEO.HEAD.OTAM_LAMBDA"], strict=True)) == {"old": default_lambda,
+                                                                                       "new": 0.1}

@@ -9,6 +9,7 @@ own class text.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -91,6 +92,27 @@ class AMCAP(nn.Module):
         self.empty_value = empty_value
         self.prompt_generator = PromptGenerator(embed_dim, text_width, n_ctx=n_ctx, num_heads=num_heads)
         self.register_buffer("pairs", grid_adjacent_pairs(grid), persistent=False)
+        self._class_text_cache: dict[str, ClassText] = {}  # per class name, while the text tower is frozen
+
+    def clear_text_cache(self) -> None:
+        self._class_text_cache.clear()
+
+    def class_text(self, backbone, class_names: list[str]) -> ClassText:
+        """The episode's class texts. Fixed while the text tower is frozen, so then encoded once per class name
+        (in full precision, whatever autocast context the first call ran in) instead of every episode."""
+        n_ctx = self.prompt_generator.n_ctx
+        if backbone.text_trainable:
+            return build_class_text(backbone, class_names, self.text_template, n_ctx)
+        missing = [name for name in dict.fromkeys(class_names) if name not in self._class_text_cache]
+        if missing:
+            with torch.no_grad(), torch.autocast(device_type=backbone.device.type, enabled=False):
+                built = build_class_text(backbone, missing, self.text_template, n_ctx)
+            for i, name in enumerate(missing):
+                self._class_text_cache[name] = ClassText(**{f.name: getattr(built, f.name)[i] for f in fields(built)})
+        rows = [self._class_text_cache[name] for name in class_names]
+        device = backbone.device
+        return ClassText(**{f.name: torch.stack([getattr(r, f.name) for r in rows]).to(device)
+                            for f in fields(ClassText)})
 
     @classmethod
     def from_config(cls, cfg: CfgNode, embed_dim: int, text_width: int) -> dict[str, Any]:
@@ -206,7 +228,7 @@ class AMCAP(nn.Module):
         way = len(class_names)
         if bool((support_labels < 0).any()) or bool((support_labels >= way).any()):
             raise ValueError(f"models/amcap/amcap.py: support_labels must be in 0..{way - 1}")
-        text = build_class_text(backbone, class_names, self.text_template, self.prompt_generator.n_ctx)
+        text = self.class_text(backbone, class_names)
         coalitions = self.coalitions(generator)
         support = self.describe(support_tokens, text, support_labels if self.support_class_anchor else None,
                                 coalitions)

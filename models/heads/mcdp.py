@@ -36,6 +36,11 @@ class MCDP_FSAR(CNN_OTAM_CLIPFSAR):  # noqa: N801  (registered name)
         # Scale of the fused cosine logits (CLIP-FSAR's text scale starts at 1 too); trained only when used.
         self.fusion_logit_scale = nn.Parameter(torch.ones(()), requires_grad=amcap is not None and fusion_weight != 0)
 
+    def clear_text_cache(self) -> None:
+        super().clear_text_cache()
+        if getattr(self, "amcap", None) is not None:  # also called from loading hooks
+            self.amcap.clear_text_cache()
+
     @property
     def static_support_text(self) -> bool:
         return self.amcap is None  # AMCAP's support text depends on the episode's classes and coalitions
