@@ -246,12 +246,27 @@ class CLIPBackbone(nn.Module):
         """[B, L] ids -> [B, L, text_width] token embeddings (no positional embedding yet)."""
         return self.model.token_embedding(token_ids)
 
-    def _text_transformer(self, embeddings: Tensor) -> Tensor:
+    def _text_transformer(self, embeddings: Tensor, length: int | None = None) -> Tensor:
+        """[B, L, W] embeddings -> [B, length or L, text_width] after the text transformer and ln_final."""
         model = self.model
+        length = length or embeddings.shape[1]
         cast_dtype = model.transformer.get_cast_dtype()
-        x = embeddings.to(cast_dtype) + model.positional_embedding.to(cast_dtype)
-        x = model.transformer(x, attn_mask=model.attn_mask)
-        return model.ln_final(x)  # [B, L, text_width]
+        x = embeddings[:, :length].to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+        mask = None if model.attn_mask is None else model.attn_mask[:length, :length]
+        x = model.transformer(x, attn_mask=mask)
+        return model.ln_final(x)
+
+    def _pooled_length(self, token_ids: Tensor) -> int | None:
+        """Positions up to the batch's last pooled (end-of-text) token. With CLIP's causal mask no later position
+        reaches the pooled one, so the text tower may stop there (exact; prompts are far shorter than 77)."""
+        model = self.model
+        if model.attn_mask is None or model.text_pool_type not in ("argmax", "eos"):
+            return None
+        if model.text_pool_type == "argmax":
+            last = token_ids.argmax(dim=-1)
+        else:
+            last = (token_ids == model.text_eos_id).int().argmax(dim=-1)
+        return int(last.max()) + 1
 
     def _project_text(self, x: Tensor) -> Tensor:
         proj = self.model.text_projection
@@ -265,7 +280,9 @@ class CLIPBackbone(nn.Module):
 
     def encode_text_embeddings(self, embeddings: Tensor, token_ids: Tensor) -> Tensor:
         """[B,L,W] prompt embeddings + [B,L] ids (for the EOT position) -> [B, D]; differentiable w.r.t. inputs."""
-        return self._project_text(self._pool_text(self._text_transformer(embeddings), token_ids))
+        length = self._pooled_length(token_ids)
+        x = self._text_transformer(embeddings, length)
+        return self._project_text(self._pool_text(x, token_ids[:, :x.shape[1]]))
 
     def encode_text(self, token_ids: Tensor) -> Tensor:
         """[B, L] ids -> [B, D] text embeddings (not normalised)."""

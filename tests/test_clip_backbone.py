@@ -102,6 +102,18 @@ def test_text_encoders_agree(tiny):
     torch.testing.assert_close(tokens[torch.arange(2), ids.argmax(-1)], text)
 
 
+@pytest.mark.parametrize("model", ["tiny", "tiny_rn"])
+def test_text_tower_stops_at_the_last_end_token_exactly(model, request):
+    backbone = request.getfixturevalue(model)
+    ids = backbone.tokenize(["a photo of juggling a ball while standing on one leg", "x"])
+    assert backbone._pooled_length(ids) == int(ids.argmax(-1).max()) + 1 < 77
+    with torch.no_grad():
+        full = backbone._project_text(backbone._pool_text(backbone._text_transformer(backbone.token_embeddings(ids)),
+                                                          ids))
+        torch.testing.assert_close(backbone.encode_text(ids), full, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(backbone.encode_text(ids), backbone.model.encode_text(ids), rtol=1e-5, atol=1e-6)
+
+
 def test_prompt_embeddings_path_matches_and_backpropagates_through_frozen_weights(tiny):
     assert not any(p.requires_grad for p in tiny.model.transformer.parameters())
     ids = tiny.tokenize(["a photo of juggling"])
