@@ -23,10 +23,16 @@ ROLES = (("support", "support_set", "support_boxes", "support_box_mask"),
 class VideoFeatureCache:
     """Bounded LRU map video id -> {name: tensor} of `head.encode_videos` outputs for one video."""
 
-    def __init__(self, capacity: int, key: str = "TEST.CACHE_SIZE"):
+    def __init__(self, capacity: int, key: str = "TEST.CACHE_SIZE", storage: str = "cpu"):
+        """`storage`: "cpu" keeps the features in host memory (moved to the model's device per episode, so a
+        large cache, e.g. AMCAP's dense token grids, does not take accelerator memory); "model" keeps them where
+        they were computed."""
         if capacity < 1:
             raise ValueError(f"{key} must be >= 1, got {capacity}")
+        if storage not in ("cpu", "model"):
+            raise ValueError(f"{key.rsplit('.', 1)[0]}.CACHE_DEVICE must be 'cpu' or 'model', got '{storage}'")
         self.capacity, self.key = capacity, key
+        self.storage = torch.device("cpu") if storage == "cpu" else None
         self.store: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self.hits = self.misses = 0
 
@@ -60,18 +66,25 @@ class VideoFeatureCache:
             self._add_role_outputs(head, "query", target_ids, None)
             self._add_role_outputs(head, "support", support_ids,
                                    [names[label] for label in episode["support_labels"].tolist()])
-        return self._stack(support_ids, "support"), self._stack(target_ids, "query")
+        device = _device_of(head)
+        return self._stack(support_ids, "support", device), self._stack(target_ids, "query", device)
 
     def _add_role_outputs(self, head, role: str, ids: list[str], class_names: list[str] | None) -> None:
         """Compute `head.per_video_outputs` for the videos first seen in this role (one batched call)."""
         new = [i for i, vid in enumerate(ids) if role not in self.store[vid]]
         if not new:
             return
-        feats = {k: torch.stack([self.store[ids[i]][k] for i in new]) for k in self._feature_keys(ids[new[0]])}
+        device = _device_of(head)
+        feats = {k: torch.stack([self.store[ids[i]][k] for i in new]).to(device)
+                 for k in self._feature_keys(ids[new[0]])}
         names = None if class_names is None else [class_names[i] for i in new]
         outputs = head.per_video_outputs(feats, names)
         for j, i in enumerate(new):
-            self.store[ids[i]][role] = {k: v[j] for k, v in outputs.items()}
+            self.store[ids[i]][role] = {k: self._keep(v[j]) for k, v in outputs.items()}
+
+    def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        """One video's tensor as stored: its own memory (not a view of the batch), on the storage device."""
+        return tensor.to(self.storage or tensor.device, copy=True)
 
     def stats(self) -> dict[str, int]:
         """Cached videos, hits/misses of the encoder, and videos holding per-video outputs for each role."""
@@ -82,14 +95,14 @@ class VideoFeatureCache:
     def _feature_keys(self, video_id: str) -> list[str]:
         return [k for k in self.store[video_id] if k not in ("support", "query")]
 
-    def _stack(self, ids: list[str], role: str) -> dict[str, torch.Tensor]:
+    def _stack(self, ids: list[str], role: str, device: torch.device) -> dict[str, torch.Tensor]:
         """Per-video features (+ this role's per-video outputs, when every video has them) stacked on dim 0."""
         entries = [self.store[vid] for vid in ids]
         stacked = {k: torch.stack([e[k] for e in entries]) for k in self._feature_keys(ids[0])}
         role_keys = set(entries[0].get(role, {}))
         if role_keys and all(set(e.get(role, {})) == role_keys for e in entries):
             stacked.update({k: torch.stack([e[role][k] for e in entries]) for k in role_keys})
-        return stacked
+        return {k: v.to(device, non_blocking=device.type == "cuda") for k, v in stacked.items()}
 
     def _encode(self, head, ids: list[str], clips: list, boxes: list | None, masks: list | None) -> None:
         missing = [vid for vid, clip in zip(ids, clips, strict=True) if clip is None]
@@ -101,7 +114,7 @@ class VideoFeatureCache:
         with torch.no_grad():
             feats = head.encode_videos(torch.stack(clips), **kwargs)
         for j, vid in enumerate(ids):
-            self.store[vid] = {k: v[j] for k, v in feats.items()}
+            self.store[vid] = {k: self._keep(v[j]) for k, v in feats.items()}
         while len(self.store) > self.capacity:
             self.store.popitem(last=False)
 
@@ -115,6 +128,10 @@ def _episode_slots(episode: dict) -> tuple[list, list, list]:
             boxes.extend(list(episode[boxes_key]))
             masks.extend(list(episode[mask_key]))
     return clips, boxes, masks
+
+
+def _device_of(head: torch.nn.Module) -> torch.device:
+    return next(head.parameters()).device
 
 
 def head_supports_cache(head: torch.nn.Module) -> bool:

@@ -25,6 +25,7 @@ def add_test_config(cfg: CfgNode) -> None:
     _T.CHECKPOINT_FILE_PATH = ""  # test-only runs: weights to test ("" = the run's best, else its last)
     _T.FEATURE_CACHE = True  # encode each test video once and reuse it across episodes (exact; eval mode only)
     _T.CACHE_SIZE = 20000  # videos kept in the feature cache (least recently used are dropped)
+    _T.CACHE_DEVICE = "cpu"  # where cached features live: cpu (host memory) or model (the model's device)
     _TR = section(cfg, "TRAIN")
     _TR.NUM_TEST_TASKS = 10000  # fixed test episodes (indices 0..N-1 of the test split)
     _TR.NUM_VAL_TASKS = 1000  # fixed validation episodes used to select the best checkpoint
@@ -78,7 +79,7 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
     start = time.time()
     indices = list(du.shard_indices(num_episodes))
     use_cache = cfg.TEST.FEATURE_CACHE and head_supports_cache(head)
-    cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE, "TEST.CACHE_SIZE") if use_cache else None
+    cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE, "TEST.CACHE_SIZE", cfg.TEST.CACHE_DEVICE) if use_cache else None
     loader = build_loader(cfg, split, indices, skip_videos=cache)
     records = []
     progress = tqdm(loader, total=len(indices), desc=split, disable=not du.is_main_process(), leave=False)

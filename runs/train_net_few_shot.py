@@ -37,6 +37,7 @@ def add_train_config(cfg: CfgNode) -> None:
     _T.MAX_BAD_STEPS = 5  # stop after this many consecutive non-finite losses (each one is skipped and counted)
     _T.FEATURE_CACHE = False  # frozen backbone + DATA.DETERMINISTIC_TRAIN: encode each train video once, reuse it
     _T.CACHE_SIZE = 100000  # videos kept in the training feature cache (least recently used are dropped)
+    _T.CACHE_DEVICE = "cpu"  # where the training cache's features live: cpu (host memory) or model
 
 
 def check_train_config(cfg: CfgNode) -> None:
@@ -74,7 +75,9 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.model = build_model(cfg).to(device)
         check_train_cache(cfg, self.model)
-        self.cache = VideoFeatureCache(cfg.TRAIN.CACHE_SIZE, "TRAIN.CACHE_SIZE") if cfg.TRAIN.FEATURE_CACHE else None
+        self.cache = None
+        if cfg.TRAIN.FEATURE_CACHE:
+            self.cache = VideoFeatureCache(cfg.TRAIN.CACHE_SIZE, "TRAIN.CACHE_SIZE", cfg.TRAIN.CACHE_DEVICE)
         self.optimizer = build_optimizer(self.model, cfg.SOLVER)
         self.scheduler = build_scheduler(self.optimizer, cfg.SOLVER, cfg.TRAIN.BATCH_SIZE_PER_TASK)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.TRAIN.AUTOCAST == "fp16")

@@ -13,13 +13,16 @@ from utils.config import load_config
 def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path, extra):
     opts = tiny_opts(synthetic_root, tmp_path, "DATA.TRACK_DIR", str(synthetic_root / "tracks"), *extra)
     results = {}
-    for cache in (False, True):
-        cfg = load_config(TINY_CFG, opts + ["TEST.FEATURE_CACHE", str(cache), "TEST.CACHE_SIZE", "12"])
+    for cache, storage in ((False, "cpu"), (True, "cpu"), (True, "model")):
+        cfg = load_config(TINY_CFG, opts + ["TEST.FEATURE_CACHE", str(cache), "TEST.CACHE_SIZE", "12",
+                                            "TEST.CACHE_DEVICE", storage])
         torch.manual_seed(0)
         model = build_model(cfg)
-        results[cache] = evaluate(model, cfg, "test", 12, torch.device("cpu"))
-    assert results[True]["episode_accuracies"] == results[False]["episode_accuracies"]
-    assert results[True]["per_class"] == results[False]["per_class"]
+        results[cache, storage] = evaluate(model, cfg, "test", 12, torch.device("cpu"))
+    for storage in ("cpu", "model"):
+        assert results[True, storage]["episode_accuracies"] == results[False, "cpu"]["episode_accuracies"]
+        assert results[True, storage]["per_class"] == results[False, "cpu"]["per_class"]
+    results[True] = results[True, "cpu"]
     cache = results[True]["cache"]
     assert cache["hits"] > 0 and cache["videos"] <= 12
     assert cache["hits"] + cache["misses"] == 12 * 10
@@ -56,3 +59,15 @@ def test_training_cache_refuses_random_views(synthetic_root, tmp_path):
                                           "TRAIN.FEATURE_CACHE", "True"))
     with pytest.raises(ValueError, match="DATA.DETERMINISTIC_TRAIN"):
         Trainer(cfg, torch.device("cpu"))
+
+
+def test_cache_keeps_its_own_copies_and_names_a_bad_storage_key():
+    from runs.feature_cache import VideoFeatureCache
+
+    cache = VideoFeatureCache(4, "TEST.CACHE_SIZE", "cpu")
+    batch = torch.arange(6.0).reshape(2, 3)
+    kept = cache._keep(batch[1])
+    batch.zero_()
+    assert kept.tolist() == [3.0, 4.0, 5.0] and kept.untyped_storage().nbytes() == 3 * 4
+    with pytest.raises(ValueError, match="TRAIN.CACHE_DEVICE must be 'cpu' or 'model'"):
+        VideoFeatureCache(4, "TRAIN.CACHE_SIZE", "cuda")
