@@ -119,6 +119,26 @@ def test_output_is_deterministic_for_a_fixed_seed(backbone, episode_tokens):
     assert not torch.equal(runs[0]["regions"]["query"]["interactions"], runs[2]["regions"]["query"]["interactions"])
 
 
+def test_video_tokens_summary_gives_the_full_token_result(backbone, episode_tokens):
+    """AMCAP reads key frames and the mean over frames; the summary cached per video changes nothing."""
+    from models.amcap import VideoTokens
+    from models.amcap.regions import region_features
+
+    module = _module(backbone)
+    support, query = episode_tokens
+    summary = module.video_tokens(support)
+    assert isinstance(summary, VideoTokens) and summary.key.shape == (WAY * SHOT, 2, *support.shape[2:])
+    assert summary.mean.shape == (WAY * SHOT, *support.shape[2:])
+    masks = torch.rand(WAY * SHOT, 3, *support.shape[2:4]) > 0.5
+    torch.testing.assert_close(region_features(summary.mean[:, None], masks), region_features(support, masks))
+    with torch.no_grad():
+        full = module(backbone, support, query, NAMES, _support_labels(), torch.Generator().manual_seed(0))
+        short = module(backbone, summary, module.video_tokens(query), NAMES, _support_labels(),
+                       torch.Generator().manual_seed(0))
+    for key in ("support_text", "query_text"):
+        torch.testing.assert_close(short[key], full[key])
+
+
 def test_per_video_support_text_and_exact_small_grid(backbone, episode_tokens):
     module = _module(backbone, per_class=False, grid=2, exact=True, num_regions=3, top_k=3)
     support, query = episode_tokens

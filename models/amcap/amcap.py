@@ -9,7 +9,7 @@ own class text.
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -61,6 +61,15 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.ALIGN_LOSS_WEIGHT = 0.0  # weight of the support region / class-token alignment loss (0 = off)
     _A.TEXT_TEMPLATE = "a photo of {}."  # class text for anchors and the tokens regions align to
     _A.SEED = 0  # seeds the coalitions when the caller passes no generator
+
+
+@dataclass
+class VideoTokens:
+    """What AMCAP reads of a set of videos' dense token grids (`AMCAP.video_tokens`): the key frames' tokens and
+    the tokens averaged over all frames. With 8 frames and 2 key frames that is 3/8 of the grids' memory, which
+    matters where per-video features are cached or kept for the backward pass."""
+    key: Tensor  # [V, K, h, w, D] the key frames' tokens (Shapley regions and their anchors)
+    mean: Tensor  # [V, h, w, D] the tokens' mean over all frames (region features)
 
 
 class AMCAP(nn.Module):
@@ -131,6 +140,11 @@ class AMCAP(nn.Module):
         k = min(self.key_frames, num_frames)
         return ((torch.arange(k) * 2 + 1) * num_frames) // (2 * k)
 
+    def video_tokens(self, tokens: Tensor) -> VideoTokens:
+        """Dense tokens [V, T, h, w, D] -> the key frames' tokens and the mean over all T frames."""
+        frames = self.key_frame_indices(tokens.shape[1]).to(tokens.device)
+        return VideoTokens(key=tokens[:, frames], mean=tokens.mean(dim=1))
+
     def coalitions(self, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """One coalition set per episode, shared by all videos so no video's result depends on another's."""
         n = self.grid * self.grid
@@ -148,12 +162,11 @@ class AMCAP(nn.Module):
         return weights @ texts, weights
 
     @torch.no_grad()
-    def find_regions(self, tokens: Tensor, anchor: Tensor, coalitions: tuple[Tensor, Tensor]) -> dict[str, Any]:
-        """tokens [V, T, h, w, D], anchors [V, K, D] on the key frames -> kept regions and interactions."""
-        v, t, h, w, d = tokens.shape
-        key = tokens[:, self.key_frame_indices(t).to(tokens.device)].float()  # [V, K, h, w, D]
+    def find_regions(self, key_tokens: Tensor, anchor: Tensor, coalitions: tuple[Tensor, Tensor]) -> dict[str, Any]:
+        """Key-frame tokens [V, K, h, w, D] and their anchors [V, K, D] -> kept regions and interactions."""
+        v, k, h, w, d = key_tokens.shape
+        key = key_tokens.float()
         anchor = anchor.float()
-        k = key.shape[1]
         cell_sums, _ = pool_cells(key.reshape(v * k, h, w, d), self.grid)  # [V*K, n, D]
         masks, weights = coalitions
         inter = cosine_game_interactions(cell_sums, anchor.reshape(v * k, d), self.pairs, masks, weights,
@@ -167,23 +180,25 @@ class AMCAP(nn.Module):
         regions = keep_top_regions(labels, slot_scores, self.num_regions, self.grid, (h, w))
         return {"regions": regions, "interactions": inter}
 
-    def _anchors(self, tokens: Tensor, text: ClassText, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _anchors(self, key_tokens: Tensor, text: ClassText, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Shapley anchors [V, K, D] on the key frames: class text of `labels`, else the label-free soft maximum."""
-        frames = self.key_frame_indices(tokens.shape[1]).to(tokens.device)
-        key_means = tokens[:, frames].detach().float().mean(dim=(2, 3))  # [V, K, D]
+        key_means = key_tokens.detach().float().mean(dim=(2, 3))  # [V, K, D]
         class_feats = text.features.detach().float()
         if labels is not None:
             return F.normalize(class_feats, dim=-1)[labels][:, None].expand_as(key_means), None
         return self.label_free_anchor(key_means, class_feats, self.anchor_temperature)
 
     # ------------------------------------------------------------------ steps 5-7 (differentiable)
-    def describe(self, tokens: Tensor, text: ClassText, labels: Tensor | None,
+    def describe(self, tokens: Tensor | VideoTokens, text: ClassText, labels: Tensor | None,
                  coalitions: tuple[Tensor, Tensor]) -> dict[str, Any]:
-        """Regions, region features and per-class salient regions of a set of videos [V, T, h, w, D]."""
-        anchor, anchor_weights = self._anchors(tokens, text, labels)
-        found = self.find_regions(tokens, anchor, coalitions)
+        """Regions, region features and per-class salient regions of a set of videos (dense tokens [V, T, h, w, D]
+        or their `video_tokens` summary)."""
+        if not isinstance(tokens, VideoTokens):
+            tokens = self.video_tokens(tokens)
+        anchor, anchor_weights = self._anchors(tokens.key, text, labels)
+        found = self.find_regions(tokens.key, anchor, coalitions)
         regions = found["regions"]
-        feats = region_features(tokens, regions.token_masks)  # [V, R, D]
+        feats = region_features(tokens.mean[:, None], regions.token_masks)  # [V, R, D], mean over all frames
         scores = attention_scores(feats, text.token_features)  # [V, C, R, L]
         selected, saliency, selected_valid = select_salient(scores, regions.valid, text.name_mask, self.top_k)
         tokens_aligned, top_token = aligned_tokens(scores, selected, text.token_features, text.name_mask,
@@ -219,8 +234,9 @@ class AMCAP(nn.Module):
         score = (saliency.masked_fill(~valid, 0.0).sum(-1) / valid.sum(-1).clamp_min(1))  # [S, C]
         return F.cross_entropy(score / self.token_temperature, support_labels)
 
-    def forward(self, backbone, support_tokens: Tensor, query_tokens: Tensor, class_names: list[str],
-                support_labels: Tensor, generator: torch.Generator | None = None) -> dict[str, Any]:
+    def forward(self, backbone, support_tokens: Tensor | VideoTokens, query_tokens: Tensor | VideoTokens,
+                class_names: list[str], support_labels: Tensor,
+                generator: torch.Generator | None = None) -> dict[str, Any]:
         """Dynamic class text for supports ([WAY, D] per class or [S, WAY, D]) and queries ([Q, WAY, D]).
 
         `align_loss` is already multiplied by ALIGN_LOSS_WEIGHT. Query outputs use no label of any video.

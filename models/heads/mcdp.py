@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.amcap import AMCAP
+from models.amcap import AMCAP, VideoTokens
 from models.build import HEAD_REGISTRY
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR
 from utils.config import CfgNode, register_config, section
@@ -54,6 +54,16 @@ class MCDP_FSAR(CNN_OTAM_CLIPFSAR):  # noqa: N801  (registered name)
             amcap = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width))
         return dict(kwargs, amcap=amcap, fusion_weight=cfg.MCDP.FUSION_WEIGHT, seed=cfg.RANDOM_SEED)
 
+    def encode_videos(self, videos: Tensor, boxes: Tensor | None = None,
+                      box_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """The CLIP-FSAR head's per-video features; AMCAP's dense token grids are kept only as what it reads
+        (key frames and the mean over frames: "amcap_key_tokens" [B,K,h,w,D], "amcap_mean_tokens" [B,h,w,D])."""
+        feats = super().encode_videos(videos, boxes, box_mask)
+        if self.amcap is not None:
+            summary = self.amcap.video_tokens(feats.pop("tokens"))
+            feats["amcap_key_tokens"], feats["amcap_mean_tokens"] = summary.key, summary.mean
+        return feats
+
     def forward_features(self, support_feats: dict[str, Tensor], target_feats: dict[str, Tensor],
                          episode: dict) -> dict[str, Any]:
         if self.amcap is None:
@@ -63,8 +73,9 @@ class MCDP_FSAR(CNN_OTAM_CLIPFSAR):  # noqa: N801  (registered name)
         # Coalitions are drawn per episode, so an episode's output never depends on what ran before it.
         generator = torch.Generator().manual_seed(
             episode_seed(self.seed, f"amcap/{episode['split']}", int(episode["episode_index"])))
-        dynamic = self.amcap(self.backbone, support_feats["tokens"], target_feats["tokens"], class_names,
-                             support_labels, generator)
+        support_tokens, query_tokens = (VideoTokens(key=f["amcap_key_tokens"], mean=f["amcap_mean_tokens"])
+                                        for f in (support_feats, target_feats))
+        dynamic = self.amcap(self.backbone, support_tokens, query_tokens, class_names, support_labels, generator)
         support_text = dynamic["support_text"]  # [WAY, D] per class, or [S, WAY, D] per support video
         if support_text.dim() == 2:
             own_text = support_text[support_labels]
