@@ -112,7 +112,7 @@ def print_summary(cfg: CfgNode, result: dict) -> None:
         f"{cfg.VIDEO.HEAD.NAME} | {cfg.TRAIN.WAY}-way {cfg.TRAIN.SHOT_TEST or cfg.TRAIN.SHOT}-shot | "
         f"{result['episodes']} test episodes",
         f"test accuracy: {result['accuracy']:.2f} ± {result['ci95']:.2f} (95% CI)",
-        f"best val accuracy: {result['best_val_accuracy']}" if result["best_val_accuracy"] is not None else "",
+        f"best val accuracy: {result['best_val_accuracy']:.2f}" if result["best_val_accuracy"] is not None else "",
         f"replaced bad videos: {len(result['replaced_videos'])}   test videos without track files: "
         f"{result['videos_without_tracks']}   skipped non-finite steps: {result['skipped_steps']}",
         f"time: {result['total_seconds']:.0f} s",
