@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 SPLITS = ("train", "val", "test")
@@ -78,23 +79,28 @@ def parse_split_line(text: str, path: str, line: int, split: str | None = None) 
                       rest=rest, has_path=has_path, line=line)
 
 
-def parse_split_file(path: str, split: str | None = None) -> list[VideoEntry]:
-    """All entries of a split list; malformed or duplicate lines are errors naming file and line."""
+def numbered_lines(path: str, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, stripped text) of the non-empty lines of a list file; a missing file names `what`."""
     if not os.path.isfile(path):
-        raise SplitError(f"{path}: split list not found")
-    entries: list[VideoEntry] = []
-    seen: dict[str, int] = {}
+        raise SplitError(f"{path}: {what} not found")
     with open(path, encoding="utf-8") as f:
         for line_no, raw in enumerate(f, start=1):
             text = raw.strip()
-            if not text:
-                continue
-            entry = parse_split_line(text, path, line_no, split)
-            if entry.video_id in seen:
-                raise SplitError(f"{path}:{line_no}: duplicate video '{entry.video_id}' (first on line "
-                                 f"{seen[entry.video_id]})")
-            seen[entry.video_id] = line_no
-            entries.append(entry)
+            if text:
+                yield line_no, text
+
+
+def parse_split_file(path: str, split: str | None = None) -> list[VideoEntry]:
+    """All entries of a split list; malformed or duplicate lines are errors naming file and line."""
+    entries: list[VideoEntry] = []
+    seen: dict[str, int] = {}
+    for line_no, text in numbered_lines(path, "split list"):
+        entry = parse_split_line(text, path, line_no, split)
+        if entry.video_id in seen:
+            raise SplitError(f"{path}:{line_no}: duplicate video '{entry.video_id}' (first on line "
+                             f"{seen[entry.video_id]})")
+        seen[entry.video_id] = line_no
+        entries.append(entry)
     if not entries:
         raise SplitError(f"{path}: split list is empty")
     return entries

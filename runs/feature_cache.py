@@ -21,7 +21,8 @@ ROLES = (("support", "support_set", "support_boxes", "support_box_mask"),
 
 
 class VideoFeatureCache:
-    """Bounded LRU map video id -> {name: tensor} of `head.encode_videos` outputs for one video."""
+    """Bounded LRU map video id -> entry of one video: {"features": its `head.encode_videos` outputs, and in eval
+    mode "support" / "query": its `head.per_video_outputs` in that role}, each a {name: tensor} dict."""
 
     def __init__(self, capacity: int, key: str = "TEST.CACHE_SIZE", storage: str = "cpu"):
         """`storage`: "cpu" keeps the features in host memory (moved to the model's device per episode, so a
@@ -33,7 +34,7 @@ class VideoFeatureCache:
             raise ValueError(f"{key.rsplit('.', 1)[0]}.CACHE_DEVICE must be 'cpu' or 'model', got '{storage}'")
         self.capacity, self.key = capacity, key
         self.storage = torch.device("cpu") if storage == "cpu" else None
-        self.store: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.store: OrderedDict[str, dict[str, dict[str, torch.Tensor]]] = OrderedDict()
         self.hits = self.misses = 0
 
     def __contains__(self, video_id: str) -> bool:
@@ -67,7 +68,7 @@ class VideoFeatureCache:
             self._add_role_outputs(head, "support", support_ids,
                                    [names[label] for label in episode["support_labels"].tolist()])
         device = _device_of(head)
-        return self._stack(support_ids, "support", device), self._stack(target_ids, "query", device)
+        return self._role_features(support_ids, "support", device), self._role_features(target_ids, "query", device)
 
     def _add_role_outputs(self, head, role: str, ids: list[str], class_names: list[str] | None) -> None:
         """Compute `head.per_video_outputs` for the videos first seen in this role (one batched call)."""
@@ -75,8 +76,7 @@ class VideoFeatureCache:
         if not new:
             return
         device = _device_of(head)
-        feats = {k: torch.stack([self.store[ids[i]][k] for i in new]).to(device)
-                 for k in self._feature_keys(ids[new[0]])}
+        feats = _stack([self.store[ids[i]]["features"] for i in new], device)
         names = None if class_names is None else [class_names[i] for i in new]
         outputs = head.per_video_outputs(feats, names)
         for j, i in enumerate(new):
@@ -92,17 +92,14 @@ class VideoFeatureCache:
         return {"videos": len(self), "hits": self.hits, "misses": self.misses,
                 "support_outputs": with_role["support"], "query_outputs": with_role["query"]}
 
-    def _feature_keys(self, video_id: str) -> list[str]:
-        return [k for k in self.store[video_id] if k not in ("support", "query")]
-
-    def _stack(self, ids: list[str], role: str, device: torch.device) -> dict[str, torch.Tensor]:
-        """Per-video features (+ this role's per-video outputs, when every video has them) stacked on dim 0."""
+    def _role_features(self, ids: list[str], role: str, device: torch.device) -> dict[str, torch.Tensor]:
+        """The videos' features (+ this role's per-video outputs, when every video has them) stacked on dim 0."""
         entries = [self.store[vid] for vid in ids]
-        stacked = {k: torch.stack([e[k] for e in entries]) for k in self._feature_keys(ids[0])}
+        stacked = _stack([e["features"] for e in entries], device)
         role_keys = set(entries[0].get(role, {}))
         if role_keys and all(set(e.get(role, {})) == role_keys for e in entries):
-            stacked.update({k: torch.stack([e[role][k] for e in entries]) for k in role_keys})
-        return {k: v.to(device, non_blocking=device.type == "cuda") for k, v in stacked.items()}
+            stacked.update(_stack([e[role] for e in entries], device))
+        return stacked
 
     def _encode(self, head, ids: list[str], clips: list, boxes: list | None, masks: list | None) -> None:
         missing = [vid for vid, clip in zip(ids, clips, strict=True) if clip is None]
@@ -114,7 +111,7 @@ class VideoFeatureCache:
         with torch.no_grad():
             feats = head.encode_videos(torch.stack(clips), **kwargs)
         for j, vid in enumerate(ids):
-            self.store[vid] = {k: self._keep(v[j]) for k, v in feats.items()}
+            self.store[vid] = {"features": {k: self._keep(v[j]) for k, v in feats.items()}}
         while len(self.store) > self.capacity:
             self.store.popitem(last=False)
 
@@ -128,6 +125,12 @@ def _episode_slots(episode: dict) -> tuple[list, list, list]:
             boxes.extend(list(episode[boxes_key]))
             masks.extend(list(episode[mask_key]))
     return clips, boxes, masks
+
+
+def _stack(per_video: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, torch.Tensor]:
+    """[{name: tensor}] of single videos -> {name: [V, ...]} on `device`."""
+    return {k: torch.stack([d[k] for d in per_video]).to(device, non_blocking=device.type == "cuda")
+            for k in per_video[0]}
 
 
 def _device_of(head: torch.nn.Module) -> torch.device:

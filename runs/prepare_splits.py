@@ -26,7 +26,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python runs/prepare_splits.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.splits import SPLITS, SplitError, VideoEntry, parse_split_file  # noqa: E402
+from datasets.splits import SPLITS, SplitError, VideoEntry, numbered_lines, parse_split_file  # noqa: E402
 
 CLIPFSAR_URL = ("https://raw.githubusercontent.com/alibaba-mmai-research/CLIP-FSAR/"
                 "30cf0a8cf5287a56a9f37bfceb28e82be776fc5d/configs/projects/CLIPFSAR/{bench}/{split}_few_shot.txt")
@@ -89,21 +89,15 @@ def video_key(path: str) -> str:
 
 def read_trx_list(path: str) -> dict[str, str]:
     """TRX `<class name>/<video id>` lines -> {video key: class name}."""
-    if not os.path.isfile(path):
-        raise SplitError(f"{path}: TRX list not found")
     names: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, raw in enumerate(f, start=1):
-            text = raw.strip()
-            if not text:
-                continue
-            if "/" not in text:
-                raise SplitError(f"{path}:{line_no}: expected '<class name>/<video id>', got {text!r}")
-            name, video = text.rsplit("/", 1)
-            key = video_key(video)
-            if names.get(key, name) != name:
-                raise SplitError(f"{path}:{line_no}: video {video!r} listed under {names[key]!r} and {name!r}")
-            names[key] = name
+    for line_no, text in numbered_lines(path, "TRX list"):
+        if "/" not in text:
+            raise SplitError(f"{path}:{line_no}: expected '<class name>/<video id>', got {text!r}")
+        name, video = text.rsplit("/", 1)
+        key = video_key(video)
+        if names.get(key, name) != name:
+            raise SplitError(f"{path}:{line_no}: video {video!r} listed under {names[key]!r} and {name!r}")
+        names[key] = name
     return names
 
 
