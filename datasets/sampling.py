@@ -11,10 +11,14 @@ from typing import Sequence
 import torch
 
 from datasets.splits import VideoEntry
+from utils.errors import UserError
 
 
-class EpisodeConfigError(ValueError):
+class EpisodeConfigError(UserError, ValueError):
     """The split cannot provide the requested episodes; the message lists the offending classes."""
+
+    exit_code = 8
+    family = "episode"
 
 
 def randint(generator: torch.Generator, low: int, high: int) -> int:

@@ -12,13 +12,18 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from utils.errors import UserError
+
 SPLITS = ("train", "val", "test")
 _LINE_RE = re.compile(r"^(?P<split>[A-Za-z]+)(?P<cid>\d+)(?P<sep>//?)(?P<rest>[^/].*)$")
 _EXT_RE = re.compile(r"\.[A-Za-z0-9]{1,5}$")
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """A split list or class-name file that cannot be used; the message names the file and line."""
+
+    exit_code = 4
+    family = "split"
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from utils.errors import UserError
 
-class TrackFileError(ValueError):
+
+class TrackFileError(UserError, ValueError):
     """A malformed track file or one that does not match its video; one line naming the file."""
+
+    exit_code = 6
+    family = "track"
 
 
 @dataclass(frozen=True)

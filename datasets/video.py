@@ -15,9 +15,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from utils.errors import UserError
 
-class BadVideoError(RuntimeError):
+
+class BadVideoError(UserError, RuntimeError):
     """A video that cannot be used; `reason` is one of missing, unreadable, empty, too short, gaps."""
+
+    exit_code = 5
+    family = "video"
 
     def __init__(self, path: str, reason: str, detail: str = ""):
         self.path, self.reason, self.detail = path, reason, detail

@@ -11,9 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not match the model; the message names the file."""
+
+    exit_code = 7
+    family = "checkpoint"
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -15,14 +15,19 @@ from typing import Any, Callable, Iterable
 import yaml
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
+from utils.errors import UserError
+
 # `_BASE_` is ours (and detectron2's); the other three are CLIP-FSAR's spellings of the same thing.
 BASE_KEYS = ("_BASE_", "_BASE", "_BASE_RUN", "_BASE_MODEL")
 
 _CONFIG_HOOKS: list[Callable[["CfgNode"], None]] = []
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied; the message names the file and key."""
+
+    exit_code = 3
+    family = "config"
 
 
 class CfgNode(_FvcoreCfgNode):
