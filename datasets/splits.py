@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from utils.errors import UserError
+from utils.textfiles import read_text
 
 SPLITS = ("train", "val", "test")
 _LINE_RE = re.compile(r"^(?P<split>[A-Za-z]+)(?P<cid>\d+)(?P<sep>//?)(?P<rest>[^/].*)$")
@@ -72,6 +73,9 @@ def strip_extension(path: str) -> str:
 
 def parse_split_line(text: str, path: str, line: int, split: str | None = None) -> VideoEntry:
     """Parse one non-empty line; `split` (if given) must match the line's prefix."""
+    if "\t" in text:  # `path<TAB>label` (other tools' lists): the label would become part of the file name
+        raise SplitError(f"{path}:{line}: tab in {text!r}; a CLIP-FSAR list line is one '<split><classid>/<video id>' "
+                         f"or '<split><classid>//<relative path>' (the class is the number after the split name)")
     m = _LINE_RE.match(text)
     if not m:
         raise SplitError(f"{path}:{line}: cannot parse {text!r}; expected '<split><classid>/<video id>' or "
@@ -86,13 +90,12 @@ def parse_split_line(text: str, path: str, line: int, split: str | None = None) 
 
 def numbered_lines(path: str, what: str) -> Iterator[tuple[int, str]]:
     """(line number, stripped text) of the non-empty lines of a list file; a missing file names `what`."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise SplitError(f"{path}: {what} not found")
-    with open(path, encoding="utf-8") as f:
-        for line_no, raw in enumerate(f, start=1):
-            text = raw.strip()
-            if text:
-                yield line_no, text
+    for line_no, raw in enumerate(read_text(path, what, SplitError).splitlines(), start=1):
+        text = raw.strip()
+        if text:
+            yield line_no, text
 
 
 def parse_split_file(path: str, split: str | None = None) -> list[VideoEntry]:
@@ -113,22 +116,23 @@ def parse_split_file(path: str, split: str | None = None) -> list[VideoEntry]:
 
 def read_class_names(path: str) -> list[str]:
     """Ordered class names, one a line; empty lines inside the list and duplicates are errors."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise SplitError(f"{path}: class-name file not found")
-    with open(path, encoding="utf-8") as f:
-        lines = [raw.rstrip("\r\n") for raw in f]
+    lines = read_text(path, "class-name file", SplitError).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
+    names = [raw.strip() for raw in lines]
     seen: dict[str, int] = {}
-    for line_no, name in enumerate(lines, start=1):
-        if not name.strip():
+    for line_no, (raw, name) in enumerate(zip(lines, names, strict=True), start=1):
+        if not name:
             raise SplitError(f"{path}:{line_no}: empty class name")
-        if name in seen:
-            raise SplitError(f"{path}:{line_no}: duplicate class name {name!r} (first on line {seen[name]})")
+        if name in seen:  # compared as used (stripped): `x` and `x  ` would share a prompt and merge per-class results
+            raise SplitError(f"{path}:{line_no}: duplicate class name {name!r} (line {seen[name]} names it too"
+                             + (f"; this line reads {raw!r}" if raw != name else "") + ")")
         seen[name] = line_no
-    if not lines:
+    if not names:
         raise SplitError(f"{path}: class-name file is empty")
-    return [name.strip() for name in lines]
+    return names
 
 
 def validate_split(entries: list[VideoEntry], class_names: list[str], list_file: str, names_file: str) -> None:

@@ -36,7 +36,7 @@ from datasets.synthetic_render import (
     wander,
     write_mp4,
 )
-from utils.config import CfgNode, register_config, section
+from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, register_config, rules, section
 from utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -208,6 +208,8 @@ def add_synthetic_config(cfg: CfgNode) -> None:
     _S.SIZE = 64  # video side in pixels
     _S.DISTRACTORS = 2  # moving distractor entities per video
     _S.SEED = 0  # generator seed (same seed, same files)
+    rules("SYNTHETIC", CLASSES=POSITIVE, VIDEOS_PER_CLASS=POSITIVE, FRAMES=POSITIVE, SIZE=POSITIVE,
+          DISTRACTORS=NON_NEGATIVE, SEED=NON_NEGATIVE)
 
 
 def ensure_synthetic(cfg: CfgNode) -> None:

@@ -17,6 +17,10 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.logger import get_logger
+from utils.textfiles import read_text
+
+logger = get_logger(__name__)
 
 
 class TrackFileError(UserError, ValueError):
@@ -44,6 +48,7 @@ class TrackFile:
     tracks: list[Track]
     detector: str = ""
     tracker: str = ""
+    clamped_boxes: int = 0  # boxes that reached past the frame and were clamped to it (logged at load)
 
 
 def track_path(track_dir: str, video_id: str) -> str:
@@ -57,7 +62,8 @@ def _positive_int(data: dict, key: str, path: str) -> int:
     return value
 
 
-def _parse_track(raw: object, k: int, num_frames: int, path: str) -> Track:
+def _parse_track(raw: object, k: int, num_frames: int, width: int, height: int, path: str) -> tuple[Track, int]:
+    """One validated track and the number of its boxes clamped to the frame."""
     where = f"{path}: tracks[{k}]"
     if not isinstance(raw, dict):
         raise TrackFileError(f"{where} must be an object, got {type(raw).__name__}")
@@ -80,18 +86,35 @@ def _parse_track(raw: object, k: int, num_frames: int, path: str) -> Track:
     if not all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, Real) for v in b) for b in boxes):
         raise TrackFileError(f"{where}: each box must be [x1, y1, x2, y2] numbers")
     boxes_a = np.asarray(boxes, dtype=np.float64)
-    if np.any(boxes_a[:, 2] < boxes_a[:, 0]) or np.any(boxes_a[:, 3] < boxes_a[:, 1]):
-        raise TrackFileError(f"{where}: boxes need x2 >= x1 and y2 >= y1")
+    inverted = np.flatnonzero((boxes_a[:, 2] < boxes_a[:, 0]) | (boxes_a[:, 3] < boxes_a[:, 1]))
+    if len(inverted):
+        raise TrackFileError(f"{where}: boxes[{inverted[0]}] {boxes[inverted[0]]} is inverted (need x2 >= x1 and "
+                             f"y2 >= y1)")
+    # Trackers extrapolate boxes a little past the border: those are clamped (and counted); a box with nothing
+    # left inside the frame is wrong data.
+    clamped = np.clip(boxes_a, 0.0, [width, height, width, height])
+    outside = np.flatnonzero((boxes_a[:, 2] < 0) | (boxes_a[:, 3] < 0) | (boxes_a[:, 0] > width)
+                             | (boxes_a[:, 1] > height))
+    if len(outside):
+        raise TrackFileError(f"{where}: boxes[{outside[0]}] {boxes[outside[0]]} lies outside the {width}x{height} "
+                             f"frame")
     if not all(isinstance(s, Real) for s in scores):
         raise TrackFileError(f"{where}: 'scores' must be numbers")
-    return Track(raw["id"], str(raw.get("label", "")), frames_a, boxes_a, np.asarray(scores, dtype=np.float64))
+    track = Track(raw["id"], str(raw.get("label", "")), frames_a, clamped, np.asarray(scores, dtype=np.float64))
+    return track, int(np.any(clamped != boxes_a, axis=1).sum())
+
+
+def _no_constant(path: str):
+    """JSON's NaN/Infinity extensions: a box or score that is not a number is refused, not silently masked."""
+    def refuse(name: str):
+        raise TrackFileError(f"{path}: {name} in the file (boxes and scores must be finite numbers)")
+    return refuse
 
 
 def load_track_file(path: str, video_id: str | None = None) -> TrackFile:
     """Read and validate a track file; any problem is a TrackFileError naming `path`."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_text(path, "track file", TrackFileError), parse_constant=_no_constant(path))
     except json.JSONDecodeError as e:
         raise TrackFileError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if not isinstance(data, dict):
@@ -102,12 +125,17 @@ def load_track_file(path: str, video_id: str | None = None) -> TrackFile:
     width, height = _positive_int(data, "width", path), _positive_int(data, "height", path)
     if not isinstance(data.get("tracks"), list):
         raise TrackFileError(f"{path}: 'tracks' must be a list")
-    tracks = [_parse_track(raw, k, num_frames, path) for k, raw in enumerate(data["tracks"])]
+    parsed = [_parse_track(raw, k, num_frames, width, height, path) for k, raw in enumerate(data["tracks"])]
+    tracks = [track for track, _ in parsed]
+    clamped = sum(n for _, n in parsed)
+    if clamped:
+        logger.warning("%s: %d boxes reached past the %dx%d frame and were clamped to it", path, clamped, width,
+                       height)
     ids = [t.id for t in tracks]
     if len(set(ids)) != len(ids):
         raise TrackFileError(f"{path}: track ids are not unique: {sorted(ids)}")
     return TrackFile(str(data.get("video", "")), num_frames, width, height, tracks,
-                     str(data.get("detector", "")), str(data.get("tracker", "")))
+                     str(data.get("detector", "")), str(data.get("tracker", "")), clamped_boxes=clamped)
 
 
 def track_rank_score(track: Track, width: int, height: int) -> float:

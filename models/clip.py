@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from models.build import BACKBONE_REGISTRY
-from utils.config import CfgNode, register_config, section
+from utils.config import NON_NEGATIVE, CfgNode, one_of, register_config, rules, section
 from utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -48,6 +48,7 @@ def add_clip_backbone_config(cfg: CfgNode) -> None:
     _H.TRAIN_TEXT_ENCODER = False  # train the text tower too (CLIP-FSAR keeps it frozen; disables the text cache)
     _T = section(cfg, "TRAIN")
     _T.GRAD_CHECKPOINT = False  # activation checkpointing of the CLIP image blocks (less memory, ~30% more time)
+    rules("VIDEO.HEAD", FINETUNE=one_of("full", "frozen", "last_n"), FINETUNE_LAST_N=NON_NEGATIVE)
 
 
 def open_clip_name(name: str) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from utils.config import CfgNode, register_config, section
+from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, one_of, register_config, rules, section
 
 VFAM_MODES = ("roi", "crop", "crop_frames")
 
@@ -38,6 +38,8 @@ def add_vfam_config(cfg: CfgNode) -> None:
     _V.CROP_MARGIN = 0.1  # crop_frames: main-track box enlarged by this fraction of its size on every side
     _V.DROPOUT = 0.0  # dropout on the attention weights and on the fused context
     _V.GATE = "scalar"  # fusion gate: scalar (one number) or channel (one per descriptor channel); starts at 0
+    rules("VFAM", MODE=one_of("roi", "crop", "crop_frames"), NUM_HEADS=POSITIVE, ROI_SIZE=POSITIVE,
+          CROP_SIZE=POSITIVE, CROP_MARGIN=NON_NEGATIVE, DROPOUT=PROBABILITY, GATE=one_of("scalar", "channel"))
 
 
 def _safe_key_padding(mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -106,5 +106,101 @@ def test_every_default_key_has_a_supported_type():
 
 def test_yaml_is_read_with_safe_load_only(tmp_path):
     path = write(tmp_path / "evil.yaml", "OUTPUT_DIR: !!python/object/apply:os.system ['echo hacked']\n")
-    with pytest.raises(ConfigError, match=r"evil\.yaml: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"evil\.yaml:1:\d+: invalid YAML"):
         load_config(path)
+
+
+# --- hostile inputs (issue 17) ------------------------------------------------------------------------------------
+
+
+def test_every_rule_names_a_declared_key_and_accepts_its_default():
+    from utils.config import _RULES, all_keys
+
+    cfg = get_cfg()
+    keys = set(all_keys(cfg))
+    assert set(_RULES) <= keys, f"rules for undeclared keys: {sorted(set(_RULES) - keys)}"
+    for key, rule in _RULES.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        assert rule.ok(value), f"default of {key} ({value!r}) breaks its own rule ({rule.text})"
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("SOLVER.BASE_LR", "nan", r"SOLVER\.BASE_LR must be a finite number, got nan"),
+    ("SOLVER.BASE_LR", "inf", r"SOLVER\.BASE_LR must be a finite number, got inf"),
+    ("SOLVER.BASE_LR", "-1", r"SOLVER\.BASE_LR must be > 0, got -1\.0"),
+    ("TRAIN.NUM_TRAIN_TASKS", "-5", r"TRAIN\.NUM_TRAIN_TASKS must be >= 0, got -5"),
+    ("TRAIN.WAY", "0", r"TRAIN\.WAY must be > 0, got 0"),
+    ("TRAIN.VAL_FRE_ITER", "0", r"TRAIN\.VAL_FRE_ITER must be > 0, got 0"),
+    ("DATA.MEAN", "[0.5, 0.5]", r"DATA\.MEAN must be a list of 3 values"),
+    ("OUTPUT_DIR", "''", r"OUTPUT_DIR must be a non-empty folder path"),
+])
+def test_range_checks_refuse_out_of_range_values(key, value, message):
+    with pytest.raises(ConfigError, match=r"^command line: " + message):
+        load_config(None, [key, value])
+
+
+def test_range_checks_name_the_file_in_yaml(tmp_path):
+    path = write(tmp_path / "lr.yaml", "SOLVER:\n  BASE_LR: .nan\n")
+    with pytest.raises(ConfigError, match=r"lr\.yaml: SOLVER\.BASE_LR must be a finite number"):
+        load_config(path)
+
+
+def test_a_flag_where_a_value_belongs_is_refused():
+    with pytest.raises(ConfigError, match=r"^command line: OUTPUT_DIR has no value \('--resume' is a flag\)"):
+        load_config(None, ["OUTPUT_DIR", "--resume"])
+
+
+@pytest.mark.parametrize("text,line,first", [
+    ("TRAIN:\n  WAY: 5\nTRAIN:\n  SHOT: 1\n", 3, 1),
+    ("TRAIN:\n  WAY: 5\n  SHOT: 1\n  WAY: 3\n", 4, 2),
+])
+def test_duplicate_yaml_keys_are_refused_with_file_and_line(tmp_path, text, line, first):
+    path = write(tmp_path / "dup.yaml", text)
+    with pytest.raises(ConfigError, match=rf"dup\.yaml:{line}: duplicate key '\w+' \(first on line {first}"):
+        load_config(path)
+
+
+def test_paths_expand_home_in_yaml_and_on_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(write(tmp_path / "p.yaml", "OUTPUT_DIR: ~/runs/x\n"), ["DATA.ANNO_DIR", "~/splits"])
+    assert cfg.OUTPUT_DIR == str(tmp_path / "runs" / "x")
+    assert cfg.DATA.ANNO_DIR == str(tmp_path / "splits")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("TRAIN:\n  WAY: 5\n".encode("utf-16"), r"u16\.yaml: config file is UTF-16-encoded \(save it as UTF-8\)"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", r"u16\.yaml: config file is binary, not text \(NUL byte at offset 8\)"),
+    (b"TRAIN:\n  WAY: \xff\n", r"u16\.yaml: config file is not valid UTF-8 \(byte 14"),
+])
+def test_non_utf8_config_files_are_named(tmp_path, content, message):
+    path = tmp_path / "u16.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(path))
+
+
+def test_utf8_bom_in_a_config_is_stripped(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbfTRAIN:\n  WAY: 3\n")
+    assert load_config(str(path)).TRAIN.WAY == 3
+
+
+def test_config_errors_for_directories_sections_syntax_and_empty_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"is a directory, not a config file"):
+        load_config(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^command line: TRAIN is a section \(.*\), got a value '5'; set one of its "
+                                          r"keys, e\.g\. TRAIN\."):
+        load_config(None, ["TRAIN", "5"])
+    write(tmp_path / "broken.yaml", "TRAIN:\n  WAY: [1, 2\n")
+    child = write(tmp_path / "child.yaml", "_BASE_: broken.yaml\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:\d+:\d+: invalid YAML"):
+        load_config(child)
+    with pytest.raises(ConfigError, match=r"empty\.yaml: config file is empty"):
+        load_config(write(tmp_path / "empty.yaml", "\n"))
+
+
+def test_a_key_in_the_wrong_section_suggests_its_full_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key WAY \(did you mean TRAIN\.WAY\?\)"):
+        load_config(write(tmp_path / "top.yaml", "WAY: 5\n"))

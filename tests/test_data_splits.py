@@ -57,6 +57,9 @@ def _write_split(folder, lines, names):
     (["train0/1", "test0/2"], ["a"], "train_few_shot.txt:2: line belongs to split 'test'"),
     (["train0/1"], ["a", "", "b"], "train_class_names.txt:2: empty class name"),
     (["train0/1"], ["a", "b", "a"], "train_class_names.txt:3: duplicate class name 'a'"),
+    (["train0/1"], ["x", "y", "x  "], "train_class_names.txt:3: duplicate class name 'x' (line 1 names it too; this "
+                                      "line reads 'x  ')"),
+    (["train0/1", "train0/v2.mp4\t0"], ["a"], "train_few_shot.txt:2: tab in 'train0/v2.mp4\\\\t0'"),
 ])
 def test_invalid_split_files_name_file_and_line(tmp_path, lines, names, message):
     anno = _write_split(tmp_path, lines, names)
@@ -75,3 +78,26 @@ def test_class_names_keep_order_and_ignore_trailing_blank_lines(tmp_path):
     path = tmp_path / "names.txt"
     path.write_text("Pouring [something] into [something]\nbrush hair\n\n")
     assert read_class_names(str(path)) == ["Pouring [something] into [something]", "brush hair"]
+
+
+def test_utf8_bom_is_stripped_from_class_names_and_split_lists(tmp_path, caplog):
+    anno = _write_split(tmp_path, ["train0/1", "train1/2"], ["a", "b"])
+    for name in ("train_few_shot.txt", "train_class_names.txt"):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with caplog.at_level("WARNING"):
+        split = load_split(anno, "train")
+    assert split.class_names == ["a", "b"] and [v.video_id for v in split.videos] == ["1", "2"]
+    assert sum("byte-order mark" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    ("train0/1\n".encode("utf-16"), "split list is UTF-16-encoded (save it as UTF-8)"),
+    (b"train0/1\n\x00\x00", "split list is binary, not text (NUL byte at offset 9)"),
+])
+def test_non_utf8_split_lists_are_named(tmp_path, content, message):
+    anno = _write_split(tmp_path, ["train0/1"], ["a"])
+    (tmp_path / "train_few_shot.txt").write_bytes(content)
+    with pytest.raises(SplitError) as info:
+        load_split(anno, "train")
+    assert str(info.value) == f"{tmp_path / 'train_few_shot.txt'}: {message}"

@@ -42,7 +42,11 @@ def test_valid_file_loads(tmp_path):
     (_file([_track(1, [0, 1], [[0, 0, 1, 1]])]), r"tracks\[0\]: frames/boxes/scores lengths differ"),
     (_file([_track(1, [0, 12], [[0, 0, 1, 1]] * 2)]), r"tracks\[0\]: 'frames' must increase strictly within 0..9"),
     (_file([_track(1, [3, 2], [[0, 0, 1, 1]] * 2)]), "'frames' must increase strictly"),
-    (_file([_track(1, [0], [[5, 0, 1, 1]])]), "boxes need x2 >= x1"),
+    (_file([_track(1, [0], [[5, 0, 1, 1]])]), r"tracks\[0\]: boxes\[0\] \[5, 0, 1, 1\] is inverted"),
+    ('{"video": "v1", "num_frames": 10, "width": 100, "height": 50, "tracks": [{"id": 1, "frames": [0], '
+     '"boxes": [[NaN, 0, 1, 1]], "scores": [0.9]}]}', r"NaN in the file \(boxes and scores must be finite"),
+    (_file([_track(1, [0, 1], [[0, 0, 1, 1], [120, 0, 130, 10]])]), r"boxes\[1\] .* lies outside the 100x50 frame"),
+    (_file([_track(1, [0], [[0, -20, 10, -5]])]), r"boxes\[0\] .* lies outside the 100x50 frame"),
     (_file([_track(1, [0], [[0, 0, 1]])]), r"each box must be \[x1, y1, x2, y2\]"),
     (_file([_track(1, [0], [[0, 0, 1, 1]]), _track(1, [1], [[0, 0, 1, 1]])]), "track ids are not unique"),
     (_file("nope"), "'tracks' must be a list"),
@@ -148,3 +152,21 @@ def test_no_track_dir_means_no_boxes(synthetic_root):
     episode = _test_dataset(synthetic_root, "")[0]
     assert "support_boxes" not in episode and "missing_tracks" not in episode
     assert np.isfinite(episode["support_set"].numpy()).all()
+
+
+def test_boxes_past_the_border_are_clamped_and_counted(tmp_path):
+    path = _write(tmp_path, _file([_track(1, [0, 1, 2], [[-3, 0, 10, 10], [0, 0, 104, 52], [5, 5, 9, 9]])]))
+    track_file = load_track_file(path, "v1")
+    np.testing.assert_array_equal(track_file.tracks[0].boxes, [[0, 0, 10, 10], [0, 0, 100, 50], [5, 5, 9, 9]])
+    assert track_file.clamped_boxes == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (json.dumps(_file([])).encode("utf-16"), "track file is UTF-16-encoded"),
+    (b"\x00\x01binary", "track file is binary, not text"),
+])
+def test_non_utf8_track_files_are_named(tmp_path, content, message):
+    path = tmp_path / "v1.json"
+    path.write_bytes(content)
+    with pytest.raises(TrackFileError, match=rf"^{path}: {message}"):
+        load_track_file(str(path), "v1")

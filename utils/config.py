@@ -8,14 +8,17 @@ and command-line pairs, type-checks every value against its default and freezes 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import yaml
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
 from utils.errors import UserError
+from utils.textfiles import read_text
 
 # `_BASE_` is ours (and detectron2's); the other three are CLIP-FSAR's spellings of the same thing.
 BASE_KEYS = ("_BASE_", "_BASE", "_BASE_RUN", "_BASE_MODEL")
@@ -48,6 +51,56 @@ def section(cfg: CfgNode, name: str) -> CfgNode:
     return cfg[name]
 
 
+# ---------------------------------------------------------------------------------------------
+# Value rules: ranges and normalisations declared beside the keys, checked with the types.
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a key's value must satisfy beyond its type (`text` completes "must be ..."), and an optional
+    normalisation applied after the check (paths expand `~`)."""
+
+    text: str
+    ok: Callable[[Any], bool]
+    normalise: Callable[[Any], Any] | None = None
+
+
+POSITIVE = Rule("> 0", lambda v: v > 0)
+NON_NEGATIVE = Rule(">= 0", lambda v: v >= 0)
+PROBABILITY = Rule("in [0, 1]", lambda v: 0 <= v <= 1)
+# Paths: `~` expands as in `_BASE_`; a value that starts with '-' is a forgotten value followed by a flag.
+PATH = Rule("a path (not a flag)", lambda v: not v.startswith("-"), os.path.expanduser)
+RUN_FOLDER = Rule("a non-empty folder path (not a flag)", lambda v: bool(v.strip()) and not v.startswith("-"),
+                  os.path.expanduser)
+
+
+def one_of(*choices: Any) -> Rule:
+    return Rule(f"one of {', '.join(map(str, choices))}", lambda v: v in choices)
+
+
+def length(n: int) -> Rule:
+    return Rule(f"a list of {n} values", lambda v: len(v) == n)
+
+
+def each(rule: Rule) -> Rule:
+    """Apply `rule` to every element of a list value."""
+    return Rule(f"a list whose values are {rule.text}", lambda v: all(rule.ok(x) for x in v))
+
+
+def both(*rules: Rule) -> Rule:
+    return Rule(" and ".join(r.text for r in rules), lambda v: all(r.ok(v) for r in rules))
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def rules(section_name: str, **key_rules: Rule) -> None:
+    """Declare rules for keys of `section_name` ("" for top-level keys), next to their defaults."""
+    prefix = f"{section_name}." if section_name else ""
+    for key, rule in key_rules.items():
+        _RULES[prefix + key] = rule
+
+
 def _base_defaults() -> CfgNode:
     _C = CfgNode()
     _C.NUM_GPUS = 1  # processes per node; > 1 without torchrun/SLURM spawns them (one per GPU, or CPU gloo)
@@ -58,6 +111,8 @@ def _base_defaults() -> CfgNode:
     _C.DIST_BACKEND = "auto"  # auto (nccl with CUDA, gloo otherwise), nccl or gloo
     _C.DEVICE = "auto"  # auto (cuda if available), cpu or cuda
     _C.DETERMINISTIC = False  # torch.use_deterministic_algorithms; bit-exact resume on CPU needs no more
+    rules("", NUM_GPUS=POSITIVE, NUM_SHARDS=POSITIVE, OUTPUT_DIR=RUN_FOLDER, RANDOM_SEED=NON_NEGATIVE,
+          LOG_PERIOD=POSITIVE, DIST_BACKEND=one_of("auto", "nccl", "gloo"), DEVICE=one_of("auto", "cpu", "cuda"))
     return _C
 
 
@@ -93,21 +148,56 @@ _FLOAT_RE = re.compile(
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"{line}: duplicate key {key!r} (first on line {first_line}; YAML would keep the last "
+                         f"silently)")
+
+
+def _construct_mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in first:
+                raise _DuplicateKey(key, line, first[key])
+            first[key] = line
+        except TypeError:  # an unhashable key: the base constructor reports it
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_without_duplicates)
+
+
 def parse_literal(text: str) -> Any:
     """Parse one YAML scalar/list literal as the command line and YAML files do."""
     return yaml.load(text, Loader=_Loader)
 
 
+def _yaml_error(path: str, err: yaml.YAMLError) -> ConfigError:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return ConfigError(f"{where}: invalid YAML ({problem})")
+
+
 def _read_yaml(path: str) -> dict:
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory, not a config file (pass a .yaml file)")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.load(f, Loader=_Loader)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    text = read_text(path, "config file", ConfigError)
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise _yaml_error(path, e) from None
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}:{e}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: config file is empty (a config sets at least one key or names a _BASE_)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
     return data
@@ -169,13 +259,37 @@ def all_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
 
 
 def _unknown_key_error(root: CfgNode, full_key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(full_key, all_keys(root), n=1, cutoff=0.6)
+    keys = all_keys(root)
+    close = difflib.get_close_matches(full_key, keys, n=1, cutoff=0.6)
+    if not close:  # a key in the wrong section (`WAY: 5` at the top level): match its last part
+        leaf = full_key.split(".")[-1]
+        by_leaf = {k.split(".")[-1]: k for k in reversed(keys)}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.8)]
     hint = f" (did you mean {close[0]}?)" if close else ""
     return ConfigError(f"{source}: unknown config key {full_key}{hint}")
 
 
+def _section_error(node: CfgNode, full_key: str, source: str, value: Any) -> ConfigError:
+    shown = ", ".join(list(node)[:4]) + (", ..." if len(node) > 4 else "")
+    return ConfigError(f"{source}: {full_key} is a section ({shown}), got a value {value!r}; set one of its keys, "
+                       f"e.g. {full_key}.{next(iter(node), 'KEY')}")
+
+
 def coerce(default: Any, value: Any, full_key: str, source: str) -> Any:
-    """Return `value` converted to the type of `default`, or raise a ConfigError naming the key."""
+    """`value` converted to the type of `default` and checked against the key's rule (floats must be finite),
+    or a ConfigError naming the key."""
+    value = _coerce_type(default, value, full_key, source)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {full_key} must be a finite number, got {value!r}")
+    rule = _RULES.get(full_key)
+    if rule is None:
+        return value
+    if not rule.ok(value):
+        raise ConfigError(f"{source}: {full_key} must be {rule.text}, got {value!r}")
+    return rule.normalise(value) if rule.normalise else value
+
+
+def _coerce_type(default: Any, value: Any, full_key: str, source: str) -> Any:
     def fail() -> ConfigError:
         return ConfigError(
             f"{source}: {full_key} expects {type(default).__name__} (default {default!r}), got {value!r}"
@@ -226,7 +340,7 @@ def merge_dict(cfg: CfgNode, data: dict, prefix: str = "", root: CfgNode | None 
         if key not in cfg:
             raise _unknown_key_error(root, full_key, source)
         if isinstance(cfg[key], CfgNode):
-            raise ConfigError(f"{source}: {full_key} is a section, got a value {value!r}")
+            raise _section_error(cfg[key], full_key, source, value)
         cfg[key] = coerce(cfg[key], value, full_key, source)
 
 
@@ -248,9 +362,16 @@ def merge_opts(cfg: CfgNode, opts: Iterable[str]) -> None:
                 raise _unknown_key_error(cfg, full_key, "command line")
             node = node[part]
         leaf = parts[-1]
-        if leaf not in node or isinstance(node[leaf], CfgNode):
+        if leaf not in node:
             raise _unknown_key_error(cfg, full_key, "command line")
-        value = parse_literal(text)
+        if isinstance(node[leaf], CfgNode):
+            raise _section_error(node[leaf], full_key, "command line", text)
+        if text.startswith("--"):
+            raise ConfigError(f"command line: {full_key} has no value ({text!r} is a flag); write {full_key} VALUE")
+        try:
+            value = parse_literal(text)
+        except (yaml.YAMLError, _DuplicateKey) as e:
+            raise ConfigError(f"command line: {full_key}: cannot parse {text!r} ({str(e).splitlines()[0]})") from None
         if isinstance(node[leaf], str) and not isinstance(value, str):
             value = text  # a string key given `2024` or `true` means the text
         node[leaf] = coerce(node[leaf], value, full_key, "command line")

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from utils.config import CfgNode, register_config, section
+from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, each, one_of, register_config, rules, section
 
 
 @register_config
@@ -26,6 +26,10 @@ def add_solver_config(cfg: CfgNode) -> None:
     _S.LRS = [1.0]  # steps_with_relative_lrs: lr multipliers, one per STEPS entry
     _S.WARMUP_EPOCHS = 0.0  # linear warm-up length in units of STEPS_ITER
     _S.WARMUP_START_LR = 1e-6  # learning rate at iteration 0 when warming up
+    rules("SOLVER", OPTIM_METHOD=one_of("adam", "adamw", "sgd"), BASE_LR=POSITIVE, BACKBONE_LR_MULT=NON_NEGATIVE,
+          WEIGHT_DECAY=NON_NEGATIVE, MOMENTUM=PROBABILITY, DAMPENING=PROBABILITY,
+          LR_POLICY=one_of("cosine", "steps_with_relative_lrs"), STEPS_ITER=POSITIVE, MAX_EPOCH=POSITIVE,
+          STEPS=each(NON_NEGATIVE), LRS=each(NON_NEGATIVE), WARMUP_EPOCHS=NON_NEGATIVE, WARMUP_START_LR=NON_NEGATIVE)
 
 
 def lr_factor(solver: CfgNode, iteration: int) -> float:

@@ -36,7 +36,7 @@ from models.amcap.shapley import (
     pool_cells,
     sample_coalitions,
 )
-from utils.config import CfgNode, register_config, section
+from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, one_of, register_config, rules, section
 
 
 @register_config
@@ -61,6 +61,10 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.ALIGN_LOSS_WEIGHT = 0.0  # weight of the support region / class-token alignment loss (0 = off)
     _A.TEXT_TEMPLATE = "a photo of {}."  # class text for anchors and the tokens regions align to
     _A.SEED = 0  # seeds the coalitions when the caller passes no generator
+    rules("AMCAP", GRID=POSITIVE, NUM_COALITIONS=POSITIVE, KEY_FRAMES=POSITIVE,
+          EMPTY_VALUE=one_of("zero", "singleton_mean"), REGION_SCORE=one_of("value", "interaction"),
+          NUM_REGIONS=POSITIVE, TOP_K=POSITIVE, N_CTX=POSITIVE, NUM_HEADS=POSITIVE, ANCHOR_TEMPERATURE=POSITIVE,
+          TOKEN_TEMPERATURE=POSITIVE, ALIGN_LOSS_WEIGHT=NON_NEGATIVE, SEED=NON_NEGATIVE)
 
 
 @dataclass

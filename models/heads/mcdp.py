@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from models.amcap import AMCAP, VideoTokens
 from models.build import HEAD_REGISTRY
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR
-from utils.config import CfgNode, register_config, section
+from utils.config import NON_NEGATIVE, CfgNode, register_config, rules, section
 from utils.seeding import episode_seed
 
 
@@ -25,6 +25,7 @@ from utils.seeding import episode_seed
 def add_mcdp_config(cfg: CfgNode) -> None:
     _M = section(cfg, "MCDP")
     _M.FUSION_WEIGHT = 1.0  # weight of the query-vs-dynamic-text logits added to -OTAM distance (0: OTAM only)
+    rules("MCDP", FUSION_WEIGHT=NON_NEGATIVE)
 
 
 @HEAD_REGISTRY.register()
