@@ -148,7 +148,7 @@ def bench_otam(args) -> dict:
     from models.otam import otam_cum_dist, otam_cum_dist_loop
 
     device = pick_device()
-    shape = tuple(int(x) for x in args.shape.split(","))
+    shape = args.shape  # (queries, prototypes, query frames, prototype frames), validated by the parser
     dists = torch.rand(*shape, device=device)
     fast_value = otam_cum_dist(dists)
     loop_value = otam_cum_dist_loop(dists)

@@ -25,6 +25,8 @@ if __package__ in (None, ""):  # `python runs/benchmark.py`: make the project ro
 import simplejson as json  # noqa: E402
 
 from datasets.video import DecordSource, OpenedVideo, VideoSource, resize_frames, resized_size  # noqa: E402
+from utils.cli import int_shape, non_negative_int, positive_int  # noqa: E402
+from utils.errors import entry_point  # noqa: E402
 
 
 def write_json(path: str, data: dict) -> None:
@@ -186,45 +188,47 @@ def add_model_parsers(subparsers) -> None:
 
     def common(p, repeats: int):
         p.add_argument("--cfg", default="configs/projects/MCDPFSAR/synthetic/demo.yaml")
-        p.add_argument("--repeats", type=int, default=repeats, help="timed repeats (the median is reported)")
+        p.add_argument("--repeats", type=positive_int, default=repeats, help="timed repeats (the median is reported)")
         p.add_argument("--json", default="", help="write the results here")
         p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every variant")
 
     p = subparsers.add_parser("train-step", help="one training iteration per variant")
     common(p, 3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=non_negative_int, default=1)
     p.add_argument("--variant", action="append", help="NAME=KEY VALUE ... (default: fp32, bf16, ckpt variants)")
     p.add_argument("--flops", action="store_true", help="count FLOPs (for MFU on a GPU)")
     p.set_defaults(func=report(bm.bench_train_step))
     p = subparsers.add_parser("train-step-child", help=argparse.SUPPRESS)
     common(p, 3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=non_negative_int, default=1)
     p.add_argument("--flops", action="store_true")
     p.add_argument("--child-json", required=True)
     p.set_defaults(func=bm.train_step_child)
     p = subparsers.add_parser("eval", help="test episodes/s with and without the feature cache")
     common(p, 1)
-    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--episodes", type=positive_int, default=300)
     p.add_argument("--split", default="test")
     p.set_defaults(func=report(bm.bench_eval))
     p = subparsers.add_parser("train-cache", help="frozen-backbone training episodes/s with and without the cache")
     common(p, 1)
-    p.add_argument("--first-pass", type=int, default=150, help="episodes that fill the cache before timing")
-    p.add_argument("--episodes", type=int, default=30, help="timed episodes (the median step is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed episodes of the uncached variant")
+    p.add_argument("--first-pass", type=positive_int, default=150, help="episodes that fill the cache before timing")
+    p.add_argument("--episodes", type=positive_int, default=30, help="timed episodes (the median step is reported)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed episodes of the uncached variant")
     p.set_defaults(func=report(bm.bench_train_cache))
     p = subparsers.add_parser("otam", help="OTAM forward+backward: vectorised vs per-cell loop")
-    p.add_argument("--shape", default="25,5,8,8")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--shape", type=int_shape(4, "queries, prototypes, query frames, prototype frames"),
+                   default="25,5,8,8")
+    p.add_argument("--repeats", type=positive_int, default=20)
+    p.add_argument("--warmup", type=non_negative_int, default=3)
     p.add_argument("--json", default="")
     p.set_defaults(func=report(bm.bench_otam))
     p = subparsers.add_parser("flops", help="per-module FLOPs and trainable parameters of a config")
     common(p, 1)
-    p.add_argument("--depth", type=int, default=3, help="module depth of the FLOP table")
+    p.add_argument("--depth", type=positive_int, default=3, help="module depth of the FLOP table")
     p.set_defaults(func=report(bm.bench_flops))
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)

@@ -38,7 +38,9 @@ if __package__ in (None, ""):  # `python runs/extract_tracks.py`: make the proje
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.splits import parse_split_file  # noqa: E402
+from utils.errors import ArgumentError, entry_point  # noqa: E402
 from utils.logger import get_logger, setup_logging  # noqa: E402
+from utils.textfiles import read_text  # noqa: E402
 
 logger = get_logger(__name__)
 
@@ -90,7 +92,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--frame-stride, --batch-size and --workers must be >= 1")
     if not args.detections and not args.weights:
         p.error(f"--detector {args.detector} needs --weights (a local file, or DEFAULT to download)")
+    for name in ("score_thresh", "track_thresh", "match_iou"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            p.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    check_inputs(args)
     return args
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Inputs that do not exist are errors (a missing folder must not become a successful run over 0 videos)."""
+    folders = [("--videos", args.videos), ("--data-root", args.data_root if args.split_file else "")]
+    for flag, folder in folders:
+        if folder and not os.path.isdir(folder):
+            raise ArgumentError(f"{folder}: {flag} folder not found")
+    for flag, path in [("--detections", args.detections)] + [("--split-file", f) for f in args.split_file]:
+        if path and not os.path.isfile(path):
+            raise ArgumentError(f"{path}: {flag} file not found")
+    if args.weights and args.weights != "DEFAULT" and not args.detections and not os.path.isfile(args.weights):
+        raise ArgumentError(f"{args.weights}: --weights file not found (a local weights file, or DEFAULT to download)")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -98,8 +117,13 @@ def list_jobs(args: argparse.Namespace) -> list[VideoJob]:
     """The videos to process, in a stable order."""
     entries = [e for path in args.split_file for e in parse_split_file(path)]
     if args.detections:
-        with open(args.detections, encoding="utf-8") as f:
-            dets = json.load(f)
+        try:
+            dets = json.loads(read_text(args.detections, "detections file", ArgumentError))
+        except json.JSONDecodeError as e:
+            raise ArgumentError(f"{args.detections}: invalid JSON ({e.msg} at line {e.lineno} column "
+                                f"{e.colno})") from None
+        if not isinstance(dets, dict):
+            raise ArgumentError(f"{args.detections}: expected an object of video id -> detections")
         wanted = {e.video_id for e in entries} if entries else set(dets)
         missing = sorted(wanted - set(dets))
         if missing:
@@ -143,7 +167,7 @@ class TorchvisionDetector:
             self.model = get_model(model, weights=weights)
         else:
             if not os.path.isfile(weights):
-                sys.exit(f"extract_tracks: --weights {weights}: file not found (state dict of {model}, or DEFAULT)")
+                raise ArgumentError(f"{weights}: --weights file not found (state dict of {model}, or DEFAULT)")
             self.model = get_model(model, weights=None, weights_backbone=None, num_classes=len(self.categories))
             state = torch.load(weights, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
@@ -164,9 +188,9 @@ class YoloDetector:
         try:
             from ultralytics import YOLO
         except ImportError:
-            sys.exit("extract_tracks: --detector yolo needs the ultralytics package: pip install ultralytics")
+            raise ArgumentError("--detector yolo: needs the ultralytics package (pip install ultralytics)") from None
         if not os.path.isfile(weights):
-            sys.exit(f"extract_tracks: --weights {weights}: YOLO weights file not found")
+            raise ArgumentError(f"{weights}: --weights YOLO weights file not found")
         self.model, self.score_thresh = YOLO(weights), score_thresh
         self.device = "cpu" if device == "cpu" else device.replace("cuda:", "").replace("cuda", "0")
 
@@ -362,6 +386,9 @@ def write_json_atomic(obj: Any, path: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Process every video (in parallel with --workers); return the summary."""
     jobs = list_jobs(args)
+    if not jobs:
+        source = args.videos or args.detections or ", ".join(args.split_file)
+        raise ArgumentError(f"{source}: selects no videos (extensions searched: {', '.join(VIDEO_EXTS)})")
     os.makedirs(args.out, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     if args.workers == 1:
@@ -384,6 +411,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tracks_min": min(counts, default=0), "tracks_max": max(counts, default=0)}
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()

@@ -17,24 +17,27 @@ if __package__ in (None, ""):  # `python runs/make_synthetic.py`: make the proje
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.synthetic import make_synthetic  # noqa: E402
+from utils.cli import non_negative_int, positive_int  # noqa: E402
+from utils.errors import ArgumentError, entry_point  # noqa: E402
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write (DATA.ANNO_DIR and DATA.DATA_ROOT_DIR)")
-    parser.add_argument("--classes", type=int, default=30, help="number of classes (train/val/test split of them)")
-    parser.add_argument("--videos-per-class", type=int, default=20)
-    parser.add_argument("--frames", type=int, default=16, help="frames per video")
-    parser.add_argument("--size", type=int, default=64, help="video side in pixels (square, even)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same files")
-    parser.add_argument("--distractors", type=int, default=2, help="moving distractor entities per video")
+    parser.add_argument("--classes", type=positive_int, default=30,
+                        help="number of classes (train/val/test split of them)")
+    parser.add_argument("--videos-per-class", type=positive_int, default=20)
+    parser.add_argument("--frames", type=positive_int, default=16, help="frames per video")
+    parser.add_argument("--size", type=positive_int, default=64, help="video side in pixels (square, even)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="same seed, same files")
+    parser.add_argument("--distractors", type=non_negative_int, default=2, help="moving distractor entities per video")
     args = parser.parse_args(argv)
     try:
         summary = make_synthetic(args.out, classes=args.classes, videos_per_class=args.videos_per_class,
                                  frames=args.frames, size=args.size, seed=args.seed, distractors=args.distractors)
     except ValueError as e:
-        print(f"make_synthetic: {e}", file=sys.stderr)
-        return 1
+        raise ArgumentError(f"make_synthetic: {e}") from None
     split = summary["classes"]
     print(f"wrote {summary['videos']} videos of {args.classes} classes (train/val/test {split['train']}/"
           f"{split['val']}/{split['test']}) to {os.path.abspath(args.out)} in {summary['seconds']} s")

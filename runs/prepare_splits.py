@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as `python runs/prepare_splits.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.splits import SPLITS, SplitError, VideoEntry, numbered_lines, parse_split_file  # noqa: E402
+from utils.errors import ArgumentError, entry_point  # noqa: E402
 
 CLIPFSAR_URL = ("https://raw.githubusercontent.com/alibaba-mmai-research/CLIP-FSAR/"
                 "30cf0a8cf5287a56a9f37bfceb28e82be776fc5d/configs/projects/CLIPFSAR/{bench}/{split}_few_shot.txt")
@@ -185,6 +186,7 @@ def prepare(bench: str, out: str, source: str, ssv2_labels: Sequence[str] = ()) 
     return named
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(BENCHMARKS))
@@ -193,15 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ssv2-labels", nargs="+", default=[], metavar="FILE",
                         help="SSv2 annotation JSON files naming each video's class (needed for ssv2_full names)")
     args = parser.parse_args(argv)
-    try:
-        if args.source:
-            named = prepare(args.dataset, args.out, args.source, args.ssv2_labels)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                named = prepare(args.dataset, args.out, download_source(args.dataset, tmp), args.ssv2_labels)
-    except SplitError as e:
-        print(f"prepare_splits: {e}", file=sys.stderr)
-        return 1
+    if args.source and not os.path.isdir(args.source):
+        raise ArgumentError(f"{args.source}: --source folder not found")
+    for path in args.ssv2_labels:
+        if not os.path.isfile(path):
+            raise ArgumentError(f"{path}: --ssv2-labels file not found")
+    if args.source:
+        named = prepare(args.dataset, args.out, args.source, args.ssv2_labels)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            named = prepare(args.dataset, args.out, download_source(args.dataset, tmp), args.ssv2_labels)
     for split, count in named.items():
         status = f"{count} class names" if count is not None else "class names UNAVAILABLE"
         print(f"{args.dataset} {split}: {split}_few_shot.txt, {status}")

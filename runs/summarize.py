@@ -14,6 +14,9 @@ import pandas as pd
 import simplejson as json
 import yaml
 
+from utils.errors import ArgumentError, entry_point
+from utils.textfiles import read_text
+
 # Keys that always differ between runs and say nothing about the method.
 IGNORED_KEYS = {"OUTPUT_DIR", "TEST.CHECKPOINT_FILE_PATH"}
 
@@ -36,16 +39,33 @@ def find_results(root: str) -> list[str]:
     return sorted(found)
 
 
-def load_runs(root: str) -> list[dict]:
-    runs = []
+def read_run(path: str) -> dict:
+    """One run's results and flattened config; an unreadable file is an ArgumentError naming it."""
+    try:
+        result = json.loads(read_text(path, "results file", ArgumentError))
+    except json.JSONDecodeError as e:
+        raise ArgumentError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}; half written?)") from None
+    missing = [key for key in ("accuracy", "ci95", "config") if not isinstance(result, dict) or key not in result]
+    if missing:
+        raise ArgumentError(f"{path}: not a results.json of this framework (no '{missing[0]}')")
+    try:
+        config = yaml.safe_load(result["config"])
+    except yaml.YAMLError as e:
+        raise ArgumentError(f"{path}: its stored config is not valid YAML ({str(e).splitlines()[0]})") from None
+    return {"path": path, "result": result, "config": flatten(config)}
+
+
+def load_runs(root: str) -> tuple[list[dict], list[str]]:
+    """The readable runs below `root` and one line for each results.json that could not be read."""
+    if not os.path.isdir(root):
+        raise ArgumentError(f"{root}: runs folder not found")
+    runs, unreadable = [], []
     for path in find_results(root):
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
-        for key in ("accuracy", "ci95", "config"):
-            if key not in result:
-                raise ValueError(f"{path}: not a results.json of this framework (no '{key}')")
-        runs.append({"path": path, "result": result, "config": flatten(yaml.safe_load(result["config"]))})
-    return runs
+        try:
+            runs.append(read_run(path))
+        except ArgumentError as e:
+            unreadable.append(str(e))
+    return runs, unreadable
 
 
 def fill_defaults(runs: list[dict]) -> None:
@@ -60,7 +80,7 @@ def fill_defaults(runs: list[dict]) -> None:
 def build_table(runs: list[dict]) -> pd.DataFrame:
     """One row per run: run name, benchmark, shot, differing config keys, accuracy and CI."""
     if not runs:
-        raise ValueError("no results.json found")
+        raise ArgumentError("no readable results.json found")
     fill_defaults(runs)
     keys = sorted({k for run in runs for k in run["config"]} - IGNORED_KEYS)
     differing = [k for k in keys if len({run["config"].get(k) for run in runs}) > 1]
@@ -78,12 +98,19 @@ def build_table(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["benchmark", "shot", "run"]).reset_index(drop=True)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir")
     parser.add_argument("--out", default="", help="write OUT.md and OUT.csv (default: RUNS_DIR/summary)")
     args = parser.parse_args(argv)
-    table = build_table(load_runs(args.runs_dir))
+    runs, unreadable = load_runs(args.runs_dir)
+    for line in unreadable:
+        print(f"skipped: {line}", file=sys.stderr)
+    if not runs:
+        raise ArgumentError(f"{args.runs_dir}: no readable results.json below it"
+                            + (f" ({len(unreadable)} unreadable, listed above)" if unreadable else ""))
+    table = build_table(runs)
     out = args.out or os.path.join(args.runs_dir, "summary")
     table.to_csv(out + ".csv", index=False)
     markdown = table.to_markdown(index=False)

@@ -28,6 +28,7 @@ from models.amcap import AMCAP, build_class_text
 from models.clip import CLIPBackbone
 from runs.plots import write_curves, write_episode
 from utils.config import CfgNode, load_config
+from utils.errors import ArgumentError, entry_point
 from utils.seeding import seed_everything
 
 TOKENS_PER_REGION = 3  # aligned tokens listed beside each salient region
@@ -149,6 +150,12 @@ def draw_regions(frames: np.ndarray, frame_indices: Sequence[int], analysis: dic
 
 
 def run_regions(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.video):
+        raise ArgumentError(f"{args.video}: --video file not found")
+    if args.frames < 0:
+        raise ArgumentError(f"--frames must be >= 0 (0 = DATA.NUM_INPUT_FRAMES), got {args.frames}")
+    if args.classes and not all(name.strip() for name in args.classes.split(",")):
+        raise ArgumentError(f"--classes {args.classes!r}: empty class name in the comma-separated list")
     cfg = load_config(args.cfg or None, args.opts)
     seed_everything(cfg.RANDOM_SEED)  # a random-init backbone (PRETRAINED "") is then the same on every call
     class_names = episode_class_names(cfg, args.classes, args.split)
@@ -176,6 +183,8 @@ def add_regions_parser(commands: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------- curves, episode
 def run_curves(args: argparse.Namespace) -> int:
+    if not os.path.isfile(os.path.join(args.run, "metrics.jsonl")):
+        raise ArgumentError(f"{args.run}: --run holds no metrics.jsonl (pass a run's OUTPUT_DIR)")
     print(f"wrote {write_curves(args.run, args.out or None)}")
     return 0
 
@@ -189,9 +198,21 @@ def add_curves_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_episode(args: argparse.Namespace) -> int:
     cfg = load_config(args.cfg or None, args.opts)
+    check_episode_index(cfg, args.split, args.index)
     out = args.out or os.path.join(cfg.OUTPUT_DIR, f"episode_{args.split}_{args.index}.png")
     print(f"wrote {write_episode(cfg, args.split, args.index, out)}")
     return 0
+
+
+def check_episode_index(cfg, split: str, index: int) -> None:
+    """Only episodes a run evaluates (val/test: 0..N-1) or trains on (train: >= 0) can be drawn."""
+    if index < 0:
+        raise ArgumentError(f"--index must be >= 0 (episodes are numbered from 0), got {index}")
+    count = {"val": ("TRAIN.NUM_VAL_TASKS", cfg.TRAIN.NUM_VAL_TASKS),
+             "test": ("TRAIN.NUM_TEST_TASKS", cfg.TRAIN.NUM_TEST_TASKS)}.get(split)
+    if count is not None and index >= count[1]:
+        raise ArgumentError(f"--index {index}: runs with this config evaluate {split} episodes 0..{count[1] - 1} "
+                            f"({count[0]} {count[1]})")
 
 
 def add_episode_parser(commands: argparse._SubParsersAction) -> None:
@@ -214,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)

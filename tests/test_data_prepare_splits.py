@@ -61,10 +61,11 @@ def test_ssv2_full_names_come_from_an_ssv2_label_file(shared_splits, tmp_path):
 def test_label_index_file_is_rejected_with_a_clear_message(shared_splits, tmp_path, capsys):
     labels = tmp_path / "something-something-v2-labels.json"
     labels.write_text(json.dumps({"Approaching something with your camera": "0"}))
-    code = main(["--dataset", "ssv2_full", "--out", str(tmp_path / "o"), "--source", str(shared_splits),
-                 "--ssv2-labels", str(labels)])
-    assert code == 1
-    assert "something-something-v2-labels.json: expected a list" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["--dataset", "ssv2_full", "--out", str(tmp_path / "o"), "--source", str(shared_splits),
+              "--ssv2-labels", str(labels)])
+    assert info.value.code == 4  # the split family
+    assert capsys.readouterr().err.startswith(f"error: {labels}: expected a list")
 
 
 @pytest.mark.parametrize("bench, trx, clipfsar", [

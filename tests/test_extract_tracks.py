@@ -237,13 +237,37 @@ def test_torchvision_detector_on_video_folder_with_local_weights(tmp_path: Path,
     assert not (out / "broken.json").exists()
 
 
-def test_missing_detector_requirements_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="file not found"):
+def test_missing_detector_requirements_are_clear_errors(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
         main(["--videos", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", str(tmp_path / "none.pth")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'none.pth'}: --weights file not found (a local weights "
+                                       f"file, or DEFAULT to download)\n")
     try:
         import ultralytics  # noqa: F401
     except ImportError:
-        with pytest.raises(SystemExit, match="ultralytics"):
-            main(["--videos", str(tmp_path), "--out", str(tmp_path / "o"), "--detector", "yolo", "--weights", "y.pt"])
+        (tmp_path / "y.pt").write_bytes(b"x")
+        (tmp_path / "v").mkdir()
+        (tmp_path / "v" / "a.mp4").write_bytes(b"x")
+        with pytest.raises(SystemExit):
+            main(["--videos", str(tmp_path / "v"), "--out", str(tmp_path / "o"), "--detector", "yolo", "--weights",
+                  str(tmp_path / "y.pt")])
+        assert "ultralytics" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "o")])  # no input
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t: ["--videos", str(t / "absent")], "{t}/absent: --videos folder not found"),
+    (lambda t: ["--videos", str(t / "empty")], "{t}/empty: selects no videos"),
+    (lambda t: ["--detections", str(t / "d.json")], "{t}/d.json: --detections file not found"),
+    (lambda t: ["--detections", str(t / "half.json")], "{t}/half.json: invalid JSON"),
+])
+def test_inputs_that_select_nothing_are_errors_not_empty_runs(tmp_path: Path, capsys, make_args, message) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "half.json").write_text('{"a": {"frames": [')
+    with pytest.raises(SystemExit) as info:
+        main([*make_args(tmp_path), "--out", str(tmp_path / "o"), "--weights", "DEFAULT"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: " + message.format(t=tmp_path))
+    assert not (tmp_path / "o").exists()
