@@ -1,13 +1,14 @@
-from setuptools import find_packages, setup
+from setuptools import setup
 
 setup(
     name="mcdp-fsar",
     version="0.1.0",
     description="MCDP-FSAR: multi-modal context dynamic prompt learning for few-shot action recognition",
     python_requires=">=3.10",
-    packages=find_packages(include=["utils", "utils.*", "models", "models.*", "datasets", "datasets.*",
-                                    "runs", "runs.*"]),
-    package_data={"models": ["model_configs/*.json"]},
+    # No packages are installed: `datasets`, `models`, `runs` and `utils` are the lineage's top-level folders, and
+    # installing them would shadow (or overwrite) other distributions with generic names, such as Hugging Face
+    # `datasets`. Entry points put the repository first on sys.path; tests run from the repository root.
+    packages=[],
     install_requires=[
         "torch",
         "torchvision",

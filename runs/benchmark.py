@@ -19,7 +19,8 @@ import tempfile
 import time
 from typing import Callable, Sequence
 
-if __package__ in (None, ""):  # `python runs/benchmark.py`: make the project root importable
+if __package__ in (None, ""):  # `python runs/benchmark.py`: this repository's packages come first (a Hugging Face
+    # `datasets` installed in the same environment must not shadow ours; see README, Layout)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import simplejson as json  # noqa: E402

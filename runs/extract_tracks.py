@@ -34,7 +34,8 @@ import torch
 import trackers
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # `python runs/extract_tracks.py`: make the project root importable
+if __package__ in (None, ""):  # `python runs/extract_tracks.py`: this repository's packages come first (a Hugging Face
+    # `datasets` installed in the same environment must not shadow ours; see README, Layout)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.splits import parse_split_file  # noqa: E402

@@ -13,7 +13,8 @@ import os
 import sys
 from typing import Sequence
 
-if __package__ in (None, ""):  # `python runs/make_synthetic.py`: make the project root importable
+if __package__ in (None, ""):  # `python runs/make_synthetic.py`: this repository's packages come first (a Hugging Face
+    # `datasets` installed in the same environment must not shadow ours; see README, Layout)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.synthetic import make_synthetic  # noqa: E402

@@ -23,7 +23,8 @@ import urllib.request
 from collections import Counter, defaultdict
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python runs/prepare_splits.py`
+if __package__ in (None, ""):  # `python runs/prepare_splits.py`: this repository's packages come first (a Hugging Face
+    # `datasets` installed in the same environment must not shadow ours; see README, Layout)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.splits import SPLITS, SplitError, VideoEntry, numbered_lines, parse_split_file  # noqa: E402

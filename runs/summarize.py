@@ -14,8 +14,12 @@ import pandas as pd
 import simplejson as json
 import yaml
 
-from utils.errors import ArgumentError, entry_point
-from utils.textfiles import read_text
+if __package__ in (None, ""):  # `python runs/summarize.py`: this repository's packages come first (a Hugging Face
+    # `datasets` installed in the same environment must not shadow ours; see README, Layout)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.errors import ArgumentError, entry_point  # noqa: E402
+from utils.textfiles import read_text  # noqa: E402
 
 # Keys that always differ between runs and say nothing about the method.
 IGNORED_KEYS = {"OUTPUT_DIR", "TEST.CHECKPOINT_FILE_PATH"}

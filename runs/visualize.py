@@ -22,14 +22,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from datasets.sampling import segment_indices
-from datasets.splits import read_class_names, split_files
-from models.amcap import AMCAP, build_class_text
-from models.clip import CLIPBackbone
-from runs.plots import write_curves, write_episode
-from utils.config import CfgNode, load_config
-from utils.errors import ArgumentError, entry_point
-from utils.seeding import seed_everything
+if __package__ in (None, ""):  # `python runs/visualize.py`: this repository's packages come first (a Hugging Face
+    # `datasets` installed in the same environment must not shadow ours; see README, Layout)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets.sampling import segment_indices  # noqa: E402
+from datasets.splits import read_class_names, split_files  # noqa: E402
+from models.amcap import AMCAP, build_class_text  # noqa: E402
+from models.clip import CLIPBackbone  # noqa: E402
+from runs.plots import write_curves, write_episode  # noqa: E402
+from utils.config import CfgNode, load_config  # noqa: E402
+from utils.errors import ArgumentError, entry_point  # noqa: E402
+from utils.seeding import seed_everything  # noqa: E402
 
 TOKENS_PER_REGION = 3  # aligned tokens listed beside each salient region
 
