@@ -36,6 +36,7 @@ from datasets.synthetic_render import (
     wander,
     write_mp4,
 )
+from datasets.tracks import write_track_file
 from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, register_config, rules, section
 from utils.logger import get_logger
 
@@ -179,7 +180,7 @@ def make_synthetic(out_dir: str, classes: int = 30, videos_per_class: int = 20, 
                 rng = np.random.default_rng([seed, global_index[cls.name], k])
                 video, entities = render_video(cls, frames, size, distractors, rng)
                 write_mp4(os.path.join(out_dir, rel + ".mp4"), video, fps)
-                _write_json(os.path.join(out_dir, "tracks", rel + ".json"), track_record(rel, entities, size, rng))
+                write_track_file(os.path.join(out_dir, "tracks", rel + ".json"), track_record(rel, entities, size, rng))
                 detections[rel] = {"num_frames": frames, "width": size, "height": size,
                                    "frames": noisy_detections(entities, size, rng)}
                 lines.append(f"{split}{cid}//{rel}.mp4")

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from utils.atomic import atomic_write
 from utils.errors import UserError
 from utils.logger import get_logger
 from utils.textfiles import read_text
@@ -136,6 +137,13 @@ def load_track_file(path: str, video_id: str | None = None) -> TrackFile:
         raise TrackFileError(f"{path}: track ids are not unique: {sorted(ids)}")
     return TrackFile(str(data.get("video", "")), num_frames, width, height, tracks,
                      str(data.get("detector", "")), str(data.get("tracker", "")), clamped_boxes=clamped)
+
+
+def write_track_file(path: str, record: dict) -> None:
+    """Write a track file (the format above) atomically; it is validated by reading it back, so a writer can never
+    produce a file the loader refuses."""
+    atomic_write(path, lambda f: json.dump(record, f, separators=(",", ":")), binary=False, fsync=False)
+    load_track_file(path, record.get("video"))
 
 
 def track_rank_score(track: Track, width: int, height: int) -> float:
