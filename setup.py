@@ -30,5 +30,6 @@ setup(
     extras_require={
         "test": ["pytest", "ruff", "shapiq"],
         "yolo": ["ultralytics"],
+        "torchcodec": ["torchcodec"],  # DATA.DECODER torchcodec; needs FFmpeg's shared libraries on the system
     },
 )

@@ -8,7 +8,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.config import CfgNode, register_config, section
+from utils.config import (
+    NON_NEGATIVE,
+    PATH,
+    POSITIVE,
+    PROBABILITY,
+    CfgNode,
+    Rule,
+    both,
+    each,
+    length,
+    one_of,
+    rules,
+    section,
+)
 from utils.registry import Registry
 from utils.seeding import episode_seed
 
@@ -19,7 +32,6 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-@register_config
 def add_data_config(cfg: CfgNode) -> None:
     _D = section(cfg, "DATA")
     _D.DATASET = "Ssv2_few_shot"  # registered dataset entry (DATASET_REGISTRY), e.g. Synthetic_few_shot
@@ -27,14 +39,29 @@ def add_data_config(cfg: CfgNode) -> None:
     _D.ANNO_DIR = ""  # folder of {train,val,test}_few_shot.txt and {train,val,test}_class_names.txt
     _D.VIDEO_EXT = ".mp4"  # extension for '<split><id>/<video id>' lines (SSv2 downloads are often .webm)
     _D.FRAMES_FOLDER = False  # videos are folders of img_%05d.jpg frames (path without extension)
-    _D.NUM_INPUT_FRAMES = 8  # frames per video: one per equal segment (random in train, centre in val/test)
-    _D.TRAIN_JITTER_SCALES = [256, 320]  # train: short side drawn uniformly from [min, max] before the crop
+    _D.NUM_INPUT_FRAMES = 8  # frames per video (where they come from: FRAME_SAMPLING, TEST_FRAMES)
+    # Frame positions. segment: one frame per equal segment of the video (CLIP-FSAR's path for SAMPLING_RATE > 40,
+    # its SSv2/UCF/HMDB configs). clip: CLIP-FSAR's window for SAMPLING_RATE <= 40 (its K-100 configs): 8 frames
+    # evenly from start to start + window - SAMPLING_RATE, window = NUM_INPUT_FRAMES x SAMPLING_RATE frames cut to the
+    # video (datasets/sampling.py clip_indices), start random in train and in the middle in val/test.
+    _D.FRAME_SAMPLING = "segment"
+    _D.SAMPLING_RATE = 35  # clip: frames between samples at the lineage's 12 fps target (CLIP-FSAR K-100: 35)
+    # val/test frames. centre: each segment's centre, or the clip's middle start (ours: every run sees the same
+    # test set). random: drawn like training frames, from the episode's generator (CLIP-FSAR's SSv2/UCF/HMDB test
+    # frames; disable TEST.FEATURE_CACHE with it, a cached video would keep one draw).
+    _D.TEST_FRAMES = "centre"
+    # Spatial view. squash: every frame resized to SCALE x SCALE, aspect ratio ignored, then cropped (CLIP-FSAR's
+    # KineticsResizedCropFewshot: 256x256, crop 224); videos decode at their original resolution and are resized
+    # here (bilinear, no antialiasing, as the lineage). short_side: the reader resizes the short side to SCALE,
+    # aspect kept (ours; sees the whole width of wide videos undistorted).
+    _D.RESIZE_MODE = "squash"
+    _D.TRAIN_JITTER_SCALES = [256, 320]  # train: SCALE drawn uniformly from [min, max] (short side, or squash side)
     _D.TRAIN_CROP_SIZE = 224  # train: random square crop
-    _D.TEST_SCALE = 256  # val/test: short side before the centre crop
+    _D.TEST_SCALE = 256  # val/test: SCALE (short side, or squash side) before the centre crop
     _D.TEST_CROP_SIZE = 224  # val/test: centre square crop (must equal the backbone's image size)
     _D.MEAN = list(CLIP_MEAN)  # per-channel normalisation mean (the backbone's; CLIP by default)
     _D.STD = list(CLIP_STD)  # per-channel normalisation std
-    _D.FLIP = True  # random horizontal flip in train (the SSv2 and synthetic entries force it off)
+    _D.FLIP = True  # random horizontal flip in train (the SSv2 and synthetic entries force it off; CLIP-FSAR: off)
     _D.ON_BAD_VIDEO = "error"  # missing/unreadable/empty/too-short video: error, or resample (same class, logged)
     _D.MIN_VIDEO_FRAMES = 1  # fewer decodable frames = "too short"; shorter than NUM_INPUT_FRAMES repeats frames
     _D.TRACK_DIR = ""  # folder of <video id>.json track files; "" = no boxes in the episode
@@ -43,12 +70,32 @@ def add_data_config(cfg: CfgNode) -> None:
     _D.PIN_MEMORY = True  # pin episode tensors when CUDA is available
     # VFAM's entity slots are read here, where the episode boxes are built.
     section(cfg, "VFAM").MAX_ENTITIES = 4  # entity slots per frame (top tracks by length x area x score)
+    rules("DATA", DATA_ROOT_DIR=PATH, ANNO_DIR=PATH, TRACK_DIR=PATH,
+          TRAIN_JITTER_SCALES=both(length(2), each(POSITIVE)), TRAIN_CROP_SIZE=POSITIVE, TEST_SCALE=POSITIVE,
+          TEST_CROP_SIZE=POSITIVE, MEAN=length(3),
+          STD=both(length(3), each(POSITIVE)), MIN_VIDEO_FRAMES=POSITIVE, NUM_WORKERS=NON_NEGATIVE)
+    rules("VFAM", MAX_ENTITIES=POSITIVE)
+    rules("DATA", NUM_INPUT_FRAMES=POSITIVE, FRAME_SAMPLING=one_of("segment", "clip"), SAMPLING_RATE=POSITIVE,
+          TEST_FRAMES=one_of("centre", "random"), RESIZE_MODE=one_of("squash", "short_side"),
+          ON_BAD_VIDEO=one_of("error", "resample"))
+    # CLIP-FSAR's query-side augmentation (its K-100 configs); parameters are its defaults (configs/pool/base.yaml).
+    _A = section(cfg, "AUGMENTATION")
+    _A.SUPPORT_QUERY_DIFF = False  # training queries only: flip (p 0.5; not on SSv2/synthetic) + colour jitter below
+    _A.BRIGHTNESS = 0.5  # factor uniform in [max(0, 1 - x), 1 + x], one per video (all frames alike)
+    _A.CONTRAST = 0.5  # factor uniform in [max(0, 1 - x), 1 + x] (blend with the frame's mean grey)
+    _A.SATURATION = 0.5  # factor uniform in [max(0, 1 - x), 1 + x] (blend with the grey image)
+    _A.HUE = 0.25  # hue shift uniform in [-x, x] (x <= 0.5); the four adjustments run in a random order
+    _A.GRAYSCALE = 0.3  # probability of a grey conversion before them
+    rules("AUGMENTATION", BRIGHTNESS=NON_NEGATIVE, CONTRAST=NON_NEGATIVE, SATURATION=NON_NEGATIVE,
+          HUE=Rule("in [0, 0.5]", lambda v: 0 <= v <= 0.5), GRAYSCALE=PROBABILITY)
     _T = section(cfg, "TRAIN")
     _T.WAY = 5  # classes per episode
     _T.SHOT = 1  # support videos per class (train episodes)
     _T.QUERY_PER_CLASS = 5  # query videos per class (train episodes)
     _T.SHOT_TEST = 0  # support videos per class in val/test episodes; 0 = same as TRAIN.SHOT
     _T.QUERY_PER_CLASS_TEST = 1  # query videos per class in val/test episodes
+    rules("TRAIN", WAY=POSITIVE, SHOT=POSITIVE, QUERY_PER_CLASS=POSITIVE, SHOT_TEST=NON_NEGATIVE,
+          QUERY_PER_CLASS_TEST=POSITIVE)
 
 
 def build_dataset(cfg: CfgNode, split: str, episode_indices: Sequence[int], video_source=None,
@@ -84,7 +131,7 @@ def build_loader(cfg: CfgNode, split: str, episode_indices: Sequence[int], video
                  skip_videos=None) -> DataLoader:
     """One episode dict per item, in the order of `episode_indices` (batch_size=None: no collation).
 
-    `skip_videos` (a container of video ids, e.g. runs.feature_cache.VideoFeatureCache) is consulted while
+    `skip_videos` (a container of video ids, e.g. models.feature_cache.VideoFeatureCache) is consulted while
     loading, so it forces loading in this process (workers would see a stale copy).
     """
     dataset = build_dataset(cfg, split, episode_indices, video_source, skip_videos)

@@ -1,6 +1,6 @@
-"""The generic episodic dataset: one item = one few-shot episode (DESIGN §4), decoded on demand.
+"""The generic episodic dataset: one item = one few-shot episode (docs/design.md §4), decoded on demand.
 
-Item `i` is episode `episode_indices[i]`; everything about it (classes, videos, frames, crop, flip,
+Item `i` is episode `episode_indices[i]`; everything about it (classes, videos, frames, crop, flip, query colour,
 replacements of bad videos) comes from `episode_generator(RANDOM_SEED, split, episode index)`, so the
 same tuple gives identical tensors in any process, worker or rank.
 """
@@ -14,11 +14,11 @@ from typing import Any, Container, Sequence
 import torch
 
 from datasets.build import CLIP_MEAN, CLIP_STD, DATASET_REGISTRY
-from datasets.sampling import EpisodeSampler, segment_indices
+from datasets.sampling import EpisodeSampler, FrameSampler
 from datasets.splits import Split, VideoEntry, load_split
 from datasets.tracks import TrackFile, boxes_at_frames, check_track_matches, load_track_file, track_path
-from datasets.transforms import ViewParams, frames_to_tensor, sample_view, transform_boxes
-from datasets.video import BadVideoError, VideoSource, build_video_source
+from datasets.transforms import QueryAugment, ViewParams, frames_to_tensor, sample_view, transform_boxes
+from datasets.video import DEFAULT_DECODER, BadVideoError, VideoSource, build_video_source
 from utils.logger import get_logger
 from utils.seeding import episode_generator
 
@@ -49,8 +49,10 @@ class FewShotDataset(torch.utils.data.Dataset):
                  num_frames: int = 8, train_jitter_scales: Sequence[int] = (256, 320), test_scale: int = 256,
                  crop_size: int = 224, mean: Sequence[float] = tuple(CLIP_MEAN), std: Sequence[float] = tuple(CLIP_STD),
                  flip: bool = False, on_bad_video: str = "error", track_dir: str = "", max_entities: int = 4,
-                 min_video_frames: int = 1, video_source: VideoSource | None = None,
-                 deterministic_train: bool = False, skip_videos: Container[str] | None = None):
+                 min_video_frames: int = 1, decoder: str = DEFAULT_DECODER, video_source: VideoSource | None = None,
+                 deterministic_train: bool = False, skip_videos: Container[str] | None = None,
+                 resize_mode: str = "short_side", frame_sampler: FrameSampler | None = None,
+                 query_augment: QueryAugment | None = None):
         if on_bad_video not in BAD_VIDEO_POLICIES:
             raise ValueError(f"DATA.ON_BAD_VIDEO must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
         self.split, self.split_name = split, split.name
@@ -58,7 +60,7 @@ class FewShotDataset(torch.utils.data.Dataset):
         # Random frames and views only for train episodes, unless DATA.DETERMINISTIC_TRAIN asks for test-style
         # views there too (then a video always looks the same and its features can be cached).
         self.random_views = self.train and not deterministic_train
-        # Videos whose features the consumer already holds (runs/feature_cache.py): not decoded, slot = None.
+        # Videos whose features the consumer already holds (models/feature_cache.py): not decoded, slot = None.
         self.skip_videos = skip_videos
         self.episode_indices = [int(i) for i in episode_indices]
         self.way, self.shot, self.query = way, shot, query
@@ -66,8 +68,12 @@ class FewShotDataset(torch.utils.data.Dataset):
         self.num_frames = num_frames
         self.jitter_scales, self.test_scale, self.crop_size = tuple(train_jitter_scales), test_scale, crop_size
         self.mean, self.std, self.flip = tuple(mean), tuple(std), flip
+        self.resize_mode = resize_mode
+        self.frame_sampler = frame_sampler or FrameSampler()
+        # Training queries only (CLIP-FSAR's SUPPORT_QUERY_DIFF); never with test-style training views.
+        self.query_augment = query_augment if self.random_views else None
         self.on_bad_video, self.track_dir, self.max_entities = on_bad_video, track_dir, max_entities
-        self.source = video_source or build_video_source(frames_folder, min_frames=min_video_frames)
+        self.source = video_source or build_video_source(frames_folder, min_frames=min_video_frames, decoder=decoder)
         self.videos_by_class = split.videos_by_class()
         self.sampler = EpisodeSampler(self.videos_by_class, split.class_names, way, shot, query,
                                       source=f"{split.list_file or split.name} ({split.name} episodes)")
@@ -78,8 +84,7 @@ class FewShotDataset(torch.utils.data.Dataset):
         """Constructor arguments from the DATA/TRAIN config keys."""
         data = cfg.DATA
         train = split == "train"
-        shot = cfg.TRAIN.SHOT if train or cfg.TRAIN.SHOT_TEST == 0 else cfg.TRAIN.SHOT_TEST
-        query = cfg.TRAIN.QUERY_PER_CLASS if train else cfg.TRAIN.QUERY_PER_CLASS_TEST
+        _, shot, query = episode_shape(cfg, split)
         crop = data.TRAIN_CROP_SIZE if train else data.TEST_CROP_SIZE
         check_scales(data.TRAIN_JITTER_SCALES, data.TEST_SCALE, data.TRAIN_CROP_SIZE, data.TEST_CROP_SIZE)
         flip = bool(data.FLIP)
@@ -87,13 +92,28 @@ class FewShotDataset(torch.utils.data.Dataset):
             logger.info("%s: DATA.FLIP is off for this dataset (a horizontal flip changes left/right class "
                         "semantics)", cls.name)
             flip = False
+        query_augment = None
+        if train and cfg.AUGMENTATION.SUPPORT_QUERY_DIFF:
+            aug = cfg.AUGMENTATION
+            query_augment = QueryAugment(aug.BRIGHTNESS, aug.CONTRAST, aug.SATURATION, aug.HUE, aug.GRAYSCALE,
+                                         flip=cls.flip_allowed)
+            if data.DETERMINISTIC_TRAIN:
+                logger.info("%s: AUGMENTATION.SUPPORT_QUERY_DIFF is off with DATA.DETERMINISTIC_TRAIN (fixed training "
+                            "views)", cls.name)
+            elif not cls.flip_allowed:
+                logger.info("%s: AUGMENTATION.SUPPORT_QUERY_DIFF without its query flip (a horizontal flip changes "
+                            "left/right class semantics)", cls.name)
+        # Random val/test frames never reach training episodes (DETERMINISTIC_TRAIN views stay fixed for its cache).
+        sampler = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, not train and data.TEST_FRAMES == "random")
         return dict(split=load_split(data.ANNO_DIR, split), episode_indices=episode_indices, way=cfg.TRAIN.WAY,
                     shot=shot, query=query, seed=cfg.RANDOM_SEED, data_root=data.DATA_ROOT_DIR,
                     video_ext=data.VIDEO_EXT, frames_folder=data.FRAMES_FOLDER, num_frames=data.NUM_INPUT_FRAMES,
                     train_jitter_scales=data.TRAIN_JITTER_SCALES, test_scale=data.TEST_SCALE, crop_size=crop,
                     mean=data.MEAN, std=data.STD, flip=flip, on_bad_video=data.ON_BAD_VIDEO,
                     track_dir=data.TRACK_DIR, max_entities=cfg.VFAM.MAX_ENTITIES,
-                    min_video_frames=data.MIN_VIDEO_FRAMES, deterministic_train=data.DETERMINISTIC_TRAIN)
+                    min_video_frames=data.MIN_VIDEO_FRAMES, decoder=data.DECODER,
+                    deterministic_train=data.DETERMINISTIC_TRAIN,
+                    resize_mode=data.RESIZE_MODE, frame_sampler=sampler, query_augment=query_augment)
 
     @classmethod
     def prepare(cls, cfg) -> None:
@@ -113,7 +133,7 @@ class FewShotDataset(torch.utils.data.Dataset):
         target_set = torch.empty((len(plan.query), *shape))  # [Q, T, 3, H, W]
         support = [self._load_slot(e, s, used, replaced, index, support_set[k])
                    for k, (e, s) in enumerate(zip(plan.support, plan.support_seeds, strict=True))]
-        query = [self._load_slot(e, s, used, replaced, index, target_set[k])
+        query = [self._load_slot(e, s, used, replaced, index, target_set[k], is_query=True)
                  for k, (e, s) in enumerate(zip(plan.query, plan.query_seeds, strict=True))]
         names = self.split.class_names
         episode: dict[str, Any] = {
@@ -146,13 +166,16 @@ class FewShotDataset(torch.utils.data.Dataset):
     # -----------------------------------------------------------------------------------------
 
     def _load_slot(self, entry: VideoEntry, seed: int, used: set[str], replaced: list[list[str]], index: int,
-                   out: torch.Tensor) -> Clip:
+                   out: torch.Tensor, is_query: bool = False) -> Clip:
         """Decode one support/query video; with the resample policy, bad videos give way to others of
         the same class (drawn from this slot's generator, so the replacement is reproducible too)."""
         if self.skip_videos is not None and entry.video_id in self.skip_videos:
             return Clip(entry.video_id, None)  # cached by the consumer: a cached video decoded fine before
         generator = torch.Generator().manual_seed(seed)
-        view = sample_view(generator, self.random_views, self.jitter_scales, self.test_scale, self.crop_size, self.flip)
+        view = sample_view(generator, self.random_views, self.jitter_scales, self.test_scale, self.crop_size, self.flip,
+                           self.resize_mode)
+        if is_query and self.query_augment is not None:
+            view = self.query_augment(view, generator)
         candidates: list[VideoEntry] | None = None
         current = entry
         while True:
@@ -180,7 +203,9 @@ class FewShotDataset(torch.utils.data.Dataset):
                     out: torch.Tensor) -> Clip:
         path = entry.video_path(self.data_root, self.video_ext, self.frames_folder)
         video = self.source.open(path, view.short_side)
-        indices = segment_indices(video.num_frames, self.num_frames, self.random_views, generator)
+        # The clip window assumes the video runs at the lineage's target frame rate (exact for every K-100 clip,
+        # see clip_indices); the readers do not report a frame rate yet.
+        indices = self.frame_sampler(video.num_frames, self.num_frames, self.random_views, generator)
         frames = video.frames(indices)  # uint8 [T, h, w, 3]
         clip = Clip(entry.video_id, frames_to_tensor(frames, view, self.mean, self.std, out=out))
         if self.track_dir:
@@ -210,6 +235,15 @@ class FewShotDataset(torch.utils.data.Dataset):
 def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | list[torch.Tensor | None]:
     """Stack per-video tensors; with skipped (None) videos keep the list."""
     return list(tensors) if any(t is None for t in tensors) else torch.stack(tensors)
+
+
+def episode_shape(cfg, split: str) -> tuple[int, int, int]:
+    """(WAY, SHOT, QUERY) of the episodes of `split`: val/test use TRAIN.SHOT_TEST (0 = SHOT) and
+    TRAIN.QUERY_PER_CLASS_TEST."""
+    if split == "train":
+        return cfg.TRAIN.WAY, cfg.TRAIN.SHOT, cfg.TRAIN.QUERY_PER_CLASS
+    shot = cfg.TRAIN.SHOT if cfg.TRAIN.SHOT_TEST == 0 else cfg.TRAIN.SHOT_TEST
+    return cfg.TRAIN.WAY, shot, cfg.TRAIN.QUERY_PER_CLASS_TEST
 
 
 def check_scales(jitter_scales: Sequence[int], test_scale: int, train_crop: int, test_crop: int) -> None:

@@ -51,6 +51,59 @@ def segment_indices(num_frames: int, num_segments: int, train: bool, generator: 
     return indices
 
 
+# segment: one frame per equal segment (ours; CLIP-FSAR's SAMPLING_RATE > 40 path for SSv2/UCF/HMDB);
+# clip: CLIP-FSAR's clip window of NUM_INPUT_FRAMES x SAMPLING_RATE frames (its K-100 configs, SAMPLING_RATE 35).
+FRAME_SAMPLINGS = ("segment", "clip")
+# val/test frames: centre (ours, deterministic) or random like training (CLIP-FSAR).
+TEST_FRAMES = ("centre", "random")
+
+
+def clip_indices(num_frames: int, num_samples: int, sampling_rate: int, train: bool,
+                 generator: torch.Generator | None, fps_scale: float = 1.0) -> list[int]:
+    """CLIP-FSAR's interval sampling: `num_samples` frames evenly over a window of the video.
+
+    The window is `num_samples * sampling_rate * fps_scale` frames (fps_scale = video fps / target fps),
+    cut to the largest multiple of `num_samples` that fits when the video is shorter (every Kinetics clip of
+    K-100: 8 x 35 frames at 12 fps is 23 s). Its start is uniform in [0, free] in training and free / 2 in
+    test, free = num_frames - window + 1; samples run from the start to start + window - sampling_rate
+    (torch.linspace, float32), clamped and truncated to integers. Where that end lies before the start (a
+    video shorter than about `sampling_rate + num_samples` frames) the lineage's indices run backwards onto
+    frame 0; we spread them over the window instead (start to start + window - 1).
+    """
+    if num_frames < 1:
+        raise ValueError(f"clip_indices: a video needs at least one frame, got {num_frames}")
+    window: float = num_samples * sampling_rate * fps_scale
+    if window > num_frames:
+        window = num_frames // num_samples * num_samples
+    free = max(num_frames - window + 1, 0)
+    start = uniform(generator) * free if train else free / 2
+    end = start + window - sampling_rate
+    if end < start:
+        end = start + max(window - 1, 0)
+    index = torch.linspace(start, end, num_samples)
+    return torch.clamp(index, 0, num_frames - 1).long().tolist()
+
+
+@dataclass(frozen=True)
+class FrameSampler:
+    """Which frames of a video of `num_frames` frames an episode uses (DATA.FRAME_SAMPLING, DATA.TEST_FRAMES)."""
+
+    mode: str = "segment"  # one of FRAME_SAMPLINGS
+    sampling_rate: int = 35  # clip mode: frames between samples at the target frame rate
+    random_test: bool = False  # val/test frames drawn like training ones (CLIP-FSAR) instead of centred
+
+    def __post_init__(self):
+        if self.mode not in FRAME_SAMPLINGS:
+            raise ValueError(f"DATA.FRAME_SAMPLING must be one of {FRAME_SAMPLINGS}, got {self.mode!r}")
+
+    def __call__(self, num_frames: int, num_samples: int, train: bool, generator: torch.Generator | None,
+                 fps_scale: float = 1.0) -> list[int]:
+        random = train or self.random_test
+        if self.mode == "clip":
+            return clip_indices(num_frames, num_samples, self.sampling_rate, random, generator, fps_scale)
+        return segment_indices(num_frames, num_samples, random, generator)
+
+
 @dataclass(frozen=True)
 class EpisodePlan:
     """Which classes (episode order) and videos (class-major) make up one episode."""

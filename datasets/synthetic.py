@@ -12,7 +12,7 @@ Layout written into `out_dir` (the `//` split format):
   {train,val,test}_few_shot.txt   `<split><classid>//videos/<class_dir>/<class_dir>_<k>.mp4`
   {train,val,test}_class_names.txt
   videos/<class_dir>/*.mp4        H.264, `size` x `size`, `frames` frames
-  tracks/<video id>.json          DESIGN §4 track files: every entity's ground-truth boxes
+  tracks/<video id>.json          docs/design.md §4 track files: every entity's ground-truth boxes
   detections.json                 per video, per frame noisy detector output (for tracker tests)
   meta.json                       the class catalogue and generation arguments
 """
@@ -37,7 +37,7 @@ from datasets.synthetic_render import (
     write_mp4,
 )
 from datasets.tracks import write_track_file
-from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, register_config, rules, section
+from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, rules, section
 from utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -139,7 +139,7 @@ def render_video(cls: SyntheticClass, frames: int, size: int, distractors: int,
 
 
 def track_record(video_id: str, entities: list[EntityPath], size: int, rng: np.random.Generator) -> dict:
-    """DESIGN §4 track file with every entity's ground truth; ids shuffled so slot order says nothing."""
+    """docs/design.md §4 track file with every entity's ground truth; ids shuffled so slot order says nothing."""
     frames = len(entities[0].radii)
     ids = rng.permutation(len(entities)).tolist()
     tracks = [{"id": int(i), "label": ent.name, "frames": list(range(frames)),
@@ -199,7 +199,6 @@ def make_synthetic(out_dir: str, classes: int = 30, videos_per_class: int = 20, 
     return summary
 
 
-@register_config
 def add_synthetic_config(cfg: CfgNode) -> None:
     _S = section(cfg, "SYNTHETIC")
     _S.GENERATE = False  # Synthetic_few_shot: generate the benchmark into DATA.ANNO_DIR if its lists are missing

@@ -1,4 +1,4 @@
-"""Associating per-frame detections into tracks (used by runs/extract_tracks.py to write DESIGN §4 track files).
+"""Associating per-frame detections into tracks (used by runs/extract_tracks.py to write docs/design.md §4 track files).
 
 `track_detections` runs an online tracker of the `trackers` package per label and then stitches the pieces it
 split offline (`_stitch`); `clamp_tracks` keeps boxes inside the frame, as the track-file reader requires.
@@ -16,7 +16,7 @@ FrameDets = tuple[np.ndarray, np.ndarray, list[str]]  # boxes [M,4] xyxy pixels,
 def track_detections(steps: Iterable[tuple[int, FrameDets]], make_tracker: Callable[[], Any], min_len: int = 3,
                      track_thresh: float = 0.5, stitch_gap: int = 5, stitch_dist: float = 1.0,
                      class_agnostic: bool = False) -> list[dict[str, Any]]:
-    """Associate per-frame detections over time: [(frame index, detections)] -> track dicts (DESIGN §4).
+    """Associate per-frame detections over time: [(frame index, detections)] -> track dicts (docs/design.md §4).
 
     One tracker per label (a person track never takes a cup's box) unless `class_agnostic`. Then `_stitch` joins
     what the online trackers split; confident detections they left unassigned (among them each track's first

@@ -1,4 +1,4 @@
-"""Track files (DESIGN §4): reading, validation, ranking and per-frame entity boxes.
+"""Track files (docs/design.md §4): reading, validation, ranking and per-frame entity boxes.
 
 `DATA.TRACK_DIR/<video id>.json`:
 `{"video": id, "num_frames": n, "width": w, "height": h, "tracks": [{"id": int, "label": str,

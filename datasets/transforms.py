@@ -1,43 +1,167 @@
-"""Frame and box transforms: short-side resize (done by the reader), crop, flip, normalise.
+"""Frame and box transforms: resize (squash here, or short side by the reader), crop, flip, colour, normalise.
 
-Augmentation parameters are drawn once per video from the episode's generator (`sample_view`) and
-applied identically to the frames and to the entity boxes, so boxes stay on the entities they describe.
+Augmentation parameters are drawn once per video from the episode's generator (`sample_view`,
+`QueryAugment`) and applied identically to the frames and to the entity boxes, so boxes stay on the
+entities they describe.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 
 from datasets.sampling import randint, uniform
+
+# squash: every frame to SCALE x SCALE, aspect ratio ignored (CLIP-FSAR); short_side: short side to SCALE (ours).
+RESIZE_MODES = ("squash", "short_side")
+
+
+@dataclass(frozen=True)
+class ColourJitter:
+    """One video's colour augmentation, the same on every frame: four adjustments in `order`, grey first."""
+
+    brightness: float  # factor, 1 = unchanged
+    contrast: float
+    saturation: float
+    hue: float  # shift of the hue channel, 0 = unchanged
+    order: tuple[int, ...]  # permutation of (brightness, contrast, saturation, hue)
+    grayscale: bool  # convert to grey before the four adjustments
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        """float [T, 3, H, W] in 0..1 -> same shape, in 0..1."""
+        if self.grayscale:
+            video = TF.rgb_to_grayscale(video, num_output_channels=3)
+        adjust = (
+            lambda v: TF.adjust_brightness(v, self.brightness),
+            lambda v: _adjust_contrast(v, self.contrast),
+            lambda v: TF.adjust_saturation(v, self.saturation),
+            lambda v: adjust_hue(v, self.hue),
+        )
+        for k in self.order:
+            video = adjust[k](video)
+        return video
+
+
+def _adjust_contrast(video: torch.Tensor, factor: float) -> torch.Tensor:
+    """Blend each frame with its mean grey level (torchvision's rule), the mean summed in float64 so that the
+    result does not depend on how many threads share the reduction."""
+    grey = TF.rgb_to_grayscale(video).double().mean(dim=(-3, -2, -1), keepdim=True).float()  # [T, 1, 1, 1]
+    return (factor * video + (1.0 - factor) * grey).clamp(0.0, 1.0)
+
+
+def adjust_hue(video: torch.Tensor, shift: float) -> torch.Tensor:
+    """Rotate the HSV hue of float RGB [..., 3, H, W] in 0..1 by `shift` turns (torchvision's adjust_hue, with the
+    closed-form HSV -> RGB: 10x fewer passes over the frames than its one-hot sector blend)."""
+    r, g, b = video.unbind(-3)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    delta = maxc - torch.minimum(torch.minimum(r, g), b)  # = value x saturation
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    sector = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    sector = torch.where(delta > 0, sector, torch.zeros_like(sector))  # grey pixels have no hue
+    sector = torch.remainder(sector / 6.0 + shift, 1.0) * 6.0  # rotated hue in sectors, [0, 6)
+    channels = []
+    for n in (5.0, 3.0, 1.0):  # R, G, B
+        k = torch.remainder(n + sector, 6.0)
+        channels.append(maxc - delta * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(channels, dim=-3)
+
+
+def squash_crop(video: torch.Tensor, size: tuple[int, int], x0: int, y0: int, crop: int) -> torch.Tensor:
+    """The `crop` x `crop` window at (x0, y0) of `video` (uint8 [T, 3, h, w]) resized to `size` (w, h), as float
+    0..255 [T, 3, crop, crop]: bilinear with half-pixel centres and no antialiasing, the rule of
+    torch.nn.functional.interpolate(align_corners=False) on float pixels that CLIP-FSAR used. Only the window is
+    computed.
+
+    Written as row/column gathers and elementwise products because interpolate's float kernel rounds differently
+    with the number of threads (an episode must be the same tensor in any process; DataLoader workers run 1
+    thread), and its uint8 kernel errs by up to a grey level, mostly upwards.
+    """
+    def taps(n_in: int, n_out: int, first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        src = ((torch.arange(first, first + crop, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
+        low = src.floor().long().clamp(max=n_in - 1)
+        return low, (low + 1).clamp(max=n_in - 1), (src - low).float()
+
+    width, height = size
+    ya, yb, wy = taps(video.shape[2], height, y0)
+    xa, xb, wx = taps(video.shape[3], width, x0)
+    video = video.contiguous()  # index_select on contiguous rows: 4x faster than advanced indexing
+    wy = wy.view(-1, 1)
+    rows = video.index_select(2, ya).float() * (1.0 - wy) + video.index_select(2, yb).float() * wy  # [T, 3, crop, w]
+    return rows.index_select(3, xa) * (1.0 - wx) + rows.index_select(3, xb) * wx  # [T, 3, crop, crop]
 
 
 @dataclass(frozen=True)
 class ViewParams:
-    """How one video is turned into network input: scale, crop position, flip."""
+    """How one video is turned into network input: scale, crop position, flip, colour."""
 
-    short_side: int  # the reader resizes to this short side
+    short_side: int  # the reader resizes to this short side (<= 0: original resolution)
     crop_size: int  # square crop
     x_frac: float  # crop offset as a fraction of the free space (0 = left, 0.5 = centre)
     y_frac: float
     flip: bool
+    squash: int = 0  # > 0: the transform resizes every frame to squash x squash (aspect ignored) before the crop
+    jitter: ColourJitter | None = None  # colour augmentation after the crop (training queries, QueryAugment)
 
 
 def sample_view(generator: torch.Generator, train: bool, jitter_scales: Sequence[int], test_scale: int,
-                crop_size: int, flip: bool) -> ViewParams:
-    """Train: random short side in `jitter_scales`, random crop, random flip (if enabled); test: centre crop."""
+                crop_size: int, flip: bool, resize_mode: str = "short_side") -> ViewParams:
+    """Train: random scale in `jitter_scales`, random crop, random flip (if enabled); test: centre crop.
+
+    The scale is the short side (`short_side`, the reader resizes) or the side of the square every frame is
+    squashed to (`squash`, the reader decodes at the original resolution and `frames_to_tensor` resizes).
+    """
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"DATA.RESIZE_MODE must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    squash = resize_mode == "squash"
     if not train:
-        return ViewParams(test_scale, crop_size, 0.5, 0.5, False)
-    short_side = randint(generator, int(jitter_scales[0]), int(jitter_scales[1]))
+        return ViewParams(0 if squash else test_scale, crop_size, 0.5, 0.5, False, test_scale if squash else 0)
+    scale = randint(generator, int(jitter_scales[0]), int(jitter_scales[1]))
     x_frac, y_frac = uniform(generator), uniform(generator)
     do_flip = flip and uniform(generator) < 0.5
-    return ViewParams(short_side, crop_size, x_frac, y_frac, do_flip)
+    return ViewParams(0 if squash else scale, crop_size, x_frac, y_frac, do_flip, scale if squash else 0)
+
+
+@dataclass(frozen=True)
+class QueryAugment:
+    """CLIP-FSAR's AUGMENTATION.SUPPORT_QUERY_DIFF: training queries (not supports) get a horizontal flip
+    (p = 0.5) and a colour jitter consistent over the frames, on top of the support view.
+
+    Factors are drawn uniformly from [max(0, 1 - b), 1 + b] (brightness, contrast, saturation) and [-h, h]
+    (hue); the four adjustments run in a random order, after a grey conversion with probability `grayscale`.
+    """
+
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.25
+    grayscale: float = 0.3
+    flip: bool = True  # False where a flip changes the label (SSv2)
+
+    def __call__(self, view: ViewParams, generator: torch.Generator) -> ViewParams:
+        def factor(amount: float) -> float:
+            low, high = max(0.0, 1.0 - amount), 1.0 + amount
+            return low + (high - low) * uniform(generator)
+
+        do_flip = uniform(generator) < 0.5
+        brightness, contrast, saturation = factor(self.brightness), factor(self.contrast), factor(self.saturation)
+        hue = (2.0 * uniform(generator) - 1.0) * self.hue
+        order = tuple(torch.randperm(4, generator=generator).tolist())
+        gray = uniform(generator) < self.grayscale
+        jitter = ColourJitter(brightness, contrast, saturation, hue, order, gray)
+        return dataclasses.replace(view, flip=self.flip and do_flip, jitter=jitter)
+
+
+def view_frame_size(size: tuple[int, int], view: ViewParams) -> tuple[int, int]:
+    """(w, h) of a decoded frame of `size` once the transform has resized it (squash), before the crop."""
+    return (view.squash, view.squash) if view.squash > 0 else size
 
 
 def crop_box(size: tuple[int, int], view: ViewParams) -> tuple[int, int]:
-    """Top-left (x0, y0) of the crop inside a frame of `size` (w, h)."""
+    """Top-left (x0, y0) of the crop inside a frame of `size` (w, h), the size after any squash."""
     width, height = size
     if width < view.crop_size or height < view.crop_size:
         raise ValueError(f"frame {width}x{height} is smaller than the crop {view.crop_size}; the scale "
@@ -47,17 +171,25 @@ def crop_box(size: tuple[int, int], view: ViewParams) -> tuple[int, int]:
 
 def frames_to_tensor(frames: np.ndarray, view: ViewParams, mean: Sequence[float], std: Sequence[float],
                      out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [T, h, w, 3] at the resized size -> normalised float [T, 3, crop, crop] (written into `out`)."""
-    height, width = frames.shape[1:3]
-    x0, y0 = crop_box((width, height), view)
+    """uint8 [T, h, w, 3] as decoded -> normalised float [T, 3, crop, crop] (written into `out`)."""
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T, 3, h, w] uint8 view
+    size = view_frame_size((video.shape[3], video.shape[2]), view)
+    x0, y0 = crop_box(size, view)
     c = view.crop_size
-    video = torch.from_numpy(frames)[:, y0:y0 + c, x0:x0 + c].permute(0, 3, 1, 2)  # [T, 3, c, c] uint8 view
+    if size != (video.shape[3], video.shape[2]):
+        video = squash_crop(video, size, x0, y0, c)  # [T, 3, c, c] float
+    else:
+        video = video[:, :, y0:y0 + c, x0:x0 + c]  # [T, 3, c, c] uint8 view
     if view.flip:
         video = video.flip(-1)
+    pixel = 255.0
+    if view.jitter is not None:
+        video = view.jitter(video.float() / 255.0)  # colour adjustments work on 0..1 and clip to it
+        pixel = 1.0
     if out is None:
         out = torch.empty(video.shape, dtype=torch.float32)
-    # (x / 255 - mean) / std as one multiply-add reading the uint8 crop: one pass over the largest tensors.
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
+    # (x / pixel - mean) / std as one multiply-add reading the crop: one pass over the largest tensors.
+    scale = torch.tensor([1.0 / (pixel * s) for s in std]).view(1, 3, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)]).view(1, 3, 1, 1)
     return torch.addcmul(shift, video, scale, out=out)
 
@@ -66,11 +198,11 @@ def transform_boxes(boxes: torch.Tensor, mask: torch.Tensor, size: tuple[int, in
                     view: ViewParams) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes normalised to the original frame (0..1) -> normalised to the final crop, clipped.
 
-    boxes [T, K, 4] (x1, y1, x2, y2), mask [T, K] bool. An entity whose box leaves the crop entirely
-    (nothing left after clipping) is masked; masked boxes are zeros.
+    boxes [T, K, 4] (x1, y1, x2, y2), mask [T, K] bool, `size` the decoded frame size (w, h). An entity whose
+    box leaves the crop entirely (nothing left after clipping) is masked; masked boxes are zeros.
     """
-    width, height = size
-    x0, y0 = crop_box(size, view)
+    width, height = view_frame_size(size, view)
+    x0, y0 = crop_box((width, height), view)
     c = float(view.crop_size)
     scale = boxes.new_tensor([width, height, width, height])
     offset = boxes.new_tensor([x0, y0, x0, y0])

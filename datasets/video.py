@@ -1,21 +1,44 @@
-"""Video readers behind one small interface: decord (resize at decode time) and folders of JPEG frames.
+"""Video readers behind one small interface: PyAV (frame-exact seeking), decord, torchcodec, JPEG frame folders.
 
 `source.open(path, short_side)` returns an `OpenedVideo` that knows its frame count and original size and
 decodes only the frames asked for, already resized so that the short side equals `short_side`
 (aspect kept; `short_side <= 0` keeps the original resolution). Problems raise `BadVideoError`, which
 names the file and says what is wrong (missing, unreadable, empty, too short).
+
+Frame `k` of a video is the k-th picture in presentation order from the start of its stream, which is what
+decoding the whole stream sequentially yields. PyAV's reader finds it by timestamp (an index of the stream's
+packets), seeks only to key frames and verifies every decoded frame against that index; decord 0.6 returns
+other frames than asked in AVI files with inter-frame codecs (MPEG-4 part 2, H.264), so `DecordSource` hands
+those files to PyAV (tests/test_decoders.py proves both on clips whose pixels carry their frame number).
 """
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from utils.config import CfgNode, ConfigError, one_of, rules, section
 from utils.errors import UserError
+from utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+DECODERS = ("decord", "pyav", "torchcodec")
+DEFAULT_DECODER = "pyav"  # exact everywhere and as fast as decord or faster (runs/benchmark.py data; README)
+
+
+def add_video_config(cfg: CfgNode) -> None:
+    # decord: the lineage's (AVI with inter-frame codecs goes to PyAV, logged once); pyav: the exact reference;
+    # torchcodec: where it imports (needs system FFmpeg shared libraries). JPEG folders (FRAMES_FOLDER) ignore it.
+    section(cfg, "DATA").DECODER = DEFAULT_DECODER
+    rules("DATA", DECODER=one_of(*DECODERS))
 
 
 class BadVideoError(UserError, RuntimeError):
@@ -74,11 +97,28 @@ class VideoSource(ABC):
 
 
 # ---------------------------------------------------------------------------------------------
-# decord
+# shared by the decoders
 
 
-def probe_size(path: str) -> tuple[int, int]:
-    """Original (width, height) from the container header, without decoding a frame."""
+def check_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise BadVideoError(path, "missing")
+    if os.path.getsize(path) == 0:
+        raise BadVideoError(path, "empty", "0 bytes")
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the container header says about the first video stream."""
+
+    width: int
+    height: int
+    container: str  # FFmpeg demuxer name, e.g. "avi", "matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2"
+    codec: str  # FFmpeg decoder name, e.g. "mpeg4", "h264", "vp9", "mjpeg"
+
+
+def probe(path: str) -> StreamInfo:
+    """Size, container and codec from the header, without decoding a frame."""
     import av
 
     try:
@@ -86,14 +126,14 @@ def probe_size(path: str) -> tuple[int, int]:
             if not container.streams.video:
                 raise BadVideoError(path, "unreadable", "no video stream")
             ctx = container.streams.video[0].codec_context
-            width, height = int(ctx.width), int(ctx.height)
+            info = StreamInfo(int(ctx.width), int(ctx.height), container.format.name, ctx.name)
     except BadVideoError:
         raise
     except Exception as e:  # PyAV raises many error types for broken files
         raise BadVideoError(path, "unreadable", _first_line(e)) from None
-    if width <= 0 or height <= 0:
-        raise BadVideoError(path, "unreadable", f"frame size {width}x{height}")
-    return width, height
+    if info.width <= 0 or info.height <= 0:
+        raise BadVideoError(path, "unreadable", f"frame size {info.width}x{info.height}")
+    return info
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -112,6 +152,204 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return video.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+_LOGGED: set = set()
+
+
+def _log_once(key, message: str, *args) -> None:
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        logger.info(message, *args)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyAV: the exact reference
+
+
+class _IndexMismatch(Exception):
+    """Decoded frames disagree with the packet index: decode sequentially instead."""
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Presentation timestamps of a stream's frames (sorted: entry k is frame k) and of its key frames."""
+
+    pts: np.ndarray  # int64 [num_frames]
+    key_pts: np.ndarray  # int64 [num_key_frames], sorted
+    exact: bool  # False: timestamps missing or repeated, frames are found by decoding from the start
+
+
+def index_frames(container, stream) -> FrameIndex:
+    """Demux (no decoding) every packet of `stream`: one frame per non-empty packet.
+
+    Frame counts come from here, never from the header (webm has none, AVI's counts dropped frames).
+    """
+    pts, keys, complete = [], [], True
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.is_discard:  # end-of-stream flush, AVI "dropped frame" chunks, and
+            continue  # mp4 edit-list cuts: none of them is a presented picture
+        if packet.pts is None:
+            complete = False
+            pts.append(len(pts))
+            continue
+        pts.append(int(packet.pts))
+        if packet.is_keyframe:
+            keys.append(int(packet.pts))
+    ordered = np.sort(np.asarray(pts, dtype=np.int64))
+    exact = complete and bool(keys) and len(np.unique(ordered)) == len(ordered)
+    return FrameIndex(ordered, np.sort(np.asarray(keys, dtype=np.int64)), exact)
+
+
+# Where packet timestamps are presentation timestamps (tests/test_decoders.py). AVI has none: FFmpeg derives them
+# from the decode order, which its MPEG-4 part 2 parser reorders correctly and H.264 does not.
+TIMESTAMP_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+TIMESTAMP_CODECS_ANY_CONTAINER = ("mpeg4", "mjpeg")
+
+
+def timestamps_are_exact(info: StreamInfo) -> bool:
+    return (any(name in TIMESTAMP_CONTAINERS for name in info.container.split(","))
+            or info.codec in TIMESTAMP_CODECS_ANY_CONTAINER)
+
+
+class _PyAVVideo(OpenedVideo):
+    def __init__(self, path: str, container, index: FrameIndex, info: StreamInfo, size: tuple[int, int]):
+        self.path, self.container, self.index, self.info = path, container, index, info
+        self.stream = container.streams.video[0]
+        self.num_frames = len(index.pts)
+        self.width, self.height, self.size = info.width, info.height, size
+
+    def frames(self, indices: Sequence[int]) -> np.ndarray:
+        indices = [int(i) for i in indices]
+        for i in indices:
+            if not 0 <= i < self.num_frames:
+                raise BadVideoError(self.path, "too short", f"frame {i} asked of {self.num_frames}")
+        wanted = sorted(set(indices))
+        try:
+            try:
+                if not self.index.exact:
+                    raise _IndexMismatch("packet timestamps missing or repeated")
+                if not timestamps_are_exact(self.info):
+                    raise _IndexMismatch("this container's timestamps follow the decode order")
+                found = self._decode_seeking(wanted)
+            except _IndexMismatch as why:
+                _log_once(("sequential", self.info.container, self.info.codec),
+                          "%s (%s in %s): %s; decoding such videos from their first frame", self.path,
+                          self.info.codec, self.info.container, why)
+                found = self._decode_sequential(wanted)
+        except BadVideoError:
+            raise
+        except Exception as e:  # PyAV raises many error types for corrupt streams
+            raise BadVideoError(self.path, "unreadable", f"decoding frames {wanted}: {_first_line(e)}") from None
+        # Resized by us, not by swscale: its scaled YUV->RGB path shifted colours by up to 0.29 at a 64 -> 72 px
+        # upscale (tests/test_data_tracks.py), while at the original size it equals decord.
+        return resize_frames(np.stack([found[i] for i in indices]), self.size)
+
+    def _rgb(self, frame) -> np.ndarray:
+        return frame.to_ndarray(format="rgb24")
+
+    def _decode_seeking(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        """Seek to the key frame before each wanted frame unless decoding on reaches it sooner."""
+        pts, keys = self.index.pts, self.index.key_pts
+        wanted_set, found = set(wanted), {}
+        decoded, floor, last = None, 0, None
+        for i in wanted:
+            target = int(pts[i])
+            key = int(keys[max(0, np.searchsorted(keys, target, side="right") - 1)])
+            if decoded is None or last is None or key > last:
+                self.container.seek(key, stream=self.stream, backward=True, any_frame=False)
+                decoded, floor, last = self.container.decode(self.stream), key, None
+            for frame in decoded:
+                if frame.pts is None:
+                    raise _IndexMismatch("a decoded frame has no timestamp")
+                if frame.pts < floor:  # leading frames of an open GOP lean on the GOP before the key frame
+                    continue
+                if last is not None and frame.pts <= last:
+                    raise _IndexMismatch(f"decoded timestamps go back ({last} then {frame.pts})")
+                k = int(np.searchsorted(pts, frame.pts))
+                if k >= len(pts) or pts[k] != frame.pts:
+                    raise _IndexMismatch(f"decoded timestamp {frame.pts} is not in the packet index")
+                last = int(frame.pts)
+                if k in wanted_set and k not in found:
+                    found[k] = self._rgb(frame)
+                if last >= target:
+                    break
+            if i not in found:
+                raise _IndexMismatch(f"frame {i} (timestamp {target}) was not decoded after seeking")
+        return found
+
+    def _decode_sequential(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        """Frame k is the k-th decoded picture from the start (the definition; slow for late frames)."""
+        import av
+
+        wanted_set, found = set(wanted), {}
+        # A fresh container: after a seek, FFmpeg's H.264 decoder in AVI was seen to emit frames out of place.
+        with av.open(self.path) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = self.stream.codec_context.thread_count
+            for k, frame in enumerate(container.decode(stream)):
+                if k in wanted_set:
+                    found[k] = self._rgb(frame)
+                if k >= wanted[-1]:
+                    break
+        if len(found) != len(wanted_set):
+            missing = sorted(wanted_set - set(found))
+            raise BadVideoError(self.path, "too short", f"frames {missing[:3]} not decodable of {self.num_frames}")
+        return found
+
+
+class PyAVSource(VideoSource):
+    """PyAV (FFmpeg): a packet index per video, key-frame seeks, decoded timestamps checked against the index."""
+
+    def __init__(self, num_threads: int = 1, min_frames: int = 1, cache_size: int = 4096):
+        self.num_threads = num_threads  # 1 per DataLoader worker: workers already use the cores
+        self.min_frames = min_frames
+        # path -> (info, index): videos recur across episodes; the index costs a demux pass over the file.
+        self._cache: OrderedDict[str, tuple[StreamInfo, FrameIndex]] = OrderedDict()
+        self.cache_size = cache_size
+
+    def open(self, path: str, short_side: int) -> OpenedVideo:
+        import av
+
+        check_file(path)
+        try:
+            container = av.open(path)
+            if not container.streams.video:
+                raise BadVideoError(path, "unreadable", "no video stream")
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = self.num_threads
+            if path in self._cache:
+                self._cache.move_to_end(path)
+                info, index = self._cache[path]
+            else:
+                ctx = stream.codec_context
+                info = StreamInfo(int(ctx.width), int(ctx.height), container.format.name, ctx.name)
+                index = index_frames(container, stream)
+                self._cache[path] = info, index
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        except BadVideoError:
+            raise
+        except Exception as e:  # PyAV raises many error types for broken files
+            raise BadVideoError(path, "unreadable", _first_line(e)) from None
+        if info.width <= 0 or info.height <= 0:
+            raise BadVideoError(path, "unreadable", f"frame size {info.width}x{info.height}")
+        self.check_length(path, len(index.pts))
+        return _PyAVVideo(path, container, index, info, resized_size(info.width, info.height, short_side))
+
+
+# ---------------------------------------------------------------------------------------------
+# decord (the lineage's), with AVI inter-frame codecs handed to PyAV
+
+# Containers/codecs where decord 0.6 returned exactly the frames asked for (tests/test_decoders.py); in AVI with
+# MPEG-4 part 2 or H.264 it returned neighbouring or much earlier frames, and sometimes different ones per run.
+DECORD_EXACT_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+DECORD_EXACT_CODECS = ("mjpeg",)  # intra-only: any container
+
+
+def decord_is_exact(info: StreamInfo) -> bool:
+    return (any(name in DECORD_EXACT_CONTAINERS for name in info.container.split(","))
+            or info.codec in DECORD_EXACT_CODECS)
+
+
 def _open_decord(path: str, size: tuple[int, int] | None, num_threads: int):
     import decord
 
@@ -124,10 +362,10 @@ def _open_decord(path: str, size: tuple[int, int] | None, num_threads: int):
 
 
 class _DecordVideo(OpenedVideo):
-    def __init__(self, path: str, width: int, height: int, size: tuple[int, int], num_threads: int):
+    def __init__(self, path: str, info: StreamInfo, size: tuple[int, int], num_threads: int):
         self.path, self.num_threads = path, num_threads
-        self.width, self.height, self.size = width, height, size
-        self.reader = _open_decord(path, None if size == (width, height) else size, num_threads)
+        self.width, self.height, self.size = info.width, info.height, size
+        self.reader = _open_decord(path, None if size == (info.width, info.height) else size, num_threads)
         self.num_frames = len(self.reader)
 
     def _get_batch(self, indices: list[int]) -> np.ndarray:
@@ -149,49 +387,90 @@ class _DecordVideo(OpenedVideo):
             decord_error = err
         # decord 0.6 fails a buffer-size check for a few small frame widths (16, 24, 48 and 72 px, at
         # decode or output size); PyAV decodes those, so a readable video is not called bad.
-        return resize_frames(decode_with_pyav(self.path, indices, decord_error), self.size)
-
-
-def decode_with_pyav(path: str, indices: Sequence[int], decord_error: BadVideoError) -> np.ndarray:
-    """Full-resolution RGB frames at `indices` by decoding sequentially with PyAV (fallback path)."""
-    import av
-
-    wanted, last = set(indices), max(indices)
-    found: dict[int, np.ndarray] = {}
-    try:
-        with av.open(path) as container:
-            for k, frame in enumerate(container.decode(video=0)):
-                if k in wanted:
-                    found[k] = frame.to_ndarray(format="rgb24")
-                if k >= last:
-                    break
-    except Exception:  # PyAV raises many error types for broken files; decord's message is the useful one
-        raise decord_error from None
-    if len(found) != len(wanted):
-        raise decord_error
-    return np.stack([found[i] for i in indices])
+        try:
+            video = PyAVSource(self.num_threads).open(self.path, 0)
+            return resize_frames(video.frames(indices), self.size)
+        except BadVideoError:
+            raise decord_error from None
 
 
 class DecordSource(VideoSource):
-    """decord `VideoReader(path, width=, height=)` sized at decode time, then `get_batch(indices)`."""
+    """decord `VideoReader(path, width=, height=)` sized at decode time, then `get_batch(indices)`.
 
-    def __init__(self, num_threads: int = 1, min_frames: int = 1):
+    `exact_only` (default) sends videos in containers/codecs where decord returns wrong frames to PyAV
+    (logged once per container/codec); False reads everything with decord (benchmarks, the tests that show why).
+    """
+
+    def __init__(self, num_threads: int = 1, min_frames: int = 1, exact_only: bool = True):
         self.num_threads = num_threads  # 1 per DataLoader worker: workers already use the cores
-        self.min_frames = min_frames
-        self._sizes: dict[str, tuple[int, int]] = {}  # path -> original (w, h): videos recur across episodes
+        self.min_frames, self.exact_only = min_frames, exact_only
+        self._info: dict[str, StreamInfo] = {}  # path -> header facts: videos recur across episodes
+        self.pyav = PyAVSource(num_threads=num_threads, min_frames=min_frames)
 
     def open(self, path: str, short_side: int) -> OpenedVideo:
-        if not os.path.isfile(path):
-            raise BadVideoError(path, "missing")
-        if os.path.getsize(path) == 0:
-            raise BadVideoError(path, "empty", "0 bytes")
-        if path not in self._sizes:
-            self._sizes[path] = probe_size(path)
-        width, height = self._sizes[path]
-        video = _DecordVideo(path, width, height, resized_size(width, height, short_side), self.num_threads)
+        check_file(path)
+        if path not in self._info:
+            self._info[path] = probe(path)
+        info = self._info[path]
+        if self.exact_only and not decord_is_exact(info):
+            _log_once(("decord", info.container, info.codec), "DATA.DECODER decord returns wrong frames for %s "
+                      "in %s (e.g. %s); decoding those videos with PyAV", info.codec, info.container, path)
+            return self.pyav.open(path, short_side)
+        video = _DecordVideo(path, info, resized_size(info.width, info.height, short_side), self.num_threads)
         self.check_length(path, video.num_frames)
         return video
 
+
+# ---------------------------------------------------------------------------------------------
+# torchcodec (optional: needs FFmpeg's shared libraries on the system)
+
+
+class _TorchcodecVideo(OpenedVideo):
+    def __init__(self, path: str, decoder, size: tuple[int, int]):
+        self.path, self.decoder = path, decoder
+        meta = decoder.metadata
+        self.num_frames = int(meta.num_frames or 0)
+        self.width, self.height, self.size = int(meta.width), int(meta.height), size
+
+    def frames(self, indices: Sequence[int]) -> np.ndarray:
+        indices = [int(i) for i in indices]
+        try:
+            batch = self.decoder.get_frames_at(indices=indices).data  # uint8 [N, H, W, 3] (NHWC)
+        except Exception as e:  # torchcodec raises RuntimeError / IndexError on corrupt streams or bad indices
+            raise BadVideoError(self.path, "unreadable", f"decoding frames {indices}: {_first_line(e)}") from None
+        return resize_frames(batch.numpy(), self.size)
+
+
+class TorchcodecSource(VideoSource):
+    """torchcodec `VideoDecoder(seek_mode="exact")`: full-resolution frames, then resized."""
+
+    def __init__(self, num_threads: int = 1, min_frames: int = 1):
+        self.num_threads, self.min_frames = num_threads, min_frames
+
+    def open(self, path: str, short_side: int) -> OpenedVideo:
+        from torchcodec.decoders import VideoDecoder
+
+        check_file(path)
+        try:
+            decoder = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=self.num_threads)
+        except Exception as e:  # torchcodec raises ValueError / RuntimeError for files it cannot open
+            raise BadVideoError(path, "unreadable", _first_line(e)) from None
+        meta = decoder.metadata
+        video = _TorchcodecVideo(path, decoder, resized_size(int(meta.width), int(meta.height), short_side))
+        self.check_length(path, video.num_frames)
+        return video
+
+
+def decoder_available(name: str) -> str:
+    """'' when DATA.DECODER `name` can be used here, else why not."""
+    if name == "torchcodec":
+        if importlib.util.find_spec("torchcodec") is None:
+            return "torchcodec is not installed (pip install 'mcdp-fsar[torchcodec]')"
+        try:
+            import torchcodec.decoders  # noqa: F401  (loads FFmpeg's shared libraries)
+        except Exception as e:  # a missing libavcodec surfaces as RuntimeError or OSError
+            return f"torchcodec cannot load FFmpeg's shared libraries ({_first_line(e)})"
+    return ""
 
 # ---------------------------------------------------------------------------------------------
 # pre-extracted frames: <video>/img_00001.jpg ...
@@ -246,8 +525,15 @@ class FramesFolderSource(VideoSource):
         return _FramesFolderVideo(path, files, width, height, resized_size(width, height, short_side))
 
 
-def build_video_source(frames_folder: bool, num_threads: int = 1, min_frames: int = 1) -> VideoSource:
-    """The reader for DATA.FRAMES_FOLDER (True: JPEG folders, False: decord)."""
+def build_video_source(frames_folder: bool, num_threads: int = 1, min_frames: int = 1,
+                       decoder: str = DEFAULT_DECODER) -> VideoSource:
+    """The reader for DATA.FRAMES_FOLDER (True: JPEG folders) and DATA.DECODER (decord, pyav, torchcodec)."""
     if frames_folder:
         return FramesFolderSource(min_frames=min_frames)
-    return DecordSource(num_threads=num_threads, min_frames=min_frames)
+    if decoder not in DECODERS:
+        raise ConfigError(f"DATA.DECODER: unknown decoder {decoder!r} (use one of {', '.join(DECODERS)})")
+    why_not = decoder_available(decoder)
+    if why_not:
+        raise ConfigError(f"DATA.DECODER {decoder}: {why_not} (use DATA.DECODER pyav or decord)")
+    sources = {"decord": DecordSource, "pyav": PyAVSource, "torchcodec": TorchcodecSource}
+    return sources[decoder](num_threads=num_threads, min_frames=min_frames)

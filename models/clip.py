@@ -23,8 +23,7 @@ from open_clip.utils import freeze_batch_norm_2d
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from models.build import BACKBONE_REGISTRY
-from utils.config import NON_NEGATIVE, CfgNode, one_of, register_config, rules, section
+from utils.config import NON_NEGATIVE, PATH, CfgNode, one_of, rules, section
 from utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -38,7 +37,6 @@ FINETUNE_POLICIES = ("full", "frozen", "last_n")
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-@register_config
 def add_clip_backbone_config(cfg: CfgNode) -> None:
     _H = section(section(cfg, "VIDEO"), "HEAD")
     _H.BACKBONE_NAME = "ViT-B/16"  # open_clip model name, CLIP-FSAR's RN50 / ViT-B/16, or FSAR-Tiny-ViT (shipped)
@@ -48,7 +46,7 @@ def add_clip_backbone_config(cfg: CfgNode) -> None:
     _H.TRAIN_TEXT_ENCODER = False  # train the text tower too (CLIP-FSAR keeps it frozen; disables the text cache)
     _T = section(cfg, "TRAIN")
     _T.GRAD_CHECKPOINT = False  # activation checkpointing of the CLIP image blocks (less memory, ~30% more time)
-    rules("VIDEO.HEAD", FINETUNE=one_of("full", "frozen", "last_n"), FINETUNE_LAST_N=NON_NEGATIVE)
+    rules("VIDEO.HEAD", PRETRAINED=PATH, FINETUNE=one_of("full", "frozen", "last_n"), FINETUNE_LAST_N=NON_NEGATIVE)
 
 
 def open_clip_name(name: str) -> str:
@@ -297,6 +295,3 @@ class CLIPBackbone(nn.Module):
 
     def forward(self, images: Tensor, dense: bool = False) -> dict[str, Tensor]:
         return self.encode_frames(images, dense=dense)
-
-
-BACKBONE_REGISTRY._do_register("CLIP", CLIPBackbone)  # fvcore registers by __name__ only; the config name is CLIP

@@ -1,4 +1,4 @@
-"""VFAM: visual fine-grained attention over tracked entities (DESIGN §6, this project's formulation).
+"""VFAM: visual fine-grained attention over tracked entities (docs/design.md §6, this project's formulation).
 
 Object tracks move attention from the whole scene to the entities in it:
   1. entity features per sampled frame, by RoIAlign on the dense CLIP token grid (`roi`) or by encoding the
@@ -21,12 +21,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, one_of, register_config, rules, section
+from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, one_of, rules, section
 
 VFAM_MODES = ("roi", "crop", "crop_frames")
 
 
-@register_config
 def add_vfam_config(cfg: CfgNode) -> None:
     _V = section(cfg, "VFAM")
     _V.ENABLE = False  # fuse tracked-entity context into the head's frame descriptors (needs DATA.TRACK_DIR)
@@ -161,7 +160,7 @@ class VFAM(nn.Module):
         self.frame_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.proj = nn.Linear(dim, out_dim)
         self.drop = nn.Dropout(dropout)
-        # Zero gate: the fused descriptor equals the baseline's until training moves it (DESIGN §6).
+        # Zero gate: the fused descriptor equals the baseline's until training moves it (docs/design.md §6).
         self.gate = nn.Parameter(torch.zeros(1 if gate == "scalar" else out_dim))
 
     @classmethod

@@ -17,7 +17,8 @@ import time
 import psutil
 import torch
 
-from utils.config import CfgNode, load_config
+from runs.config import load_config
+from utils.config import CfgNode
 
 # Dense bf16 peak TFLOP/s per GPU (vendor datasheets) for model-FLOP utilisation.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}

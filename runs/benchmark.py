@@ -1,6 +1,7 @@
 """Benchmarks, one subcommand each: `python runs/benchmark.py <name> [options]`.
 
-    data        episodes/s of the episodic loader (decode resized vs full resolution then resize)
+    data        per codec: raw videos (each decoder) vs prepared data (runs/prepare_videos.py): ms per video,
+                episodes/s per core, disk per video
     train-step  one training iteration of a config per variant (fp32, bf16, checkpointing, or KEY VALUE sets):
                 median time, peak memory (each variant in a fresh process), MFU on known GPUs
     eval        test episodes/s with and without the per-video feature cache (and equal accuracies)
@@ -81,82 +82,211 @@ class FullResolutionThenResize(VideoSource):
         return _FullResolutionVideo(video, resized_size(video.width, video.height, short_side), self.resize)
 
 
-def _data_cfg(root: str, way: int, shot: int, query: int, workers: int):
-    from utils.config import load_config
+# Realistic clips in the benchmarks' codecs and sizes: (extension, encoder, options, width, height, fps).
+# UCF101/HMDB51: MPEG-4 part 2 AVI with B-frames (Xvid-like), 320x240 at 25 fps; SSv2: VP9 webm, 427x240;
+# Kinetics-style H.264 mp4 at 320x240, 30 fps. Key frames every 250 frames (x264's default; Xvid's is 300).
+CLIP_KINDS = {
+    "avi-mpeg4": (".avi", "mpeg4", {"b": "800k", "bf": "2", "g": "250"}, 320, 240, 25),
+    "mp4-h264": (".mp4", "libx264", {"crf": "18", "preset": "veryfast", "g": "250"}, 320, 240, 30),
+    "webm-vp9": (".webm", "libvpx-vp9", {"crf": "24", "b": "0", "deadline": "realtime", "cpu-used": "8",
+                                         "g": "250"}, 427, 240, 25),
+}
+
+
+def write_realistic_clip(path: str, kind: str, seconds: float, seed: int) -> None:
+    """A panning smooth texture, a moving block and light sensor noise: compresses like camera footage."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    ext, codec, options, width, height, fps = CLIP_KINDS[kind]
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 4 + 4, width // 4 + 4, 3), dtype=np.uint8)
+    texture = np.asarray(Image.fromarray(coarse).resize((coarse.shape[1] * 4, coarse.shape[0] * 4), Image.BICUBIC))
+    with av.open(path, "w") as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for t in range(int(seconds * fps)):
+            y, x = (np.arange(height)[:, None] + t) % texture.shape[0], (np.arange(width) + 2 * t) % texture.shape[1]
+            img = texture[y, x]
+            cx = (5 * t) % width
+            img[height // 3:height // 3 + 40, max(0, cx - 20):cx + 20] = (200, 50, 50)
+            img = np.clip(img.astype(np.int16) + rng.integers(-5, 6, img.shape), 0, 255).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def make_realistic_benchmark(root: str, kinds: Sequence[str], classes: int, videos_per_class: int,
+                             seconds: tuple[float, float]) -> None:
+    """Per kind: `<root>/videos/<kind>/c<k>/v<k>_<j><ext>` and split files in `<root>/anno/<kind>` ('//' lines)."""
+    import numpy as np
+
+    for kind in kinds:
+        anno = os.path.join(root, "anno", kind)
+        if os.path.isfile(os.path.join(anno, "train_few_shot.txt")):
+            continue
+        lengths = np.random.default_rng(0).uniform(*seconds, classes * videos_per_class)
+        lines = []
+        for k in range(classes):
+            os.makedirs(os.path.join(root, "videos", kind, f"c{k}"), exist_ok=True)
+            for j in range(videos_per_class):
+                rel = f"{kind}/c{k}/v{k}_{j}{CLIP_KINDS[kind][0]}"
+                write_realistic_clip(os.path.join(root, "videos", rel), kind, lengths[k * videos_per_class + j],
+                                     seed=k * 1000 + j)
+                lines.append(f"train{k}//{rel}\n")
+        os.makedirs(anno, exist_ok=True)
+        with open(os.path.join(anno, "train_class_names.txt"), "w", encoding="utf-8") as f:
+            f.write("".join(f"class {k}\n" for k in range(classes)))
+        with open(os.path.join(anno, "train_few_shot.txt"), "w", encoding="utf-8") as f:  # last: marks done
+            f.write("".join(lines))
+
+
+def _data_cfg(anno: str, data_root: str, frames_folder: bool, way: int, shot: int, query: int, workers: int):
+    from runs.config import load_config
 
     return load_config(None, [
-        "DATA.DATASET", "Synthetic_few_shot", "DATA.ANNO_DIR", root, "DATA.DATA_ROOT_DIR", root,
-        "DATA.NUM_INPUT_FRAMES", "8", "DATA.TRAIN_CROP_SIZE", "224", "DATA.TRAIN_JITTER_SCALES", "[256, 320]",
-        "DATA.NUM_WORKERS", str(workers), "DATA.PIN_MEMORY", "False",
+        "DATA.DATASET", "Ucf101_few_shot", "DATA.ANNO_DIR", anno, "DATA.DATA_ROOT_DIR", data_root,
+        "DATA.FRAMES_FOLDER", str(frames_folder), "DATA.NUM_INPUT_FRAMES", "8", "DATA.TRAIN_CROP_SIZE", "224",
+        "DATA.TRAIN_JITTER_SCALES", "[256, 320]", "DATA.NUM_WORKERS", str(workers), "DATA.PIN_MEMORY", "False",
         "TRAIN.WAY", str(way), "TRAIN.SHOT", str(shot), "TRAIN.QUERY_PER_CLASS", str(query),
     ])
 
 
 def episodes_per_second(cfg, episodes: int, source: VideoSource, offset: int) -> float:
-    """Steady-state rate: the clock starts when the first episode arrives (worker start-up excluded)."""
+    """Steady-state rate: the clock starts when the first episode arrives (worker start-up excluded).
+
+    With 0 workers the clock is this process's CPU time, so the rate is per core even on a shared machine."""
     from datasets import build_loader
 
+    clock = time.process_time if cfg.DATA.NUM_WORKERS == 0 else time.perf_counter
     loader = build_loader(cfg, "train", range(offset, offset + episodes + 1), video_source=source)
     iterator = iter(loader)
     next(iterator)
-    start = time.perf_counter()
+    start = clock()
     count = sum(1 for _ in iterator)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     del iterator, loader
     return count / elapsed
 
 
-def bench_data(args: argparse.Namespace) -> dict:
-    """Episodes/s for decode-resized (the loader's reader) vs full resolution then resize, 0 and N workers."""
-    from datasets.synthetic import make_synthetic
+def ms_per_video(source: VideoSource, paths: list[str], seed: int) -> float:
+    """CPU ms to open and decode 8 training frames (one per segment) at a 288-px short side, mean over `paths`."""
+    import torch
 
+    from datasets.sampling import segment_indices
+
+    generator = torch.Generator().manual_seed(seed)
+    start = time.process_time()
+    for path in paths:
+        video = source.open(path, 288)
+        video.frames(segment_indices(video.num_frames, 8, train=True, generator=generator))
+    return 1000 * (time.process_time() - start) / len(paths)
+
+
+def _mean_size(paths: list[str]) -> float:
+    """Mean KiB per video (a file or a folder of frames)."""
+    total = 0
+    for path in paths:
+        total += os.path.getsize(path) if os.path.isfile(path) else sum(
+            os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    return total / len(paths) / 1024
+
+
+def _data_methods(root: str, full_res: bool) -> dict[str, tuple[str, bool, Callable[[], VideoSource]]]:
+    """name -> (data root, frames folder, source factory): raw videos first, then the prepared forms."""
+    from datasets.video import FramesFolderSource, PyAVSource, TorchcodecSource, decoder_available
+
+    raw = os.path.join(root, "videos")
+    methods = {"raw/pyav": (raw, False, lambda: PyAVSource(num_threads=1)),
+               "raw/decord": (raw, False, lambda: DecordSource(num_threads=1))}
+    if not decoder_available("torchcodec"):
+        methods["raw/torchcodec"] = (raw, False, lambda: TorchcodecSource(num_threads=1))
+    if full_res:
+        methods["raw/decord full res+resize"] = (raw, False, lambda: FullResolutionThenResize("uint8"))
+    methods["prepared/frames"] = (os.path.join(root, "prepared_frames"), True, FramesFolderSource)
+    methods["prepared/mp4 pyav"] = (os.path.join(root, "prepared_mp4"), False, lambda: PyAVSource(num_threads=1))
+    methods["prepared/mp4 decord"] = (os.path.join(root, "prepared_mp4"), False, lambda: DecordSource(num_threads=1))
+    return methods
+
+
+def bench_data(args: argparse.Namespace) -> dict:
+    """Per codec: raw videos (each decoder) vs prepared data (JPEG frames, short-GOP mp4): ms per video,
+    episodes/s per core (0 workers) and with N workers, disk per video."""
+    import torch
+
+    from datasets.splits import parse_split_file
+    from runs import prepare_videos
+
+    torch.set_num_threads(1)  # as in every DataLoader worker: 0 workers is then exactly one core
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.root or os.path.join(tmp, "synthetic")
-        if not os.path.isfile(os.path.join(root, "train_few_shot.txt")):
-            print(f"generating synthetic videos ({args.size}x{args.size}, {args.frames} frames) in {root} ...")
-            make_synthetic(root, classes=15, videos_per_class=args.shot + args.query + 1, frames=args.frames,
-                           size=args.size, seed=0)
-        methods: dict[str, Callable[[], VideoSource]] = {
-            "decode_resized": lambda: DecordSource(num_threads=1),
-            "full_res+resize_uint8": lambda: FullResolutionThenResize("uint8"),
-            "full_res+resize_float": lambda: FullResolutionThenResize("float"),
-        }
+        root = args.root or os.path.join(tmp, "realistic")
+        print(f"videos: {len(args.kinds)} codecs x {args.classes} classes x {args.videos_per_class}, "
+              f"{args.seconds[0]:g}-{args.seconds[1]:g} s, in {root} (generated once) ...", flush=True)
+        make_realistic_benchmark(root, args.kinds, args.classes, args.videos_per_class, tuple(args.seconds))
+        for fmt in ("frames", "mp4"):
+            code = prepare_videos.main(["--data-root", os.path.join(root, "videos"), "--out",
+                                        os.path.join(root, f"prepared_{fmt}"), "--format", fmt, "--lists",
+                                        *[os.path.join(root, "anno", k, "train_few_shot.txt") for k in args.kinds]])
+            if code:
+                raise RuntimeError(f"prepare_videos --format {fmt} failed on generated videos")
+        methods = _data_methods(root, args.full_res)
         results: dict[str, dict] = {}
-        for workers in args.workers:
-            cfg = _data_cfg(root, args.way, args.shot, args.query, workers)
-            for name, make_source in methods.items():
-                # Each repeat reads different episodes, so the page cache favours no method.
-                rates = [episodes_per_second(cfg, args.episodes, make_source(), offset=r * 1000)
-                         for r in range(args.repeats)]
-                results[f"{name}/workers={workers}"] = {"method": name, "workers": workers,
-                                                        "episodes_per_s": statistics.median(rates), "runs": rates}
-    rows = [["workers", *[f"{m} ep/s" for m in methods], "ratio vs uint8", "ratio vs float"]]
-    summary = {}
-    for workers in args.workers:
-        rate = {m: results[f"{m}/workers={workers}"]["episodes_per_s"] for m in methods}
-        fast = rate["decode_resized"]
-        ratios = [fast / rate["full_res+resize_uint8"], fast / rate["full_res+resize_float"]]
-        summary[str(workers)] = {**rate, "ratio_vs_uint8": ratios[0], "ratio_vs_float": ratios[1]}
-        rows.append([str(workers), *[f"{rate[m]:.2f}" for m in methods], *[f"{r:.2f}x" for r in ratios]])
-    print(f"episodes: {args.way}-way {args.shot}-shot {args.query}-query, 8 frames, 224 px crop, short side "
-          f"256-320; videos {args.size}x{args.size}, {args.frames} frames (mp4); median of {args.repeats} x "
-          f"{args.episodes} episodes; {os.cpu_count()} CPUs")
+        for kind in args.kinds:
+            anno = os.path.join(root, "anno", kind)
+            entries = parse_split_file(os.path.join(anno, "train_few_shot.txt"))
+            for name, (data_root, frames_folder, make_source) in methods.items():
+                paths = [e.video_path(data_root, frames_folder=frames_folder) for e in entries]
+                row = {"kind": kind, "method": name, "kib_per_video": _mean_size(paths),
+                       "ms_per_video": statistics.median(ms_per_video(make_source(), paths, seed=r)
+                                                         for r in range(args.repeats))}
+                for workers in args.workers:
+                    cfg = _data_cfg(anno, data_root, frames_folder, args.way, args.shot, args.query, workers)
+                    # Each repeat reads different episodes, so the page cache favours no method.
+                    rates = [episodes_per_second(cfg, args.episodes, make_source(), offset=r * 1000)
+                             for r in range(args.repeats)]
+                    row[f"episodes_per_s/workers={workers}"] = statistics.median(rates)
+                results[f"{kind}/{name}"] = row
+                print(f"  {kind:10s} {name:28s} " + "  ".join(
+                    f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    return _report_data(args, methods, results)
+
+
+def _report_data(args: argparse.Namespace, methods: dict, results: dict[str, dict]) -> dict:
+    per_core = f"episodes_per_s/workers={args.workers[0]}"
+    rows = [["codec", "method", "KiB/video", "decode ms/video", *[f"ep/s w={w}" for w in args.workers],
+             "ep/s x raw/pyav", "decode x raw/pyav"]]
+    for kind in args.kinds:
+        base = results[f"{kind}/raw/pyav"]
+        for name in methods:
+            row = results[f"{kind}/{name}"]
+            row["episodes_speedup_vs_raw_pyav"] = row[per_core] / base[per_core]
+            row["decode_speedup_vs_raw_pyav"] = base["ms_per_video"] / row["ms_per_video"]
+            rows.append([kind, name, f"{row['kib_per_video']:.0f}", f"{row['ms_per_video']:.1f}",
+                         *[f"{row[f'episodes_per_s/workers={w}']:.3f}" for w in args.workers],
+                         f"{row['episodes_speedup_vs_raw_pyav']:.2f}x", f"{row['decode_speedup_vs_raw_pyav']:.2f}x"])
+    print(f"episodes: {args.way}-way {args.shot}-shot {args.query}-query, 8 frames, 224 px crop, short side 256-320; "
+          f"median of {args.repeats} x {args.episodes} episodes; 0 workers: CPU time (per core); "
+          f"{os.cpu_count()} CPUs")
     print_table(rows)
-    out = {"benchmark": "data", "video_size": args.size, "video_frames": args.frames, "way": args.way,
-           "shot": args.shot, "query": args.query, "episodes": args.episodes, "repeats": args.repeats,
-           "cpus": os.cpu_count(), "results": results, "summary": summary}
+    out = {"benchmark": "data", "kinds": {k: CLIP_KINDS[k][:1] + CLIP_KINDS[k][3:] for k in args.kinds},
+           "seconds": args.seconds, "classes": args.classes, "videos_per_class": args.videos_per_class,
+           "way": args.way, "shot": args.shot, "query": args.query, "episodes": args.episodes,
+           "repeats": args.repeats, "cpus": os.cpu_count(), "results": results}
     write_json(args.json, out)
     return out
 
 
 def add_data_parser(subparsers) -> None:
-    p = subparsers.add_parser("data", help="episodic loader throughput: decode resized vs full res + resize")
+    p = subparsers.add_parser("data", help="episodic loader throughput: raw videos vs prepared data, per codec")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (the median is reported)")
-    p.add_argument("--episodes", type=int, default=6, help="episodes per timed run")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to compare")
-    p.add_argument("--size", type=int, default=480, help="side of the generated square videos (pixels)")
-    p.add_argument("--frames", type=int, default=48, help="frames per generated video")
-    p.add_argument("--root", default="", help="existing synthetic benchmark to read (default: generate one)")
+    p.add_argument("--episodes", type=int, default=1, help="episodes per timed run")
+    p.add_argument("--workers", type=int, nargs="+", default=[0], help="DataLoader worker counts (0: one core)")
+    p.add_argument("--kinds", nargs="+", choices=list(CLIP_KINDS), default=list(CLIP_KINDS), help="codecs")
+    p.add_argument("--seconds", type=float, nargs=2, default=[2.0, 10.0], help="clip length range (uniform)")
+    p.add_argument("--classes", type=int, default=5, help="classes per codec")
+    p.add_argument("--videos-per-class", type=int, default=6)
+    p.add_argument("--full-res", action="store_true", help="also decode at full resolution, then resize")
+    p.add_argument("--root", default="", help="keep the generated videos here and reuse them (default: temporary)")
     p.add_argument("--way", type=int, default=5)
     p.add_argument("--shot", type=int, default=1)
     p.add_argument("--query", type=int, default=5)

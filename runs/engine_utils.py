@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import signal
+import threading
 
 import torch
 
 from utils.config import CfgNode
+
+logger = logging.getLogger("fsar.engine")
+
+# SIGUSR1: what `#SBATCH --signal=USR1@120` sends before the time limit; SIGTERM: scancel, preemption, torchrun.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 def to_device(episode: dict, device: torch.device) -> dict:
@@ -39,3 +48,75 @@ def autocast(cfg: CfgNode, device: torch.device) -> contextlib.AbstractContextMa
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DistributedDataParallel, or the model itself."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+class StopRequest:
+    """SIGTERM, SIGUSR1 and a first SIGINT ask the run to stop at the next safe point; a second SIGINT aborts.
+
+    The handler only records the signal: the training loop checks `requested` at optimizer-step boundaries (all
+    ranks agree there, see Trainer), saves `last.pth` and raises PreemptedError. Forked DataLoader workers inherit
+    the handler and ignore these signals: their main process stops them.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._pid = -1
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def install(self) -> StopRequest:
+        """Set the handlers (main thread only; elsewhere, e.g. a test's worker thread, signals keep their default)."""
+        self.signum = None
+        if threading.current_thread() is threading.main_thread() and not self._previous:
+            self._pid = os.getpid()
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a DataLoader worker forked from the main process
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # second Ctrl-C: abort now, without saving
+            return
+        self.signum = signum
+        logger.warning("received %s: stopping at the next optimizer step and saving checkpoints/last.pth "
+                       "(Ctrl-C again aborts without saving)", signal.Signals(signum).name)
+
+
+STOP = StopRequest()  # one per process: signal handlers are process-wide
+
+
+class _WorkerIgnoresStopSignals:
+    """worker_init_fn wrapper: a DataLoader worker ignores SIGTERM/SIGUSR1/SIGINT.
+
+    A scheduler signals every process of a job; torch's worker handler would die on that SIGTERM and take the main
+    process down with "DataLoader worker killed". The main process stops its workers itself (and a worker whose
+    main process is gone exits on its own, see torch's worker watchdog)."""
+
+    def __init__(self, init):
+        self.init = init
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        if self.init is not None:
+            self.init(worker_id)
+
+
+def workers_ignore_stop_signals(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    if loader.num_workers > 0:
+        loader.worker_init_fn = _WorkerIgnoresStopSignals(loader.worker_init_fn)
+    return loader

@@ -4,7 +4,7 @@
     python runs/extract_tracks.py --videos DIR --out TRACK_DIR --classes all --workers 4
     python runs/extract_tracks.py --detections detections.json --out TRACK_DIR      (precomputed detections)
 
-Writes `<out>/<video id>.json` in the DESIGN §4 track format (pixel boxes of the original video), atomically;
+Writes `<out>/<video id>.json` in the docs/design.md §4 track format (pixel boxes of the original video), atomically;
 finished files are skipped on rerun. Only observed detections are written: a track's `frames` may have gaps (dropped
 detections, `--frame-stride`); the episode loader interpolates inside a track's span. One tracker runs per label
 (`--class-agnostic`: one for all); pieces of a track the online tracker split are joined afterwards (`--stitch-*`).

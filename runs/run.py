@@ -1,74 +1,228 @@
 """Train and test a few-shot head: `python runs/run.py --cfg configs/...yaml [--resume] [KEY VALUE ...]`.
 
 Single process, `NUM_GPUS > 1` (spawned local processes), `torchrun`, or SLURM (`srun python runs/run.py ...`).
+Rank 0 checks everything (config, run folder, resume config, data) before it writes anything, then holds
+`OUTPUT_DIR/run.lock` for the whole run. SIGTERM/SIGUSR1/Ctrl-C stop training at the next optimizer step with
+`last.pth` saved (exit 10); `--resume` continues exactly.
 """
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import time
+from dataclasses import dataclass, field
 
 import simplejson as json
 import torch
 
-from datasets import DATASET_REGISTRY
-from runs.test_net_few_shot import evaluate
-from runs.train_net_few_shot import load_weights_for_test, train
-from utils import distributed as du
-from utils.config import CfgNode, config_from_yaml_text, load_config
-from utils.logger import get_logger, setup_logging
-from utils.seeding import seed_everything
+if __package__ in (None, ""):  # `python runs/run.py`: this repository's packages come first (a Hugging Face
+    # `datasets` installed in the same environment must not shadow ours; see README, Layout)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets import DATASET_REGISTRY  # noqa: E402
+from datasets.checks import check_run_data  # noqa: E402
+from runs.config import config_from_yaml_text, get_cfg, load_config  # noqa: E402
+from runs.engine_utils import STOP  # noqa: E402
+from runs.test_net_few_shot import evaluate  # noqa: E402
+from runs.train_net_few_shot import check_train_config, load_weights_for_test, train  # noqa: E402
+from utils import distributed as du  # noqa: E402
+from utils.checkpoint import load_checkpoint  # noqa: E402
+from utils.config import CfgNode, ConfigError, all_keys  # noqa: E402
+from utils.errors import ArgumentError, PreemptedError, RunFolderError, entry_point  # noqa: E402
+from utils.logger import get_logger, setup_logging  # noqa: E402
+from utils.run_lock import RunLock  # noqa: E402
+from utils.seeding import seed_everything  # noqa: E402
 
 logger = get_logger("run")
 
+USAGE = ("usage: python runs/run.py --cfg FILE [--resume] [--allow-change KEY[,KEY...]] [--debug] [KEY VALUE ...]\n"
+         "  flags may stand anywhere, also between or after the KEY VALUE pairs")
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cfg", dest="cfg_file", required=True, help="YAML config file")
-    parser.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from checkpoints/last")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. TRAIN.SHOT 5")
-    return parser.parse_args(argv)
+# Keys a `--resume` may change without being named: none of them changes what is trained or how.
+RESUME_FREE_KEYS = (
+    "OUTPUT_DIR",  # the run folder moved; it is where we resume from
+    "LOG_PERIOD",  # how often the loss is logged (metrics.jsonl gets more or fewer train/loss lines)
+    "TRAIN.NUM_TRAIN_TASKS",  # train longer: the schedule is set by SOLVER, episode i is the same for any length
+    "TRAIN.CHECKPOINT_PERIOD",  # how often `last.pth` is written; saving reads no RNG and changes no state
+    "TRAIN.NUM_TEST_TASKS",  # the final test runs after training
+    "TEST.ENABLE",  # whether the final test runs
+    "TEST.CHECKPOINT_FILE_PATH",  # which weights the final test reads
+    "TEST.CACHE_DEVICE",  # where cached features live; moving a tensor changes no value
+)
+# Not free although they look like test settings: TEST.FEATURE_CACHE and TEST.CACHE_SIZE also drive validation,
+# and with DATA.TEST_FRAMES random they change its numbers (a cached video keeps one draw), hence `best`.
+
+# Keys whose new value a resume could not honour: the optimizer and schedule state come from the checkpoint.
+RESUME_FIXED_PREFIXES = ("SOLVER.",)
 
 
-def check_output_dir(cfg: CfgNode, resume: bool) -> None:
-    """Refuse to mix two runs in one folder; refuse to resume from nothing."""
+@dataclass
+class Args:
+    cfg_file: str
+    resume: bool = False
+    allow_change: list[str] = field(default_factory=list)
+    opts: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> Args:
+    """Flags anywhere (`--flag VALUE` or `--flag=VALUE`); every other token is part of the KEY VALUE pairs."""
+    cfg_file, resume, allow, opts = None, False, [], []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+        if name in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        if name == "--resume" and not eq:
+            resume = True
+        elif name in ("--cfg", "--allow-change"):
+            if not eq:
+                i += 1
+                inline = argv[i] if i < len(argv) else ""
+            if not inline or inline.startswith("--"):
+                raise ArgumentError(f"command line: {name} needs a value ({USAGE.splitlines()[0]})")
+            if name == "--cfg":
+                cfg_file = inline
+            else:
+                allow.extend(k for k in inline.split(",") if k)
+        elif token.startswith("--"):
+            raise ArgumentError(f"command line: unknown flag {token} (flags: --cfg, --resume, --allow-change, "
+                                f"--debug; config overrides are KEY VALUE pairs without dashes)")
+        else:
+            opts.append(token)
+        i += 1
+    if cfg_file is None:
+        raise ArgumentError(f"command line: --cfg FILE is required ({USAGE.splitlines()[0]})")
+    check_pairs(opts)
+    return Args(cfg_file, resume, allow, opts)
+
+
+def check_pairs(opts: list[str]) -> None:
+    """An odd count of override tokens: name the KEY that has no VALUE."""
+    if len(opts) % 2 == 0:
+        return
+    keys = set(all_keys(get_cfg()))
+    for i in range(0, len(opts) - 1, 2):
+        if opts[i + 1] in keys:  # a key where its predecessor's value should be
+            missing = opts[i]
+            break
+    else:
+        missing = opts[-1]
+    raise ConfigError(f"command line: {missing} has no value (overrides are KEY VALUE pairs)")
+
+
+def flatten(cfg: CfgNode, prefix: str = "") -> dict:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _free(key: str, allowed: list[str]) -> bool:
+    return key in allowed or key in RESUME_FREE_KEYS
+
+
+def compare_resume_config(cfg: CfgNode, state: dict, path: str, allowed: list[str]) -> list[str]:
+    """Refuse a resume whose config differs from the checkpoint's, except in free or allowed keys.
+
+    Returns the accepted changes as `KEY old -> new` lines (for the log)."""
+    known = set(all_keys(cfg))
+    for key in allowed:
+        if key not in known:
+            raise ArgumentError(f"--allow-change: unknown config key {key}")
+        if key.startswith(RESUME_FIXED_PREFIXES):
+            raise ArgumentError(f"--allow-change: {key} cannot change on resume: the optimizer and learning-rate "
+                                f"schedule are restored from {path} (start a new OUTPUT_DIR to train with it)")
+    if not state.get("config"):
+        logger.warning("%s holds no config; the resumed config cannot be checked against it", path)
+        return []
+    try:
+        old = flatten(config_from_yaml_text(state["config"]))
+    except ConfigError as e:
+        raise RunFolderError(f"{path}: its stored config no longer loads ({e}) (resume with the code version that "
+                             f"wrote it)") from None
+    new = flatten(cfg)
+    changed = [k for k in new if k in old and old[k] != new[k]]
+    refused = [k for k in changed if not _free(k, allowed)]
+    if refused:
+        shown = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in refused)
+        raise RunFolderError(f"{path}: --resume with a changed config: {shown} (resume with the checkpoint's values, "
+                             f"start a new OUTPUT_DIR, or accept with --allow-change {','.join(refused)})")
+    fixed = [k for k in changed if k.startswith(RESUME_FIXED_PREFIXES)]
+    if fixed:  # only reachable through RESUME_FREE_KEYS, which holds no SOLVER key; kept as a guard
+        raise RunFolderError(f"{path}: {fixed[0]} cannot change on resume")
+    iteration = state.get("iteration", 0)
+    if cfg.TRAIN.ENABLE and cfg.TRAIN.NUM_TRAIN_TASKS < iteration:
+        raise RunFolderError(f"TRAIN.NUM_TRAIN_TASKS: {cfg.TRAIN.NUM_TRAIN_TASKS} is below the checkpoint's "
+                             f"iteration {iteration} ({path}) (give at least {iteration})")
+    return [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed]
+
+
+def check_output_dir(cfg: CfgNode, resume: bool, allowed: list[str] = ()) -> list[str]:
+    """Refuse to mix two runs in one folder; refuse to resume from nothing or with a changed config.
+
+    Reads only; returns the accepted config changes of a resume."""
     out = cfg.OUTPUT_DIR
-    last = os.path.join(out, "checkpoints", "last.pth")
+    last, best = (os.path.join(out, "checkpoints", f"{name}.pth") for name in ("last", "best"))
     if resume:
         if not os.path.isfile(last):
-            raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-        return
+            if os.path.isfile(best):
+                raise RunFolderError(f"{last}: no checkpoint to resume from, but {best} is there (to continue from "
+                                     f"it: cp {best} {last}, then --resume; training goes on from best's "
+                                     f"iteration)")
+            raise RunFolderError(f"{last}: no checkpoint to resume from (start without --resume, or set "
+                                 f"OUTPUT_DIR to the run to continue)")
+        return compare_resume_config(cfg, load_checkpoint(last), last, list(allowed))
     existing = [f for f in ("config.yaml", "checkpoints", "results.json", "metrics.jsonl")
                 if os.path.exists(os.path.join(out, f))]
     if existing:
-        raise FileExistsError(f"OUTPUT_DIR {out} already holds a run ({', '.join(existing)}); pass --resume to "
-                              f"continue it or set OUTPUT_DIR to a new folder")
+        raise RunFolderError(f"{out}: OUTPUT_DIR already holds a run ({', '.join(existing)}) (pass --resume to "
+                             f"continue it or set OUTPUT_DIR to a new folder)")
+    return []
 
 
 def check_run_config(cfg: CfgNode) -> None:
     """Combinations that would silently run something other than what the config says."""
     if cfg.VFAM.ENABLE and not cfg.DATA.TRACK_DIR:
-        raise ValueError("VFAM.ENABLE needs DATA.TRACK_DIR (track files from runs/extract_tracks.py); without "
-                         "tracks every video would take the baseline path")
+        raise ConfigError("VFAM.ENABLE: needs DATA.TRACK_DIR (track files from runs/extract_tracks.py); without "
+                          "tracks every video would take the baseline path (set DATA.TRACK_DIR or VFAM.ENABLE False)")
+    if not cfg.TRAIN.ENABLE and cfg.TEST.ENABLE and not cfg.TEST.CHECKPOINT_FILE_PATH:
+        raise ConfigError("TEST.CHECKPOINT_FILE_PATH: a test-only run (TRAIN.ENABLE False) needs the weights to "
+                          "test (set TEST.CHECKPOINT_FILE_PATH)")
+    if cfg.DATA.TEST_FRAMES == "random" and cfg.TEST.FEATURE_CACHE:
+        raise ConfigError("DATA.TEST_FRAMES random: the feature cache would keep one draw of frames per video for "
+                          "every episode (set TEST.FEATURE_CACHE False with it)")
+    check_train_config(cfg)
 
 
-def run_worker(cfg_yaml: str, resume: bool) -> dict | None:
+def run_worker(cfg_yaml: str, resume: bool, changes: tuple[str, ...] = (), data: dict | None = None) -> dict | None:
     """One process: initialise distributed, train, test, write results (rank 0)."""
     cfg = config_from_yaml_text(cfg_yaml)
     du.init_from_env(cfg.DIST_BACKEND)
+    STOP.install()
     try:
-        return _run(cfg, resume)
+        return _run(cfg, resume, changes, data)
     finally:
+        STOP.restore()
         du.destroy()
 
 
-def _run(cfg: CfgNode, resume: bool) -> dict | None:
+def _run(cfg: CfgNode, resume: bool, changes: tuple[str, ...] = (), data: dict | None = None) -> dict | None:
     device = du.pick_device(cfg.DEVICE)
     setup_logging(cfg.OUTPUT_DIR)
     if du.is_main_process():
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(cfg.dump())
     logger.info("run in %s on %s, world size %d", cfg.OUTPUT_DIR, device, du.get_world_size())
+    for change in changes:
+        logger.warning("resume with a changed config (accepted): %s", change)
+    for split, counts in (data or {}).items():
+        if split != "seconds":
+            logger.info("data %s: %s", split, ", ".join(f"{k} {v}" for k, v in counts.items() if v is not None))
     if cfg.DETERMINISTIC:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.RANDOM_SEED)
@@ -77,7 +231,7 @@ def _run(cfg: CfgNode, resume: bool) -> dict | None:
     if not cfg.TEST.ENABLE:
         return None
     model, checkpoint = _model_for_test(cfg, device, trainer)
-    result = evaluate(model, cfg, "test", cfg.TRAIN.NUM_TEST_TASKS, device)
+    result = evaluate(model, cfg, "test", cfg.TRAIN.NUM_TEST_TASKS, device, stop=_stop_during_test(cfg, trainer))
     result.update(checkpoint=checkpoint, best_val_accuracy=trainer.best_acc if trainer else None,
                   skipped_steps=trainer.skipped_steps if trainer else 0, total_seconds=time.time() - start,
                   config=cfg.dump())
@@ -86,6 +240,20 @@ def _run(cfg: CfgNode, resume: bool) -> dict | None:
             json.dump(result, f, indent=2)
         print_summary(cfg, result)
     return result
+
+
+def _stop_during_test(cfg: CfgNode, trainer):
+    """What a stop signal during the final test raises: the test is cheap to redo, training is saved."""
+    def stop() -> None:
+        if not STOP.requested:
+            return
+        if trainer is not None:
+            last = trainer.checkpointer.path("last")
+            raise PreemptedError(f"{last}: stopped by {STOP.name} during the final test; training is complete and "
+                                 f"saved (run the same command with --resume to test again)")
+        raise PreemptedError(f"{cfg.OUTPUT_DIR}: test-only run stopped by {STOP.name} (nothing to resume: run it "
+                             f"again with a new OUTPUT_DIR)")
+    return stop
 
 
 def _model_for_test(cfg: CfgNode, device: torch.device, trainer) -> tuple[torch.nn.Module, str]:
@@ -98,7 +266,7 @@ def _model_for_test(cfg: CfgNode, device: torch.device, trainer) -> tuple[torch.
     elif trainer is not None:
         return trainer.model, "last weights in memory (no validation ran)"
     else:
-        raise ValueError("test-only run (TRAIN.ENABLE false) needs TEST.CHECKPOINT_FILE_PATH")
+        raise ConfigError("TEST.CHECKPOINT_FILE_PATH: a test-only run needs the weights to test")
     model = trainer.model if trainer is not None else build_model(cfg).to(device)
     load_weights_for_test(model, path)
     return model, path
@@ -122,20 +290,28 @@ def print_summary(cfg: CfgNode, result: dict) -> None:
     print("\n".join(line for line in lines if line), flush=True)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> dict | None:
-    args = parse_args(argv)
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     cfg = load_config(args.cfg_file, args.opts)
     check_run_config(cfg)
     du.env_from_slurm()
-    if int(os.environ.get("RANK", "0")) == 0:  # before any process group exists: torchrun/SLURM rank or single
-        check_output_dir(cfg, args.resume)
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)  # e.g. generate the synthetic benchmark
-    if cfg.NUM_GPUS > 1 and "RANK" not in os.environ:
-        du.launch(run_worker, cfg.NUM_GPUS, args=(cfg.dump(), args.resume))
-        path = os.path.join(cfg.OUTPUT_DIR, "results.json")
-        return json.load(open(path)) if os.path.isfile(path) else None
-    return run_worker(cfg.dump(), args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun/SLURM ranks > 0: rank 0 checks and holds the lock
+        return run_worker(cfg.dump(), args.resume)
+    # Rank 0 (or the single process), before any process group exists: every check, then the lock, then writes.
+    lock = RunLock(cfg.OUTPUT_DIR)
+    lock.check_free()
+    changes = tuple(check_output_dir(cfg, args.resume, args.allow_change))
+    DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)  # e.g. generate the synthetic benchmark (not OUTPUT_DIR)
+    # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); the other
+    # ranks read the same files, and a refusal here ends the job before any process group waits for rank 0.
+    data = check_run_data(cfg)
+    with lock:
+        if cfg.NUM_GPUS > 1 and "RANK" not in os.environ:
+            du.launch(run_worker, cfg.NUM_GPUS, args=(cfg.dump(), args.resume, changes, data))
+            path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+            return json.load(open(path)) if os.path.isfile(path) else None
+        return run_worker(cfg.dump(), args.resume, changes, data)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def load_runs(root: str) -> tuple[list[dict], list[str]]:
 
 def fill_defaults(runs: list[dict]) -> None:
     """Keys a run's saved config lacks (it predates them) take today's default, so they do not look changed."""
-    from utils.config import get_cfg
+    from runs.config import get_cfg
 
     defaults = flatten(yaml.safe_load(get_cfg().dump()))
     for run in runs:

@@ -4,21 +4,21 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from datasets import build_loader
-from runs.engine_utils import autocast, to_device, unwrap
-from runs.feature_cache import VideoFeatureCache, head_supports_cache
+from models.feature_cache import VideoFeatureCache, head_supports_cache
+from runs.engine_utils import autocast, to_device, unwrap, workers_ignore_stop_signals
 from utils import distributed as du
-from utils.config import CfgNode, register_config, section
+from utils.config import PATH, POSITIVE, CfgNode, one_of, rules, section
 from utils.logger import get_logger
 
 logger = get_logger(__name__)
 
 
-@register_config
 def add_test_config(cfg: CfgNode) -> None:
     _T = section(cfg, "TEST")
     _T.ENABLE = True  # run the final test on the test split after training (or alone, see CHECKPOINT_FILE_PATH)
@@ -29,6 +29,8 @@ def add_test_config(cfg: CfgNode) -> None:
     _TR = section(cfg, "TRAIN")
     _TR.NUM_TEST_TASKS = 10000  # fixed test episodes (indices 0..N-1 of the test split)
     _TR.NUM_VAL_TASKS = 1000  # fixed validation episodes used to select the best checkpoint
+    rules("TEST", CHECKPOINT_FILE_PATH=PATH, CACHE_SIZE=POSITIVE, CACHE_DEVICE=one_of("cpu", "model"))
+    rules("TRAIN", NUM_TEST_TASKS=POSITIVE, NUM_VAL_TASKS=POSITIVE)
 
 
 def summarize_accuracies(records: list[dict], num_episodes: int, split: str) -> dict:
@@ -71,8 +73,12 @@ def episode_record(index: int, episode: dict, logits: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int, device: torch.device) -> dict:
-    """Evaluate `num_episodes` fixed episodes of `split`; every rank takes a contiguous shard."""
+def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int, device: torch.device,
+             stop: Callable[[], None] | None = None) -> dict:
+    """Evaluate `num_episodes` fixed episodes of `split`; every rank takes a contiguous shard.
+
+    `stop` is called before every episode and may raise to end the evaluation (a stop signal during the final
+    test; validation inside training runs to its end so the checkpoint after it is consistent)."""
     head = unwrap(model)
     was_training = head.training
     head.eval()
@@ -80,10 +86,12 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
     indices = list(du.shard_indices(num_episodes))
     use_cache = cfg.TEST.FEATURE_CACHE and head_supports_cache(head)
     cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE, "TEST.CACHE_SIZE", cfg.TEST.CACHE_DEVICE) if use_cache else None
-    loader = build_loader(cfg, split, indices, skip_videos=cache)
+    loader = workers_ignore_stop_signals(build_loader(cfg, split, indices, skip_videos=cache))
     records = []
     progress = tqdm(loader, total=len(indices), desc=split, disable=not du.is_main_process(), leave=False)
     for index, episode in zip(indices, progress, strict=True):
+        if stop is not None:
+            stop()
         episode = to_device(episode, device)
         with autocast(cfg, device):
             if cache is None:

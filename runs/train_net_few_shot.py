@@ -1,4 +1,4 @@
-"""Iteration-based episodic training (DESIGN §7): one episode per iteration and rank, gradient accumulation,
+"""Iteration-based episodic training (docs/design.md §7): one episode per iteration and rank, gradient accumulation,
 validation on the val split selecting `best`, atomic `last`/`best` checkpoints and exact resume."""
 from __future__ import annotations
 
@@ -12,19 +12,20 @@ from tqdm import tqdm
 
 from datasets import build_loader
 from models import build_model
-from runs.engine_utils import autocast, to_device, unwrap
-from runs.feature_cache import VideoFeatureCache
+from models.feature_cache import VideoFeatureCache
+from models.heads.clipfsar_checkpoint import convert_lineage_state
+from runs.engine_utils import STOP, autocast, to_device, unwrap, workers_ignore_stop_signals
 from runs.test_net_few_shot import evaluate
 from utils import distributed as du
 from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state, set_rng_state
-from utils.config import CfgNode, register_config, section
+from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, ConfigError, one_of, rules, section
+from utils.errors import DivergedError, PreemptedError
 from utils.logger import MetricsWriter, get_logger
 from utils.solver import build_optimizer, build_scheduler
 
 logger = get_logger(__name__)
 
 
-@register_config
 def add_train_config(cfg: CfgNode) -> None:
     _T = section(cfg, "TRAIN")
     _T.ENABLE = True  # train before testing (false: test-only run)
@@ -38,6 +39,9 @@ def add_train_config(cfg: CfgNode) -> None:
     _T.FEATURE_CACHE = False  # frozen backbone + DATA.DETERMINISTIC_TRAIN: encode each train video once, reuse it
     _T.CACHE_SIZE = 100000  # videos kept in the training feature cache (least recently used are dropped)
     _T.CACHE_DEVICE = "cpu"  # where the training cache's features live: cpu (host memory) or model
+    rules("TRAIN", NUM_TRAIN_TASKS=NON_NEGATIVE, BATCH_SIZE_PER_TASK=POSITIVE, VAL_FRE_ITER=POSITIVE,
+          CHECKPOINT_PERIOD=NON_NEGATIVE, AUTOCAST=one_of("none", "bf16", "fp16"), CLIP_GRAD_NORM=NON_NEGATIVE,
+          MAX_BAD_STEPS=POSITIVE, CACHE_SIZE=POSITIVE, CACHE_DEVICE=one_of("cpu", "model"))
 
 
 def check_train_config(cfg: CfgNode) -> None:
@@ -45,8 +49,8 @@ def check_train_config(cfg: CfgNode) -> None:
     for key in ("VAL_FRE_ITER", "CHECKPOINT_PERIOD"):
         if cfg.TRAIN[key] % accum:
             # Checkpoints are taken between optimizer steps so a resume never sees half-accumulated gradients.
-            raise ValueError(f"TRAIN.{key} ({cfg.TRAIN[key]}) must be a multiple of "
-                             f"TRAIN.BATCH_SIZE_PER_TASK ({accum})")
+            raise ConfigError(f"TRAIN.{key}: {cfg.TRAIN[key]} is not a multiple of TRAIN.BATCH_SIZE_PER_TASK "
+                              f"({accum}) (checkpoints are taken between optimizer steps; choose a multiple)")
 
 
 def check_train_cache(cfg: CfgNode, model: torch.nn.Module) -> None:
@@ -54,11 +58,11 @@ def check_train_cache(cfg: CfgNode, model: torch.nn.Module) -> None:
     if not cfg.TRAIN.FEATURE_CACHE:
         return
     if not cfg.DATA.DETERMINISTIC_TRAIN:
-        raise ValueError("TRAIN.FEATURE_CACHE needs DATA.DETERMINISTIC_TRAIN True (random views change features)")
+        raise ConfigError("TRAIN.FEATURE_CACHE needs DATA.DETERMINISTIC_TRAIN True (random views change features)")
     if any(p.requires_grad for p in model.backbone.parameters()):
-        raise ValueError("TRAIN.FEATURE_CACHE needs a frozen backbone (VIDEO.HEAD.FINETUNE frozen, text frozen)")
+        raise ConfigError("TRAIN.FEATURE_CACHE needs a frozen backbone (VIDEO.HEAD.FINETUNE frozen, text frozen)")
     if not getattr(model, "supports_feature_cache", False):
-        raise ValueError(f"TRAIN.FEATURE_CACHE: head {type(model).__name__} does not support per-video features")
+        raise ConfigError(f"TRAIN.FEATURE_CACHE: head {type(model).__name__} does not support per-video features")
 
 
 def train_episode_indices(start: int, stop: int) -> list[int]:
@@ -83,6 +87,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.TRAIN.AUTOCAST == "fp16")
         self.checkpointer = Checkpointer(os.path.join(cfg.OUTPUT_DIR, "checkpoints"))
         self.iteration, self.best_acc, self.bad_steps, self.skipped_steps = 0, -1.0, 0, 0
+        self.saved_at = -1  # iteration of the latest `last` checkpoint
         self.replaced_videos: set = set()
         self.ddp = self.model
         if du.get_world_size() > 1:
@@ -94,18 +99,20 @@ class Trainer:
             self.checkpointer.save(name, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                    scaler=self.scaler, iteration=self.iteration, config_yaml=self.cfg.dump(),
                                    extra={"best_acc": self.best_acc, "skipped_steps": self.skipped_steps})
+        if name == "last":
+            self.saved_at = self.iteration
         du.barrier()
 
     def resume(self) -> None:
         path = self.checkpointer.path("last")
         state = load_checkpoint(path)
-        load_model_state(self.model, state["model"], path)
+        load_model_state(self.model, model_state_of(state, self.model, path), path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        self.iteration = state["iteration"]
+        self.iteration = self.saved_at = state["iteration"]
         self.best_acc = state["extra"]["best_acc"]
         self.skipped_steps = state["extra"]["skipped_steps"]
         logger.info("resumed from %s at iteration %d (best val %.2f)", path, self.iteration, self.best_acc)
@@ -142,7 +149,7 @@ class Trainer:
         logger.warning("iteration %d: non-finite loss (%s) skipped (%d in a row, %d in all)",
                        self.iteration, loss.item(), self.bad_steps, self.skipped_steps)
         if self.bad_steps >= self.cfg.TRAIN.MAX_BAD_STEPS:
-            raise FloatingPointError(
+            raise DivergedError(
                 f"stopping: {self.bad_steps} consecutive non-finite losses at iteration {self.iteration} "
                 f"(TRAIN.MAX_BAD_STEPS={self.cfg.TRAIN.MAX_BAD_STEPS}); lower SOLVER.BASE_LR or check the data; "
                 f"the last good state is in {self.checkpointer.path('last')}")
@@ -160,20 +167,41 @@ class Trainer:
         cfg, total = self.cfg, self.cfg.TRAIN.NUM_TRAIN_TASKS
         self.model.train()
         loader = build_loader(cfg, "train", train_episode_indices(self.iteration, total), skip_videos=self.cache)
+        workers_ignore_stop_signals(loader)
         bar = tqdm(total=total, initial=self.iteration, desc="train", disable=not du.is_main_process())
         start, running = time.time(), []
-        for episode in loader:
-            logs = self.run_step(episode)
-            running.append(logs["loss"])
-            bar.update(1)
-            if self.iteration % cfg.LOG_PERIOD == 0 or self.iteration == total:
-                self._log_train(metrics, running, start)
-                running = []
-            if self.iteration % cfg.TRAIN.VAL_FRE_ITER == 0 or self.iteration == total:
-                self._validate(metrics)
-            elif cfg.TRAIN.CHECKPOINT_PERIOD and self.iteration % cfg.TRAIN.CHECKPOINT_PERIOD == 0:
-                self.save("last")
-        bar.close()
+        try:
+            for episode in loader:
+                logs = self.run_step(episode)
+                running.append(logs["loss"])
+                bar.update(1)
+                if self.iteration % cfg.LOG_PERIOD == 0 or self.iteration == total:
+                    self._log_train(metrics, running, start)
+                    running = []
+                if self.iteration % cfg.TRAIN.VAL_FRE_ITER == 0 or self.iteration == total:
+                    self._validate(metrics)
+                elif cfg.TRAIN.CHECKPOINT_PERIOD and self.iteration % cfg.TRAIN.CHECKPOINT_PERIOD == 0:
+                    self.save("last")
+                if self.iteration % cfg.TRAIN.BATCH_SIZE_PER_TASK == 0 and self._stop_agreed():
+                    self._stop()
+        finally:
+            bar.close()
+            del loader  # shut persistent workers down now, not at interpreter exit: a stopped run leaves no orphans
+
+    def _stop_agreed(self) -> bool:
+        """Did any rank get a stop signal? Every rank asks at the same optimizer-step boundary, so none hangs."""
+        return du.all_reduce(torch.tensor(float(STOP.requested), device=self.device)).item() > 0
+
+    def _stop(self) -> None:
+        """Save `last` (if this iteration is not saved yet) and end the run on every rank with PreemptedError."""
+        if self.saved_at != self.iteration:
+            self.save("last")
+        signame = STOP.name or "a signal on another rank"
+        logger.warning("stopped by %s at iteration %d; saved %s", signame, self.iteration,
+                       self.checkpointer.path("last"))
+        raise PreemptedError(f"{self.checkpointer.path('last')}: training stopped by {signame} at iteration "
+                             f"{self.iteration} of {self.cfg.TRAIN.NUM_TRAIN_TASKS}; the state is saved (run the "
+                             f"same command with --resume to continue)")
 
     def _log_train(self, metrics: MetricsWriter, losses: list[float], start: float) -> None:
         finite = [x for x in losses if math.isfinite(x)]
@@ -217,7 +245,7 @@ def train(cfg: CfgNode, device: torch.device, resume: bool) -> Trainer:
 
 def _write_curves(output_dir: str) -> None:
     """curves.png of the finished run; a plotting failure is logged, never the end of a finished run."""
-    from runs.plots import write_curves
+    from utils.plots import write_curves
 
     try:
         logger.info("training curves: %s", write_curves(output_dir))
@@ -228,4 +256,13 @@ def _write_curves(output_dir: str) -> None:
 def load_weights_for_test(model: torch.nn.Module, path: str) -> None:
     """Weights only (strict): a checkpoint from another config fails with the key diff."""
     state = load_checkpoint(path)
-    load_model_state(unwrap(model), state["model"] if "model" in state else state, path)
+    load_model_state(unwrap(model), model_state_of(state, unwrap(model), path), path)
+
+
+def model_state_of(state: dict, model: torch.nn.Module, path: str) -> dict:
+    """The model weights of a checkpoint: ours (`model`, or a bare state dict) or CLIP-FSAR's `.pyth`, whose names
+    are mapped explicitly (models/heads/clipfsar_checkpoint.py; an old-head or unmappable file is a key diff)."""
+    converted = convert_lineage_state(state, model, path)
+    if converted is not None:
+        return converted
+    return state["model"] if "model" in state else state

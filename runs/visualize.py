@@ -9,7 +9,7 @@ Commands:
   episode   one episode's support and query frames with their track boxes, labelled with class and video id:
             python runs/visualize.py episode --cfg <yaml> [--split test] [--index 0] [--out PNG] [KEY VALUE ...]
 
-The curves and episode pictures are drawn by runs/plots.py (the engine calls plots.write_curves itself).
+The curves and episode pictures are drawn by utils/plots.py (the engine calls write_curves itself).
 """
 from __future__ import annotations
 
@@ -26,13 +26,15 @@ if __package__ in (None, ""):  # `python runs/visualize.py`: this repository's p
     # `datasets` installed in the same environment must not shadow ours; see README, Layout)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets import build_dataset  # noqa: E402
 from datasets.sampling import segment_indices  # noqa: E402
 from datasets.splits import read_class_names, split_files  # noqa: E402
 from models.amcap import AMCAP, build_class_text  # noqa: E402
 from models.clip import CLIPBackbone  # noqa: E402
-from runs.plots import write_curves, write_episode  # noqa: E402
-from utils.config import CfgNode, load_config  # noqa: E402
+from runs.config import load_config  # noqa: E402
+from utils.config import CfgNode  # noqa: E402
 from utils.errors import ArgumentError, entry_point  # noqa: E402
+from utils.plots import draw_episode, write_curves  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
 
 TOKENS_PER_REGION = 3  # aligned tokens listed beside each salient region
@@ -206,6 +208,12 @@ def run_episode(args: argparse.Namespace) -> int:
     out = args.out or os.path.join(cfg.OUTPUT_DIR, f"episode_{args.split}_{args.index}.png")
     print(f"wrote {write_episode(cfg, args.split, args.index, out)}")
     return 0
+
+
+def write_episode(cfg: CfgNode, split: str, index: int, out: str) -> str:
+    """Build episode `index` of `split` from `cfg` (the loader's own dataset and transforms) and draw it to `out`."""
+    episode = build_dataset(cfg, split, [index])[0]
+    return draw_episode(episode, cfg.DATA.MEAN, cfg.DATA.STD, out)
 
 
 def check_episode_index(cfg, split: str, index: int) -> None:

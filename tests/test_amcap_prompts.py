@@ -4,7 +4,7 @@ import torch
 
 from models.amcap import AMCAP, build_class_text, encode_prompts
 from models.clip import CLIPBackbone
-from utils.config import get_cfg
+from runs.config import get_cfg
 
 WAY, SHOT, QUERY_PER_CLASS, FRAMES = 3, 2, 2, 8
 NAMES = ["jumping jacks", "pushing something from left to right", "archery"]

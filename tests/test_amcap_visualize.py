@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runs import visualize
-from utils.config import load_config
+from runs.config import load_config
 
 TINY = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", ""]
 

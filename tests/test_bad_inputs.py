@@ -7,10 +7,11 @@ import pytest
 import torch
 from tiny_run import TINY_CFG, tiny_argv, tiny_opts
 
+from runs.config import load_config
 from runs.run import main
 from runs.train_net_few_shot import Trainer
 from utils.checkpoint import CheckpointError
-from utils.config import load_config
+from utils.config import ConfigError
 
 
 class NaNOnIterations(torch.nn.Module):
@@ -65,24 +66,37 @@ def test_too_many_consecutive_non_finite_losses_stop_with_a_clear_message(synthe
         trainer.run_step(episode)
 
 
-def test_test_only_run_needs_a_checkpoint(synthetic_root, tmp_path):
-    with pytest.raises(ValueError, match=r"TEST\.CHECKPOINT_FILE_PATH"):
-        main(tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False"))
+def exits_with(code: int, capsys, argv: list[str]) -> str:
+    """Run `main(argv)`, expect SystemExit(code) and return the one `error: ...` line on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
 
 
-def test_checkpoint_from_another_config_gives_a_readable_key_diff(synthetic_root, tmp_path):
+def test_test_only_run_needs_a_checkpoint(synthetic_root, tmp_path, capsys):
+    line = exits_with(ConfigError.exit_code, capsys, tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False"))
+    assert line == ("error: TEST.CHECKPOINT_FILE_PATH: a test-only run (TRAIN.ENABLE False) needs the weights to "
+                    "test (set TEST.CHECKPOINT_FILE_PATH)")
+    assert not (tmp_path / "t").exists()
+
+
+def test_checkpoint_from_another_config_gives_a_readable_key_diff(synthetic_root, tmp_path, capsys):
     trained = tmp_path / "trained"
     main(tiny_argv(synthetic_root, trained, "TRAIN.NUM_TRAIN_TASKS", "2", "TRAIN.VAL_FRE_ITER", "2",
-                   "TRAIN.BATCH_SIZE_PER_TASK", "1", "TEST.ENABLE", "False", "VIDEO.HEAD.TRANSFORMER_DEPTH", "2"))
+                   "TRAIN.BATCH_SIZE_PER_TASK", "1", "TEST.ENABLE", "False", "TRAIN.TRANSFORMER_DEPTH", "2"))
     ckpt = str(trained / "checkpoints" / "last.pth")
-    with pytest.raises(CheckpointError, match=r"last\.pth: checkpoint does not match the model: .*unexpected: "
-                                              r"temporal\.1\."):
-        main(tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False", "TEST.CHECKPOINT_FILE_PATH", ckpt,
-                       "VIDEO.HEAD.TRANSFORMER_DEPTH", "1"))
+    line = exits_with(CheckpointError.exit_code, capsys, tiny_argv(
+        synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False", "TEST.CHECKPOINT_FILE_PATH", ckpt,
+        "TRAIN.TRANSFORMER_DEPTH", "1"))
+    assert line.startswith(f"error: {ckpt}: checkpoint does not match the model: ")
+    assert "unexpected: temporal.1." in line
 
 
-def test_wrong_type_on_the_command_line_names_the_key(synthetic_root, tmp_path):
-    from utils.config import ConfigError
-
-    with pytest.raises(ConfigError, match=r"command line: TRAIN\.NUM_TRAIN_TASKS expects int"):
-        main(tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.NUM_TRAIN_TASKS", "many"))
+def test_wrong_type_on_the_command_line_names_the_key(synthetic_root, tmp_path, capsys):
+    line = exits_with(ConfigError.exit_code, capsys,
+                      tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.NUM_TRAIN_TASKS", "many"))
+    assert line.startswith("error: command line: TRAIN.NUM_TRAIN_TASKS expects int") and line.endswith("got 'many'")

@@ -2,6 +2,9 @@
 import os
 import pickle
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +104,27 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["iteration"] == 1
     assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+
+
+FILL_DISK = """
+import resource, signal, sys, torch
+from utils.checkpoint import atomic_save
+path = sys.argv[1]
+atomic_save({"iteration": 1, "weights": torch.zeros(10)}, path)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+atomic_save({"iteration": 2, "weights": torch.zeros(1_000_000)}, path)
+"""
+
+
+def test_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path):
+    """A real failed write (RLIMIT_FSIZE gives EFBIG, as ENOSPC/EDQUOT would): one line, old file, no temp file."""
+    path = tmp_path / "last.pth"
+    proc = subprocess.run([sys.executable, "-c", FILL_DISK, str(path)], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"utils.checkpoint.CheckpointError: {path}: no space left on device; the previous checkpoint is intact "
+        f"(free space or raise the quota, then --resume)")
+    assert load_checkpoint(str(path))["iteration"] == 1
+    assert os.listdir(tmp_path) == ["last.pth"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.clip import CLIPBackbone, open_clip_name
-from utils.config import load_config
+from runs.config import load_config
 
 TINY = "FSAR-Tiny-ViT"
 TINY_RN = {  # a ModifiedResNet small enough for a unit test (registered from a temporary folder)

@@ -3,7 +3,8 @@ import textwrap
 
 import pytest
 
-from utils.config import ConfigError, config_from_yaml_text, get_cfg, load_config, parse_literal
+from runs.config import config_from_yaml_text, get_cfg, load_config
+from utils.config import ConfigError, parse_literal
 
 
 def write(path, text):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models import build_model
-from utils.config import load_config
+from runs.config import load_config
 
 CONFIGS = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 TINY = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", ""]

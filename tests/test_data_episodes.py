@@ -11,7 +11,7 @@ import torch
 from datasets import DATASET_REGISTRY, build_dataset, build_loader
 from datasets.sampling import EpisodeConfigError
 from datasets.video import BadVideoError
-from utils.config import load_config
+from runs.config import load_config
 
 
 def _cfg(root, *opts):

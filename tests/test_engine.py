@@ -27,13 +27,30 @@ def test_train_and_test_end_to_end_writes_the_run_folder(synthetic_root, tmp_pat
     assert load_checkpoint(str(out / "checkpoints" / "last.pth"))["iteration"] == 8
 
 
-def test_existing_run_folder_is_refused_without_resume(synthetic_root, tmp_path):
+def last_stderr_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_existing_run_folder_is_refused_without_resume(synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
     main(tiny_argv(synthetic_root, out, "TRAIN.NUM_TRAIN_TASKS", "4", "TRAIN.NUM_TEST_TASKS", "1"))
-    with pytest.raises(FileExistsError, match=r"already holds a run .*pass --resume"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         main(tiny_argv(synthetic_root, out))
-    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint to resume from at .*last\.pth"):
-        main(["--resume", *tiny_argv(synthetic_root, tmp_path / "fresh")])
+    assert exit_info.value.code == 9
+    assert last_stderr_line(capsys) == (
+        f"error: {out}: OUTPUT_DIR already holds a run (config.yaml, checkpoints, results.json, metrics.jsonl) "
+        f"(pass --resume to continue it or set OUTPUT_DIR to a new folder)")
+    fresh = tmp_path / "fresh"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--resume", *tiny_argv(synthetic_root, fresh)])
+    assert exit_info.value.code == 9
+    assert last_stderr_line(capsys) == (
+        f"error: {fresh}/checkpoints/last.pth: no checkpoint to resume from (start without --resume, or set "
+        f"OUTPUT_DIR to the run to continue)")
+    assert not fresh.exists()
 
 
 def test_resume_continues_identically(synthetic_root, tmp_path):

@@ -4,8 +4,8 @@ import torch
 from tiny_run import TINY_CFG, tiny_opts
 
 from models import build_model
+from runs.config import load_config
 from runs.test_net_few_shot import evaluate
-from utils.config import load_config
 
 
 @pytest.mark.parametrize("extra", [(), ("VIDEO.HEAD.NAME", "MCDP_FSAR", "VFAM.ENABLE", "True", "AMCAP.ENABLE", "True",
@@ -62,7 +62,7 @@ def test_training_cache_refuses_random_views(synthetic_root, tmp_path):
 
 
 def test_cache_keeps_its_own_copies_and_names_a_bad_storage_key():
-    from runs.feature_cache import VideoFeatureCache
+    from models.feature_cache import VideoFeatureCache
 
     cache = VideoFeatureCache(4, "TEST.CACHE_SIZE", "cpu")
     batch = torch.arange(6.0).reshape(2, 3)

@@ -1,11 +1,14 @@
-"""CLIP-FSAR head on a tiny random 5-way 1-shot episode: losses, label independence, caching, one backbone pass."""
+"""CLIP-FSAR head on a tiny random 5-way 1-shot episode: losses, label independence, caching, one backbone pass;
+the temporal block and cosine against CLIP-FSAR's equations."""
 import pytest
 import torch
 
 from models.build import HEAD_REGISTRY, build_model
 from models.clip import CLIPBackbone
-from models.heads.clipfsar import CNN_OTAM_CLIPFSAR, class_means
-from utils.config import load_config
+from models.heads.clipfsar import CNN_OTAM_CLIPFSAR, TemporalBlock, class_means, lineage_cosine
+from models.otam import otam_distance
+from runs.config import load_config
+from utils.config import ConfigError
 
 WAY, SHOT, QUERY, FRAMES, SIZE = 5, 1, 1, 8, 64
 SPLIT_CLASSES = [f"class {i}" for i in range(12)]
@@ -203,3 +206,122 @@ def test_invalid_options_are_rejected():
         CNN_OTAM_CLIPFSAR(backbone=backbone, prompt_template="a photo")
     with pytest.raises(ValueError, match="TRANSFORMER_HEADS"):
         CNN_OTAM_CLIPFSAR(backbone=backbone, transformer_heads=7)
+
+
+# ---------------------------------------------------------------------------------------------- lineage equations
+def reference_block(x: torch.Tensor, block: TemporalBlock, heads: int) -> torch.Tensor:
+    """CLIP-FSAR's Transformer_v1 block written out: x = attn(LN(x)) + x; x = ff(x) + x (eval mode)."""
+    batch, length, dim = x.shape
+    h = torch.nn.functional.layer_norm(x, (dim,), block.norm.weight, block.norm.bias)
+    w_q, w_k, w_v = block.attn.qkv.weight.chunk(3)
+    q, k, v = ((h @ w.t()).reshape(batch, length, heads, dim // heads).transpose(1, 2) for w in (w_q, w_k, w_v))
+    weights = torch.softmax(q @ k.transpose(-1, -2) * (dim // heads) ** -0.5, dim=-1)
+    attended = (weights @ v).transpose(1, 2).reshape(batch, length, dim)
+    x = attended @ block.attn.to_out.weight.t() + block.attn.to_out.bias + x
+    first, second = block.ffn[0], block.ffn[3]
+    hidden = torch.nn.functional.gelu(x @ first.weight.t() + first.bias)
+    return hidden @ second.weight.t() + second.bias + x
+
+
+def test_temporal_block_computes_clip_fsar_transformer_v1():
+    torch.manual_seed(0)
+    block = TemporalBlock(64, 8, 96, attn_dropout=0.2, ffn_dropout=0.05).eval()
+    for p in block.parameters():  # away from the init (LayerNorm 1/0, ...) so every term shows
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(3, 9, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference_block(x, block, heads=8))
+    # No second LayerNorm, no q/k/v bias: the only parameters are these.
+    assert sorted(n for n, _ in block.named_parameters()) == [
+        "attn.qkv.weight", "attn.to_out.bias", "attn.to_out.weight", "ffn.0.bias", "ffn.0.weight",
+        "ffn.3.bias", "ffn.3.weight", "norm.bias", "norm.weight"]
+
+
+def test_attention_dropout_drops_the_branch_output_not_the_weights():
+    torch.manual_seed(0)
+    block = TemporalBlock(64, 8, 96, attn_dropout=0.5, ffn_dropout=0.0)
+    x = torch.randn(4, 9, 64)
+    captured = []
+    block.attn.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    with torch.no_grad():
+        block.eval()(x)
+        block.train()(x)
+    clean, dropped = captured
+    kept = dropped != 0
+    assert 0.35 < 1 - kept.float().mean() < 0.65  # about half of the branch output is zeroed
+    # The kept entries are the clean output scaled by 1 / (1 - p): dropout on the output, nothing inside attention.
+    torch.testing.assert_close(dropped[kept], clean[kept] / 0.5)
+
+
+def test_one_head_has_no_output_projection_as_in_clip_fsar():
+    block = TemporalBlock(16, 1, 32, attn_dropout=0.5, ffn_dropout=0.0)
+    assert not any(n.startswith("attn.to_out") for n, _ in block.named_parameters())
+
+
+def test_lineage_cosine_adds_epsilon_to_the_norm_product():
+    x = torch.tensor([[3.0, 4.0]])  # |x| = 5
+    y = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # |y| = 1, 2
+    torch.testing.assert_close(lineage_cosine(x, y, 0.01), torch.tensor([[3 / 5.01, 8 / 10.01]]))
+    torch.testing.assert_close(lineage_cosine(x, y, 0.0), torch.tensor([[0.6, 0.8]]))
+
+
+def test_frame_distances_use_the_lineage_cosine(episode):
+    head = make_head(frame_feature="global").eval()
+    assert head.cosine_eps == 0.01  # the lineage's default
+    queries, prototypes = torch.randn(2, FRAMES, 64), torch.randn(3, FRAMES, 64)
+    q_norm, p_norm = queries.norm(dim=-1), prototypes.norm(dim=-1)
+    cos = torch.einsum("qtd,csd->qcts", queries, prototypes) / (q_norm[:, None, :, None] * p_norm[None, :, None]
+                                                                + 0.01)
+    torch.testing.assert_close(head._otam_distances(queries, prototypes), otam_distance(1 - cos, 0.5))
+    head.cosine_eps = 0.0
+    exact = torch.einsum("qtd,csd->qcts", queries / q_norm[..., None], prototypes / p_norm[..., None])
+    torch.testing.assert_close(head._otam_distances(queries, prototypes), otam_distance(1 - exact, 0.5))
+
+
+def test_video_text_logits_use_the_lineage_cosine(episode):
+    head = make_head(frame_feature="global").train()
+    with torch.no_grad():
+        head.text_logit_scale.fill_(3.0)
+        feats = head.encode_videos(torch.cat([episode["support_set"], episode["target_set"]]))
+        num_support = episode["support_set"].shape[0]
+        support = {k: v[:num_support] for k, v in feats.items()}
+        target = {k: v[num_support:] for k, v in feats.items()}
+        losses = head._losses(torch.zeros(WAY * QUERY, WAY), support, target, episode)
+        video = feats["video_text"].mean(1)
+        text = head.class_text_features(SPLIT_CLASSES)
+        cos = video @ text.t() / (video.norm(dim=-1)[:, None] * text.norm(dim=-1)[None] + 0.01)
+        labels = torch.cat([episode["real_support_labels"], episode["real_target_labels"]])
+        torch.testing.assert_close(losses["video_text_ce"], torch.nn.functional.cross_entropy(3.0 * cos, labels))
+
+
+def test_depth_is_clip_fsar_train_transformer_depth():
+    base = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", ""]
+    assert len(build_model(load_config(None, [*base, "TRAIN.TRANSFORMER_DEPTH", "2"])).temporal) == 2
+    with pytest.raises(ConfigError, match=r"TRAIN\.TRANSFORMER_DEPTH.*CLIP-FSAR reads 0 as 1"):
+        load_config(None, [*base, "TRAIN.TRANSFORMER_DEPTH", "0"])
+    with pytest.raises(ConfigError, match=r"unknown config key VIDEO\.HEAD\.TRANSFORMER_DEPTH"):
+        load_config(None, [*base, "VIDEO.HEAD.TRANSFORMER_DEPTH", "2"])
+
+
+@pytest.mark.parametrize("finetune, training, expected", [
+    ("full", True, "separate"), ("full", False, "joint"), ("frozen", True, "joint")])
+def test_batchnorm_backbone_encodes_support_and_query_apart_while_training(monkeypatch, finetune, training,
+                                                                           expected):
+    """CLIP-FSAR's two backbone calls give RN50's training-mode BatchNorm per-set batch statistics."""
+    torch.manual_seed(0)
+    backbone = CLIPBackbone("RN50", finetune=finetune)
+    head = CNN_OTAM_CLIPFSAR(backbone=backbone, transformer_mlp_dim=64).train(training)
+    frames = 2
+    episode = dict(tiny_episode(), support_set=torch.zeros(WAY, frames, 3, 4, 4),
+                   target_set=torch.zeros(WAY * QUERY, frames, 3, 4, 4))
+    calls = []
+
+    def encode_frames(images, dense=False):  # stands in for the RN50 pass: only the batching is checked here
+        calls.append(images.shape[0])
+        return {"global": torch.randn(images.shape[0], backbone.embed_dim)}
+
+    monkeypatch.setattr(backbone, "encode_frames", encode_frames)
+    with torch.no_grad():
+        head(episode)
+    assert calls == ([WAY * frames, WAY * QUERY * frames] if expected == "separate"
+                     else [WAY * (1 + QUERY) * frames])

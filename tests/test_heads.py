@@ -5,7 +5,7 @@ from tiny_run import TINY_CFG, tiny_opts
 
 from datasets import build_dataset
 from models import HEAD_REGISTRY, build_model
-from utils.config import load_config
+from runs.config import load_config
 
 MODULES_ON = ("VFAM.ENABLE", "True", "AMCAP.ENABLE", "True", "AMCAP.NUM_COALITIONS", "16")
 

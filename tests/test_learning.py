@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from models import build_model
+from runs.config import load_config
 from runs.run import main
 from runs.test_net_few_shot import evaluate
-from utils.config import load_config
 
 DEMO = "configs/projects/MCDPFSAR/synthetic/demo.yaml"
 

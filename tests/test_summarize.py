@@ -32,7 +32,7 @@ def test_summary_table_has_differing_keys_and_accuracy(tmp_path):
 
 
 def test_keys_missing_from_older_runs_take_the_default(tmp_path):
-    from utils.config import get_cfg
+    from runs.config import get_cfg
 
     default_lambda = get_cfg().VIDEO.HEAD.OTAM_LAMBDA
     old = {"DATA": {"DATASET": "Synthetic_few_shot"}, "VFAM": {"ENABLE": True}}  # predates the newer keys

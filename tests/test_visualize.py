@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from runs import plots, visualize
-from utils.config import load_config
+from runs import visualize
+from runs.config import load_config
+from utils import plots
+from utils.errors import RunFolderError
 
 
 def _write_metrics(run: Path, records: list[dict]) -> None:
@@ -64,8 +66,9 @@ def test_curves_name_the_missing_metrics_file(tmp_path):
 def test_curves_name_the_file_with_a_broken_line(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"iteration": 1, "train/loss": 2.0}\n{"iteration": 2, "tra\n')
-    with pytest.raises(ValueError, match=r"metrics\.jsonl: a line is not JSON"):
+    # A torn last line is dropped (a run killed mid-append); a broken line before others is an error.
+    (run / "metrics.jsonl").write_text('{"iteration": 1, "tra\n{"iteration": 2, "train/loss": 2.0}\n')
+    with pytest.raises(RunFolderError, match=r"metrics\.jsonl:1: not a JSON record"):
         plots.write_curves(str(run))
 
 

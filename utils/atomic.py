@@ -21,6 +21,7 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True, fs
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide checkpoints from a shared group
         os.replace(tmp, path)
         if fsync:
             dir_fd = os.open(folder, os.O_RDONLY)
@@ -32,3 +33,9 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True, fs
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

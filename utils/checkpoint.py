@@ -1,16 +1,17 @@
 """Checkpoints: atomic writes, `last`/`best` files, full training state, safe and strict loading."""
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from utils.atomic import atomic_write
 from utils.errors import UserError
 
 
@@ -21,29 +22,35 @@ class CheckpointError(UserError, RuntimeError):
     family = "checkpoint"
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+# Errors that mean "the disk (or a quota, or a file-size limit) is full": the run cannot go on, the old file is fine.
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
-    A crash at any point leaves either the old file or the new one, never a torn file.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save through `utils.atomic.atomic_write` (temporary file, fsync, rename): a crash leaves either the old
+    file or the new one. A full disk (ENOSPC, EFBIG, EDQUOT) is a one-line CheckpointError; the temporary file is
+    removed either way."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except BaseException as e:
+        if _disk_full(e):
+            kept = "the previous checkpoint is intact" if os.path.isfile(path) else "no earlier checkpoint"
+            raise CheckpointError(f"{path}: no space left on device; {kept} (free space or raise the quota, "
+                                  f"then --resume)") from None
         raise
+
+
+def _disk_full(err: BaseException) -> bool:
+    """torch.save reports a failed write as RuntimeError("... file write failed") without errno; walk the chain."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return True
+        if isinstance(err, RuntimeError) and "write failed" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def rng_state() -> dict:

@@ -1,9 +1,10 @@
 """Typed hierarchical config: defaults declared in code, YAML files and `KEY VALUE` pairs override.
 
-Every component declares its keys (with a type, a default and a comment) in an `add_<x>_config(cfg)`
-function beside the code that reads them and registers it with `@register_config`. `get_cfg()`
-builds the full default tree; `load_config(path, opts)` merges a YAML file (with `_BASE_` inheritance)
-and command-line pairs, type-checks every value against its default and freezes the result.
+Every component declares its keys (with a type, a default, a comment and, where it has one, a rule) in an
+`add_<x>_config(cfg)` function beside the code that reads them. `build_defaults(hooks)` builds the default tree from
+an ordered list of those hooks (the project's list: runs/config.py); `merge_config(defaults, path, opts)` merges a
+YAML file (with `_BASE_` inheritance) and command-line pairs, type- and range-checks every value and freezes the
+result. This module is the mechanism only: it imports nothing of the project above utils/.
 """
 from __future__ import annotations
 
@@ -23,9 +24,6 @@ from utils.textfiles import read_text
 # `_BASE_` is ours (and detectron2's); the other three are CLIP-FSAR's spellings of the same thing.
 BASE_KEYS = ("_BASE_", "_BASE", "_BASE_RUN", "_BASE_MODEL")
 
-_CONFIG_HOOKS: list[Callable[["CfgNode"], None]] = []
-
-
 class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied; the message names the file and key."""
 
@@ -34,14 +32,7 @@ class ConfigError(UserError, ValueError):
 
 
 class CfgNode(_FvcoreCfgNode):
-    """fvcore's CfgNode (yacs) with our loading rules; see `load_config`."""
-
-
-def register_config(fn: Callable[[CfgNode], None]) -> Callable[[CfgNode], None]:
-    """Register an `add_<x>_config(cfg)` hook; `get_cfg` calls all hooks in import order."""
-    if fn not in _CONFIG_HOOKS:
-        _CONFIG_HOOKS.append(fn)
-    return fn
+    """fvcore's CfgNode (yacs) with our loading rules; see `merge_config`."""
 
 
 def section(cfg: CfgNode, name: str) -> CfgNode:
@@ -116,15 +107,13 @@ def _base_defaults() -> CfgNode:
     return _C
 
 
-def get_cfg() -> CfgNode:
-    """The full default config (unfrozen): base keys plus every registered component's section."""
-    # Importing the packages registers their config hooks (plain imports; failures are loud).
-    import datasets  # noqa: F401
-    import models  # noqa: F401
-    import runs  # noqa: F401
+def build_defaults(hooks: Iterable[Callable[[CfgNode], None]]) -> CfgNode:
+    """The full default tree (unfrozen): base keys plus each hook's section, in the order given.
 
+    The project's one ordered list of hooks lives at the top of the stack (runs/config.py); this module only
+    provides the mechanism and imports nothing of the project."""
     cfg = _base_defaults()
-    for hook in _CONFIG_HOOKS:
+    for hook in hooks:
         hook(cfg)
     return cfg
 
@@ -377,9 +366,10 @@ def merge_opts(cfg: CfgNode, opts: Iterable[str]) -> None:
         node[leaf] = coerce(node[leaf], value, full_key, "command line")
 
 
-def load_config(path: str | None = None, opts: Iterable[str] = (), freeze: bool = True) -> CfgNode:
-    """Defaults <- YAML file (with bases) <- command-line pairs; frozen unless asked otherwise."""
-    cfg = get_cfg()
+def merge_config(defaults: CfgNode, path: str | None = None, opts: Iterable[str] = (),
+                 freeze: bool = True) -> CfgNode:
+    """`defaults` <- YAML file (with bases) <- command-line pairs; frozen unless asked otherwise."""
+    cfg = defaults
     if path:
         merge_dict(cfg, load_yaml_with_bases(path))
     merge_opts(cfg, opts)
@@ -388,10 +378,9 @@ def load_config(path: str | None = None, opts: Iterable[str] = (), freeze: bool 
     return cfg
 
 
-def config_from_yaml_text(text: str) -> CfgNode:
+def config_from_text(defaults: CfgNode, text: str) -> CfgNode:
     """Rebuild a frozen config from `cfg.dump()` output (e.g. the copy stored in a checkpoint)."""
-    cfg = get_cfg()
     data = parse_literal(text) or {}
-    merge_dict(cfg, _origin_tag(data, "<stored config>"))
-    cfg.freeze()
-    return cfg
+    merge_dict(defaults, _origin_tag(data, "<stored config>"))
+    defaults.freeze()
+    return defaults

@@ -5,10 +5,13 @@ SLURM_LOCALID, MASTER_ADDR from the node list), or by `launch` spawning NUM_GPUS
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
+import signal
 import socket
+import threading
 from typing import Any, Callable
 
 import torch
@@ -110,13 +113,50 @@ def _spawned_entry(local_rank: int, world_size: int, port: int, fn: Callable, ar
 
 def launch(fn: Callable, num_processes: int, args: tuple = ()) -> None:
     """Run `fn(*args)` in `num_processes` local processes on a free port, or inline if already
-    under torchrun/SLURM or for one process. `fn` must call `init_from_env` itself."""
+    under torchrun/SLURM or for one process. `fn` must call `init_from_env` itself.
+
+    SIGTERM/SIGUSR1 sent to this (parent) process are forwarded to the ranks, which stop cleanly; a rank's error
+    reaches the caller as torch's ProcessRaisedException (utils.errors.find_user_error unwraps it)."""
     env_from_slurm()
     if num_processes <= 1 or "RANK" in os.environ:
         fn(*args)
         return
-    mp.start_processes(_spawned_entry, args=(num_processes, find_free_port(), fn, args),
-                       nprocs=num_processes, join=True, start_method="spawn")
+    context = mp.start_processes(_spawned_entry, args=(num_processes, find_free_port(), fn, args),
+                                 nprocs=num_processes, join=False, start_method="spawn")
+    with _forward_stop_signals(context.processes):
+        # After one rank fails, give the others time to end on their own (they raise the same error).
+        while not context.join(grace_period=60):
+            pass
+
+
+@contextlib.contextmanager
+def _forward_stop_signals(processes: list):
+    """Parent of spawned ranks: pass SIGTERM/SIGUSR1 on. A terminal's Ctrl-C reaches every process of the group
+    already, so the first SIGINT is not forwarded (the ranks would count it twice); a second one kills them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = []
+
+    def forward(signum, frame):
+        if signum == signal.SIGINT:
+            if interrupted:
+                for p in processes:
+                    if p.is_alive():
+                        p.kill()
+                raise KeyboardInterrupt
+            interrupted.append(signum)
+            return
+        for p in processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -43,6 +43,13 @@ class PreemptedError(UserError, RuntimeError):
     family = "preempted"
 
 
+class DivergedError(UserError, FloatingPointError):
+    """Training stopped after TRAIN.MAX_BAD_STEPS consecutive non-finite losses; the last good state is on disk."""
+
+    exit_code = 11
+    family = "diverged"
+
+
 def all_families() -> list[type[UserError]]:
     """Every UserError subclass defined so far (the project's modules define the rest)."""
     found, todo = [], [UserError]
@@ -56,6 +63,9 @@ def all_families() -> list[type[UserError]]:
 # torch re-raises a worker's exception as `exc_type(msg)` (or RuntimeError(msg) when the type needs other
 # arguments) with msg = "Caught <Type> in DataLoader worker process N.\nOriginal Traceback ...\n<mod>.<Type>: <msg>".
 _WRAPPED = re.compile(r"Caught (?P<type>\w+) in (?:DataLoader worker process \d+|replica \d+ on device \d+)")
+# torch.multiprocessing's ProcessRaisedException (a spawned rank failed): "-- Process N terminated with the following
+# error:\n" and the child's formatted traceback, whose last line is "<mod>.<Type>: <msg>".
+_SPAWNED = re.compile(r"-- Process \d+ terminated with the following error:")
 _LAST_LINE = re.compile(r"^(?:[\w.]+\.)?(?P<type>\w+): (?P<msg>.*)$")
 
 
@@ -66,8 +76,8 @@ def find_user_error(err: BaseException) -> tuple[str, int] | None:
         seen.add(id(err))
         text = str(err)
         wrapped = _WRAPPED.search(text)
-        if wrapped:
-            found = _from_traceback_text(text, wrapped["type"])
+        if wrapped or _SPAWNED.search(text):
+            found = _from_traceback_text(text, wrapped["type"] if wrapped else None)
             if found:
                 return found
         elif isinstance(err, UserError):
@@ -76,11 +86,16 @@ def find_user_error(err: BaseException) -> tuple[str, int] | None:
     return None
 
 
-def _from_traceback_text(text: str, type_name: str) -> tuple[str, int] | None:
+def _from_traceback_text(text: str, type_name: str | None) -> tuple[str, int] | None:
+    """The last `<mod>.<Type>: <msg>` line of a formatted traceback whose type is `type_name` (None: any family)."""
     families = {cls.__name__: cls for cls in all_families()}
-    if type_name not in families:
+    if type_name is not None and type_name not in families:
         return None
-    for line in reversed(text.strip().splitlines()):
+    lines = text.strip().splitlines()
+    if type_name is None:  # a spawned rank: its traceback's last line is the exception that ended it
+        m = _LAST_LINE.match(lines[-1].strip()) if lines else None
+        return (m["msg"], families[m["type"]].exit_code) if m and m["type"] in families else None
+    for line in reversed(lines):
         m = _LAST_LINE.match(line.strip())
         if m and m["type"] == type_name:
             return m["msg"], families[type_name].exit_code

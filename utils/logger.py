@@ -9,6 +9,7 @@ from typing import Any
 import simplejson as json
 
 from utils import distributed as du
+from utils.errors import RunFolderError
 
 LOGGER_NAME = "fsar"
 
@@ -63,11 +64,12 @@ class MetricsWriter:
                     self.tb.add_scalar(key, value, step)
 
     def truncate_after(self, iteration: int) -> None:
-        """On resume, drop records past the checkpoint so the file reads as one uninterrupted run."""
+        """On resume, drop records past the checkpoint so the file reads as one uninterrupted run.
+
+        A torn last line (the process was killed during an append) is dropped with a warning."""
         if not self.enabled or not os.path.isfile(self.path):
             return
-        with open(self.path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        kept = [line for line, record in _read_records(self.path) if record.get("iteration", 0) <= iteration]
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(kept)
 
@@ -77,5 +79,25 @@ class MetricsWriter:
 
 
 def read_metrics(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Records of a metrics.jsonl; a torn last line is dropped with a warning."""
+    return [record for _, record in _read_records(path)]
+
+
+def _read_records(path: str) -> list[tuple[str, dict]]:
+    """(line, record) pairs. Only the last line can be torn (records are appended whole, so a kill during an
+    append leaves a partial last line); it is dropped with a warning. An unreadable line before it is an error."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    out = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"expected an object, got {type(record).__name__}")
+            out.append((line if line.endswith("\n") else line + "\n", record))
+        except ValueError as e:
+            if i < len(lines) - 1:
+                raise RunFolderError(f"{path}:{n}: not a JSON record ({e}) (delete or fix that line)") from None
+            get_logger("metrics").warning("%s:%d: dropping a torn last line (the run was killed while writing "
+                                          "it): %r", path, n, line[:80])
+    return out

@@ -6,10 +6,9 @@ import math
 import torch
 from torch import nn
 
-from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, each, one_of, register_config, rules, section
+from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, each, one_of, rules, section
 
 
-@register_config
 def add_solver_config(cfg: CfgNode) -> None:
     _S = section(cfg, "SOLVER")
     _S.OPTIM_METHOD = "adam"  # adam (L2 weight decay, as the lineage), adamw (decoupled) or sgd

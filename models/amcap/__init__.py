@@ -1,4 +1,4 @@
-"""AMCAP: Shapley-interaction regions and dynamic multi-modal context prompts (DESIGN section 6)."""
+"""AMCAP: Shapley-interaction regions and dynamic multi-modal context prompts (docs/design.md §6)."""
 from models.amcap.amcap import AMCAP, VideoTokens, add_amcap_config
 from models.amcap.prompts import ClassText, PromptGenerator, build_class_text, encode_prompts
 from models.amcap.regions import Regions, partition_cells

@@ -1,4 +1,4 @@
-"""AMCAP: adaptive multi-modal contextual alignment prompting (DESIGN section 6, steps 1-7).
+"""AMCAP: adaptive multi-modal contextual alignment prompting (docs/design.md §6, steps 1-7).
 
 Per episode: Shapley interactions between adjacent grid cells on a few key frames (no gradient, one shared set of
 coalitions) -> regions by merging positively interacting cells -> region features (differentiable) -> attention
@@ -36,10 +36,9 @@ from models.amcap.shapley import (
     pool_cells,
     sample_coalitions,
 )
-from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, one_of, register_config, rules, section
+from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, one_of, rules, section
 
 
-@register_config
 def add_amcap_config(cfg: CfgNode) -> None:
     _A = section(cfg, "AMCAP")
     _A.ENABLE = False  # add AMCAP's dynamic class prompts to the head

@@ -1,11 +1,12 @@
 """CLIP-FSAR head (CNN_OTAM_CLIPFSAR): CLIP frame features, text prototype modulation, bidirectional OTAM.
 
-Per episode: one backbone pass over support and query frames; a temporal transformer over each query's frames
-and over each support's frames plus one class-text token ("a photo of {name}" through the frozen text encoder);
-shots averaged per class (before the transformer with MERGE_BEFORE); frame distances 1 - cos; OTAM distance in
-both directions; logits = -distance. Training adds USE_CLASSIFICATION_VALUE * CE of video-text logits over all
-classes of the split (learnable scale). At test time EVAL_TEXT / COMBINE use the text logits as CLIP-FSAR does.
-Nothing computed for queries reads their labels: only the loss uses target labels.
+Per episode: one backbone pass over support and query frames; a temporal transformer (CLIP-FSAR's Transformer_v1)
+over each query's frames and over each support's frames plus one class-text token ("a photo of {name}" through the
+frozen text encoder); shots averaged per class (before the transformer with MERGE_BEFORE); frame distances 1 - cos
+with CLIP-FSAR's cos_sim, x.y / (|x||y| + 0.01); OTAM distance in both directions; logits = -distance. Training
+adds USE_CLASSIFICATION_VALUE * CE of video-text logits over all classes of the split (learnable scale). At test
+time EVAL_TEXT / COMBINE use the text logits as CLIP-FSAR does. Nothing computed for queries reads their labels:
+only the loss uses target labels. CLIP-FSAR's own checkpoints load through models/heads/clipfsar_checkpoint.py.
 """
 from __future__ import annotations
 
@@ -19,52 +20,93 @@ from models.build import HEAD_REGISTRY
 from models.clip import CLIPBackbone
 from models.otam import otam_distance
 from models.vfam import VFAM
-from utils.config import CfgNode, register_config, section
+from utils.config import (
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    CfgNode,
+    ConfigError,
+    Rule,
+    rules,
+    section,
+)
 
 FRAME_FEATURES = ("global", "patch_map")
 
 
-@register_config
 def add_clipfsar_config(cfg: CfgNode) -> None:
     _H = section(section(cfg, "VIDEO"), "HEAD")
     _H.FRAME_FEATURE = "global"  # frame descriptor: global (CLIP image embedding) or patch_map (centred pooled tokens)
     _H.PATCH_POOL = 2  # patch_map: tokens average-pooled to PATCH_POOL x PATCH_POOL cells (descriptor D*P*P)
     _H.PROJ_DIM = 0  # >0: learned linear map of frame descriptors (and text) to this width before the transformer
-    _H.TRANSFORMER_DEPTH = 1  # temporal transformer blocks (shared by queries and text-modulated supports)
-    _H.TRANSFORMER_HEADS = 8  # attention heads of the temporal transformer
-    _H.TRANSFORMER_MLP_DIM = 2048  # hidden width of its feed-forward layers (CLIP-FSAR: 2048)
-    _H.TRANSFORMER_DROPOUT = 0.2  # attention dropout (CLIP-FSAR: 0.2)
-    _H.TRANSFORMER_FFN_DROPOUT = 0.05  # feed-forward dropout (CLIP-FSAR: 0.05)
+    _H.TRANSFORMER_HEADS = 8  # attention heads of the temporal transformer (CLIP-FSAR: 8, fixed in its code)
+    _H.TRANSFORMER_MLP_DIM = 2048  # hidden width of its feed-forward layers (CLIP-FSAR: 2048 for RN50 and ViT-B/16)
+    # Dropout on the attention branch's output, after its output projection (CLIP-FSAR's Attention_qkv.to_out);
+    # the attention weights themselves are never dropped. CLIP-FSAR: 0.2.
+    _H.TRANSFORMER_DROPOUT = 0.2
+    _H.TRANSFORMER_FFN_DROPOUT = 0.05  # dropout after each feed-forward Linear (CLIP-FSAR: 0.05)
+    # CLIP-FSAR's cos_sim is x.y / (|x||y| + 0.01): used for the frame distances and the training video-text
+    # logits (its test-time EVAL_TEXT / COMBINE normalise exactly, and so do ours). 0: the exact cosine.
+    _H.COSINE_EPS = 0.01
     _H.PROMPT_TEMPLATE = "a photo of {}"  # text prompt; {} is replaced by the class name
     _H.OTAM_LAMBDA = 0.5  # OTAM soft-minimum temperature
+    rules("VIDEO.HEAD", PATCH_POOL=POSITIVE, PROJ_DIM=NON_NEGATIVE, TRANSFORMER_HEADS=POSITIVE,
+          TRANSFORMER_MLP_DIM=POSITIVE, TRANSFORMER_DROPOUT=PROBABILITY, TRANSFORMER_FFN_DROPOUT=PROBABILITY,
+          COSINE_EPS=NON_NEGATIVE, OTAM_LAMBDA=POSITIVE)
     _T = section(cfg, "TRAIN")
+    # Temporal transformer blocks, shared by queries and text-modulated supports. The only depth key, under
+    # CLIP-FSAR's name (TRAIN.TRANSFORMER_DEPTH), so its YAMLs mean the same here. CLIP-FSAR reads 0 (or no key)
+    # as 1 through a truthiness check; here 0 is refused rather than silently changed.
+    _T.TRANSFORMER_DEPTH = 1
     _T.USE_CLASSIFICATION = True  # add the video-text loss over all classes of the split
     _T.USE_CLASSIFICATION_VALUE = 1.0  # its weight (CLIP-FSAR configs use 1.5 to 3.0)
     _T.MERGE_BEFORE = False  # average shots per class before the temporal transformer (else after)
     _T.SINGLE_DIRECT = False  # OTAM query->support only (else bidirectional)
     _T.EVAL_TEXT = False  # test time: classify queries by video-text similarity only
     _T.COMBINE = False  # test time: p_text^TEXT_COFF * p_visual^(1 - TEXT_COFF)
-    _T.TEXT_COFF = 0.9  # COMBINE: exponent of the text probabilities (CLIP-FSAR's default 0.9)
+    # COMBINE: exponent of the text probabilities, taken literally: 0 is visual only. (CLIP-FSAR's truthiness
+    # check turns TEXT_COFF 0 into its default 0.9; write 0.9 for that.)
+    _T.TEXT_COFF = 0.9
+    rules("TRAIN", TRANSFORMER_DEPTH=Rule("> 0 (CLIP-FSAR reads 0 as 1; write 1)", lambda v: v > 0),
+          USE_CLASSIFICATION_VALUE=NON_NEGATIVE, TEXT_COFF=PROBABILITY)
+
+
+class TemporalAttention(nn.Module):
+    """CLIP-FSAR's Attention_qkv as self-attention: q/k/v projections without bias (stored as one [3d, d] matrix,
+    q then k then v), softmax(q k^T / sqrt(d / heads)) v per head, then the output projection (with bias) and
+    dropout on its output. With one head the lineage has no output projection, hence no dropout either."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"VIDEO.HEAD.TRANSFORMER_HEADS: transformer width {dim} is not divisible by {heads} "
+                              f"heads (pick a divisor of {dim})")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        project_out = heads != 1
+        self.to_out = nn.Linear(dim, dim) if project_out else nn.Identity()
+        self.out_dropout = nn.Dropout(dropout) if project_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, L, dim]
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, dim / heads]; no dropout on the weights
+        return self.out_dropout(self.to_out(out.transpose(1, 2).reshape(batch, length, dim)))
 
 
 class TemporalBlock(nn.Module):
-    """Pre-norm self-attention + feed-forward block (fused attention via nn.MultiheadAttention)."""
+    """One block of CLIP-FSAR's Transformer_v1: x = attn(LayerNorm(x)) + x; x = ffn(x) + x (no second norm)."""
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, attn_dropout: float, ffn_dropout: float):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"models/heads/clipfsar.py: transformer width {dim} is not divisible by "
-                             f"VIDEO.HEAD.TRANSFORMER_HEADS={heads}")
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=attn_dropout, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = TemporalAttention(dim, heads, attn_dropout)
         self.ffn = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(ffn_dropout),
                                  nn.Linear(mlp_dim, dim), nn.Dropout(ffn_dropout))
 
     def forward(self, x: Tensor) -> Tensor:  # [B, L, dim]
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.ffn(self.norm2(x))
+        x = self.attn(self.norm(x)) + x
+        return self.ffn(x) + x
 
 
 def class_means(features: Tensor, labels: Tensor, way: int) -> Tensor:
@@ -76,7 +118,21 @@ def class_means(features: Tensor, labels: Tensor, way: int) -> Tensor:
 
 
 def cosine_logits(a: Tensor, b: Tensor) -> Tensor:
+    """[N, D] x [M, D] -> [N, M] exact cosine (CLIP-FSAR's test-time EVAL_TEXT / COMBINE)."""
     return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).t()
+
+
+def lineage_cosine(x: Tensor, y: Tensor, eps: float, equation: str = "nd,md->nm") -> Tensor:
+    """CLIP-FSAR's cos_sim x.y / (|x||y| + eps) over the last dimension, pairs chosen by `equation` (einsum of
+    two operands); eps 0 gives the exact cosine. Computed in fp32, also under autocast (as the lineage does)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        if eps == 0:
+            return torch.einsum(equation, F.normalize(x, dim=-1), F.normalize(y, dim=-1))
+        inputs, output = equation.split("->")
+        x_dims, y_dims = (term[:-1] for term in inputs.split(","))  # the operands' dims without the contracted one
+        norms = torch.einsum(f"{x_dims},{y_dims}->{output}", x.norm(dim=-1), y.norm(dim=-1))
+        return torch.einsum(equation, x, y) / (norms + eps)
 
 
 def _clear_text_cache_after_load(module: "CNN_OTAM_CLIPFSAR", incompatible_keys: Any) -> None:
@@ -92,8 +148,9 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
     def __init__(self, *, backbone: CLIPBackbone, frame_feature: str = "global", patch_pool: int = 2,
                  proj_dim: int = 0, transformer_depth: int = 1, transformer_heads: int = 8,
                  transformer_mlp_dim: int = 2048, transformer_dropout: float = 0.2,
-                 transformer_ffn_dropout: float = 0.05, prompt_template: str = "a photo of {}",
-                 otam_lambda: float = 0.5, use_classification: bool = True, classification_weight: float = 1.0,
+                 transformer_ffn_dropout: float = 0.05, cosine_eps: float = 0.01,
+                 prompt_template: str = "a photo of {}", otam_lambda: float = 0.5,
+                 use_classification: bool = True, classification_weight: float = 1.0,
                  merge_before: bool = False, single_direct: bool = False, eval_text: bool = False,
                  combine: bool = False, text_coff: float = 0.9, vfam: VFAM | None = None):
         super().__init__()
@@ -105,7 +162,7 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
                              f"name, got '{prompt_template}'")
         self.backbone = backbone
         self.frame_feature, self.patch_pool = frame_feature, patch_pool
-        self.prompt_template, self.otam_lambda = prompt_template, otam_lambda
+        self.prompt_template, self.otam_lambda, self.cosine_eps = prompt_template, otam_lambda, cosine_eps
         self.use_classification, self.classification_weight = use_classification, classification_weight
         self.merge_before, self.single_direct = merge_before, single_direct
         self.eval_text, self.combine, self.text_coff = eval_text, combine, text_coff
@@ -143,9 +200,10 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
             vfam = VFAM(**VFAM.from_config(cfg, dim, out_dim))
         return dict(
             backbone=backbone, vfam=vfam, frame_feature=head.FRAME_FEATURE,
-            patch_pool=head.PATCH_POOL, proj_dim=head.PROJ_DIM, transformer_depth=head.TRANSFORMER_DEPTH,
+            patch_pool=head.PATCH_POOL, proj_dim=head.PROJ_DIM, transformer_depth=train.TRANSFORMER_DEPTH,
             transformer_heads=head.TRANSFORMER_HEADS, transformer_mlp_dim=head.TRANSFORMER_MLP_DIM,
             transformer_dropout=head.TRANSFORMER_DROPOUT, transformer_ffn_dropout=head.TRANSFORMER_FFN_DROPOUT,
+            cosine_eps=head.COSINE_EPS,
             prompt_template=head.PROMPT_TEMPLATE, otam_lambda=head.OTAM_LAMBDA,
             use_classification=train.USE_CLASSIFICATION, classification_weight=train.USE_CLASSIFICATION_VALUE,
             merge_before=train.MERGE_BEFORE, single_direct=train.SINGLE_DIRECT, eval_text=train.EVAL_TEXT,
@@ -223,7 +281,7 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
 
     @torch.no_grad()
     def per_video_outputs(self, feats: dict[str, Tensor], class_names: list[str] | None = None) -> dict[str, Tensor]:
-        """Eval-time outputs that depend on each video alone, for the feature cache (runs/feature_cache.py).
+        """Eval-time outputs that depend on each video alone, for the feature cache (models/feature_cache.py).
 
         Videos as queries (`class_names` None): "query_tokens", their frames after the temporal transformer.
         Videos as supports (`class_names`: each support's own class): "support_tokens", their frames modulated
@@ -253,9 +311,7 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
 
     def _otam_distances(self, queries: Tensor, prototypes: Tensor) -> Tensor:
         """queries [Q,T,d], prototypes [C,T,d] -> OTAM distances [Q, C] over frame distances 1 - cos."""
-        q = F.normalize(queries.float(), dim=-1)
-        p = F.normalize(prototypes.float(), dim=-1)
-        frame_dists = 1 - torch.einsum("qtd,csd->qcts", q, p)  # [Q, C, Tq, Ts]
+        frame_dists = 1 - lineage_cosine(queries, prototypes, self.cosine_eps, "qtd,csd->qcts")  # [Q, C, Tq, Ts]
         return otam_distance(frame_dists, self.otam_lambda, bidirectional=not self.single_direct)
 
     def forward_features(self, support_feats: dict[str, Tensor], target_feats: dict[str, Tensor],
@@ -314,23 +370,37 @@ class CNN_OTAM_CLIPFSAR(nn.Module):  # noqa: N801  (the lineage's registered nam
             video_text = torch.cat([support_feats["video_text"], target_feats["video_text"]]).float().mean(1)
             if video_class_text is None:
                 split_text = self.class_text_features(list(episode["split_class_names"]))  # [N_split, D]
-                class_logits = self.text_logit_scale * cosine_logits(video_text, split_text)
+                cos = lineage_cosine(video_text, split_text, self.cosine_eps)  # [S+Q, N_split]
             else:  # per-video class texts [S+Q, N_split, D]
-                cos = torch.einsum("nd,ncd->nc", F.normalize(video_text, dim=-1),
-                                   F.normalize(video_class_text.float(), dim=-1))
-                class_logits = self.text_logit_scale * cos
+                cos = lineage_cosine(video_text, video_class_text, self.cosine_eps, "nd,ncd->nc")
+            class_logits = self.text_logit_scale * cos
             real_labels = torch.cat([episode["real_support_labels"], episode["real_target_labels"]]).long()
             losses["video_text_ce"] = self.classification_weight * F.cross_entropy(class_logits, real_labels)
         return losses
 
+    def _backbone_uses_batch_statistics(self) -> bool:
+        """True while training with BatchNorm layers in training mode in the backbone (RN50 not frozen)."""
+        return self.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                                     for m in self.backbone.modules())
+
     def forward(self, episode: dict, features: tuple[dict, dict] | None = None) -> dict[str, Any]:
-        """One backbone pass over cat(support, target) videos, then `forward_features`; `features` (support,
-        target) from a per-video cache skip the encoding (runs/feature_cache.py)."""
+        """One backbone pass over cat(support, target) videos (two, support then target, while the backbone has
+        training-mode BatchNorm), then `forward_features`; `features` (support, target) from a per-video cache
+        skip the encoding (models/feature_cache.py)."""
         if features is not None:
             return self.forward_features(*features, episode)
         support, target = episode["support_set"], episode["target_set"]
+        with_boxes = self.vfam is not None and "support_boxes" in episode
+        if self._backbone_uses_batch_statistics():
+            # CLIP-FSAR encodes supports and queries in two backbone calls, so a training-mode BatchNorm (RN50
+            # fine-tuned) normalises each set with its own batch statistics; one joint pass would mix them.
+            def encode(role: str) -> dict[str, Tensor]:
+                boxes = (episode[f"{role}_boxes"], episode[f"{role}_box_mask"]) if with_boxes else (None, None)
+                return self.encode_videos(episode[f"{role}_set"], *boxes)
+
+            return self.forward_features(encode("support"), encode("target"), episode)
         boxes = mask = None
-        if self.vfam is not None and "support_boxes" in episode:
+        if with_boxes:
             boxes = torch.cat([episode["support_boxes"], episode["target_boxes"]])
             mask = torch.cat([episode["support_box_mask"], episode["target_box_mask"]])
         feats = self.encode_videos(torch.cat([support, target]), boxes, mask)

@@ -1,4 +1,4 @@
-"""MCDP-FSAR head (MCDP_FSAR): the CLIP-FSAR head with VFAM and AMCAP (DESIGN §6).
+"""MCDP-FSAR head (MCDP_FSAR): the CLIP-FSAR head with VFAM and AMCAP (docs/design.md §6).
 
 - VFAM (VFAM.ENABLE, inherited from CNN_OTAM_CLIPFSAR): tracked-entity context fused into the frame descriptors.
 - AMCAP (AMCAP.ENABLE): dynamic class text from Shapley regions. The supports' dynamic class text is the
@@ -17,11 +17,10 @@ from torch import Tensor, nn
 from models.amcap import AMCAP, VideoTokens
 from models.build import HEAD_REGISTRY
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR
-from utils.config import NON_NEGATIVE, CfgNode, register_config, rules, section
+from utils.config import NON_NEGATIVE, CfgNode, rules, section
 from utils.seeding import episode_seed
 
 
-@register_config
 def add_mcdp_config(cfg: CfgNode) -> None:
     _M = section(cfg, "MCDP")
     _M.FUSION_WEIGHT = 1.0  # weight of the query-vs-dynamic-text logits added to -OTAM distance (0: OTAM only)

@@ -16,8 +16,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from datasets import build_dataset
-from utils.config import CfgNode
 from utils.logger import read_metrics
 
 MARKER_BELOW = 30  # series with fewer points get markers, so a single point (or isolated ones) stays visible
@@ -199,9 +197,3 @@ def draw_episode(episode: dict[str, Any], mean: Sequence[float], std: Sequence[f
                  f"{len(episode['support_ids'])} supports, {len(episode['target_ids'])} queries "
                  f"(query labels shown for people, never given to the model)", fontsize=8)
     return _save(fig, out, dpi=100)
-
-
-def write_episode(cfg: CfgNode, split: str, index: int, out: str) -> str:
-    """Build episode `index` of `split` from `cfg` (datasets.build_dataset) and draw it to `out`."""
-    episode = build_dataset(cfg, split, [index])[0]
-    return draw_episode(episode, cfg.DATA.MEAN, cfg.DATA.STD, out)

@@ -1,0 +1,118 @@
+"""Fail fast: before the first training step, every split the run uses is loaded and checked (docs/design.md §4).
+
+Without this, a val split with fewer classes than WAY, or a wrong DATA_ROOT_DIR, is found at the first
+validation or the first episode that draws a missing video, hours into a run. The checks: the split list
+and its class names parse (datasets/splits.py), classes >= WAY and videos per class >= SHOT + QUERY with
+each split's own shot and query (datasets/sampling.py), and every referenced video (with
+DATA.FRAMES_FOLDER: its folder) exists and is not an empty file: one `os.stat` per entry, so SSv2-Full's
+67,013 training videos take well under a second on a local disk.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import Any, Sequence
+
+from datasets.few_shot import episode_shape
+from datasets.sampling import EpisodeSampler
+from datasets.splits import load_split
+from datasets.tracks import track_path
+from datasets.video import BadVideoError
+from utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+NAMED = 3  # paths quoted in a message
+
+
+class MissingVideosError(BadVideoError):
+    """Videos of a split list that are not on disk (DATA.ON_BAD_VIDEO error); the message counts them."""
+
+    def __init__(self, list_file: str, message: str):
+        self.path, self.reason, self.detail = list_file, "missing", ""
+        RuntimeError.__init__(self, message)
+
+
+def run_splits(cfg) -> list[str]:
+    """The splits a run reads: train and val when TRAIN.ENABLE (validation selects the checkpoint), test when
+    TEST.ENABLE."""
+    return (["train", "val"] if cfg.TRAIN.ENABLE else []) + (["test"] if cfg.TEST.ENABLE else [])
+
+
+def scan_videos(paths: Sequence[str], folders: bool = False) -> tuple[list[int], list[int]]:
+    """(indices of missing, indices of empty) entries: one `os.stat` each, symlinks followed.
+
+    A video must be a regular file (an empty one is unusable too); with `folders` a folder of frames.
+    """
+    missing: list[int] = []
+    empty: list[int] = []
+    for i, path in enumerate(paths):
+        try:
+            st = os.stat(path)
+        except OSError:
+            missing.append(i)
+            continue
+        if folders:
+            if not stat.S_ISDIR(st.st_mode):
+                missing.append(i)
+        elif not stat.S_ISREG(st.st_mode):
+            missing.append(i)
+        elif st.st_size == 0:
+            empty.append(i)
+    return missing, empty
+
+
+def _named(paths: Sequence[str]) -> str:
+    shown = ", ".join(paths[:NAMED])
+    return shown + (f" and {len(paths) - NAMED} more" if len(paths) > NAMED else "")
+
+
+def check_split(cfg, split: str) -> dict[str, Any]:
+    """Load and check one split; returns its counts. Raises SplitError, EpisodeConfigError or
+    MissingVideosError (a UserError each) with a one-line message."""
+    data = cfg.DATA
+    loaded = load_split(data.ANNO_DIR, split)
+    way, shot, query = episode_shape(cfg, split)
+    source = f"{loaded.list_file} ({split} episodes)"
+    EpisodeSampler(loaded.videos_by_class(), loaded.class_names, way, shot, query, source=source)
+
+    paths = [e.video_path(data.DATA_ROOT_DIR, data.VIDEO_EXT, data.FRAMES_FOLDER) for e in loaded.videos]
+    missing, empty = scan_videos(paths, data.FRAMES_FOLDER)
+    bad = sorted(missing + empty)
+    counts: dict[str, Any] = {"classes": loaded.num_classes, "videos": len(paths), "missing": len(missing),
+                              "empty": len(empty), "missing_tracks": None}
+    if bad:
+        what = "folders of frames" if data.FRAMES_FOLDER else "videos"
+        kinds = ", ".join(f"{n} {kind}" for n, kind in ((len(missing), "missing"), (len(empty), "empty")) if n)
+        summary = (f"{loaded.list_file}: {len(bad)} of {len(paths)} listed {what} are unusable ({kinds}) under "
+                   f"DATA.DATA_ROOT_DIR {data.DATA_ROOT_DIR!r}: {_named([paths[i] for i in bad])}")
+        if data.ON_BAD_VIDEO == "error":
+            raise MissingVideosError(loaded.list_file, f"{summary} (check DATA.DATA_ROOT_DIR and DATA.VIDEO_EXT, "
+                                                       f"or set DATA.ON_BAD_VIDEO resample to replace them by "
+                                                       f"other videos of their class)")
+        logger.warning("%s; DATA.ON_BAD_VIDEO resample replaces them by other videos of their class", summary)
+        unusable = {loaded.videos[i] for i in bad}
+        usable = [[e for e in videos if e not in unusable] for videos in loaded.videos_by_class()]
+        EpisodeSampler(usable, loaded.class_names, way, shot, query,
+                       source=f"{source}, counting only usable videos")
+
+    if cfg.VFAM.ENABLE and data.TRACK_DIR:
+        without = [e.video_id for e in loaded.videos if not os.path.exists(track_path(data.TRACK_DIR, e.video_id))]
+        counts["missing_tracks"] = len(without)
+        if without:  # a video without tracks takes the baseline path (masked entities), never an error
+            logger.info("%s: %d of %d videos have no track file in DATA.TRACK_DIR %r (their entities are masked): "
+                        "%s", loaded.list_file, len(without), len(paths), data.TRACK_DIR, _named(without))
+    return counts
+
+
+def check_run_data(cfg) -> dict[str, Any]:
+    """Check every split the run will use (`run_splits`) before the first step; returns
+    {split: {classes, videos, missing, empty, missing_tracks}, "seconds": float}."""
+    start = time.perf_counter()
+    result: dict[str, Any] = {split: check_split(cfg, split) for split in run_splits(cfg)}
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    described = "; ".join(f"{s} {c['classes']} classes, {c['videos']} videos" for s, c in result.items()
+                          if s != "seconds")
+    logger.info("data checked in %.2f s: %s", result["seconds"], described or "no split used")
+    return result

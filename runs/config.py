@@ -1,0 +1,53 @@
+"""The project's config schema, assembled explicitly: ONE ordered list of every component's `add_<x>_config`.
+
+Each hook is declared beside the code that reads its keys; this list, at the top of the stack, decides which
+components exist and in which order their sections are built. A new component adds its hook here.
+`get_cfg`, `load_config` and `config_from_yaml_text` are what entry points and tests use.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from datasets.build import add_data_config
+from datasets.synthetic import add_synthetic_config
+from datasets.video import add_video_config
+from models.amcap.amcap import add_amcap_config
+from models.build import add_model_build_config
+from models.clip import add_clip_backbone_config
+from models.heads.clipfsar import add_clipfsar_config
+from models.heads.mcdp import add_mcdp_config
+from models.vfam import add_vfam_config
+from runs.test_net_few_shot import add_test_config
+from runs.train_net_few_shot import add_train_config
+from utils.config import CfgNode, build_defaults, config_from_text, merge_config
+from utils.solver import add_solver_config
+
+CONFIG_HOOKS = (
+    add_data_config,  # DATA (and the episode shape TRAIN.WAY/SHOT/QUERY_PER_CLASS, VFAM.MAX_ENTITIES)
+    add_video_config,  # DATA.DECODER
+    add_synthetic_config,  # SYNTHETIC
+    add_model_build_config,  # VIDEO.HEAD.NAME
+    add_amcap_config,  # AMCAP
+    add_clip_backbone_config,  # VIDEO.HEAD backbone keys, TRAIN.GRAD_CHECKPOINT
+    add_vfam_config,  # VFAM
+    add_clipfsar_config,  # VIDEO.HEAD head keys, TRAIN text/OTAM keys
+    add_mcdp_config,  # MCDP
+    add_test_config,  # TEST, TRAIN.NUM_TEST_TASKS/NUM_VAL_TASKS
+    add_solver_config,  # SOLVER
+    add_train_config,  # TRAIN loop keys
+)
+
+
+def get_cfg() -> CfgNode:
+    """The full default config (unfrozen)."""
+    return build_defaults(CONFIG_HOOKS)
+
+
+def load_config(path: str | None = None, opts: Iterable[str] = (), freeze: bool = True) -> CfgNode:
+    """Defaults <- YAML file (with bases) <- command-line KEY VALUE pairs; frozen unless asked otherwise."""
+    return merge_config(get_cfg(), path, opts, freeze)
+
+
+def config_from_yaml_text(text: str) -> CfgNode:
+    """A frozen config from `cfg.dump()` text (the copy stored in a checkpoint or results.json)."""
+    return config_from_text(get_cfg(), text)

@@ -1,0 +1,191 @@
+"""The run folder: flags anywhere, check before write, resume compares configs, one job per folder (a real lock
+between real processes), torn metrics, a read-only folder."""
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny_run import TINY_CFG, tiny_argv
+
+from runs.run import Args, main, parse_args
+from utils.checkpoint import load_checkpoint
+from utils.logger import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = ("TRAIN.NUM_TRAIN_TASKS", "4", "TEST.ENABLE", "False")
+
+
+def run_py(argv: list[str], preexec_fn=None) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(REPO / "runs" / "run.py"), *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
+
+
+def refused(capsys, code: int, argv: list[str]) -> str:
+    """main(argv) must exit with `code` and print exactly one `error: ...` line (no traceback); returns it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_flags_stand_anywhere_among_the_pairs():
+    args = parse_args(["OUTPUT_DIR", "o", "--resume", "TRAIN.WAY", "3", "--cfg", "x.yaml", "--allow-change=A,B",
+                       "SOLVER.BASE_LR", "-1e-3", "--allow-change", "C"])
+    assert args == Args("x.yaml", True, ["A", "B", "C"], ["OUTPUT_DIR", "o", "TRAIN.WAY", "3", "SOLVER.BASE_LR",
+                                                          "-1e-3"])
+
+
+def test_bad_command_lines_name_the_token_and_write_nothing(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = refused(capsys, 3, [*tiny_argv(synthetic_root, out), "TRAIN.NUM_TRAIN_TASKS", "--resume"])
+    assert line == "error: command line: TRAIN.NUM_TRAIN_TASKS has no value (overrides are KEY VALUE pairs)"
+    line = refused(capsys, 3, ["--cfg", TINY_CFG, "OUTPUT_DIR", "TRAIN.WAY", "3"])
+    assert line == "error: command line: OUTPUT_DIR has no value (overrides are KEY VALUE pairs)"
+    line = refused(capsys, 2, [*tiny_argv(synthetic_root, out), "--resmue"])
+    assert line == ("error: command line: unknown flag --resmue (flags: --cfg, --resume, --allow-change, --debug; "
+                    "config overrides are KEY VALUE pairs without dashes)")
+    line = refused(capsys, 2, ["OUTPUT_DIR", str(out)])
+    assert line.startswith("error: command line: --cfg FILE is required (usage: python runs/run.py --cfg FILE")
+    assert not out.exists()
+
+
+def test_engine_config_checks_are_config_errors_naming_the_key(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = refused(capsys, 3, tiny_argv(synthetic_root, out, "TRAIN.VAL_FRE_ITER", "3"))
+    assert line == ("error: TRAIN.VAL_FRE_ITER: 3 is not a multiple of TRAIN.BATCH_SIZE_PER_TASK (2) (checkpoints "
+                    "are taken between optimizer steps; choose a multiple)")
+    assert not out.exists()
+
+
+def test_changed_config_resume_is_refused_and_the_run_is_untouched(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(tiny_argv(synthetic_root, out, *SHORT))
+    last = out / "checkpoints" / "last.pth"
+    before = {name: (out / name).read_bytes() for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pth")}
+
+    line = refused(capsys, 9, [*tiny_argv(synthetic_root, out, *SHORT, "TRAIN.WAY", "3"), "--resume"])
+    assert line == (f"error: {last}: --resume with a changed config: TRAIN.WAY 5 -> 3 (resume with the checkpoint's "
+                    f"values, start a new OUTPUT_DIR, or accept with --allow-change TRAIN.WAY)")
+    line = refused(capsys, 2, ["--resume", *tiny_argv(synthetic_root, out, *SHORT, "SOLVER.BASE_LR", "0.01"),
+                               "--allow-change", "SOLVER.BASE_LR"])
+    assert line == (f"error: --allow-change: SOLVER.BASE_LR cannot change on resume: the optimizer and learning-rate "
+                    f"schedule are restored from {last} (start a new OUTPUT_DIR to train with it)")
+    line = refused(capsys, 2, ["--resume", *tiny_argv(synthetic_root, out, *SHORT), "--allow-change", "TRAIN.WAYS"])
+    assert line == "error: --allow-change: unknown config key TRAIN.WAYS"
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not (out / "run.lock").exists()
+
+    # A run killed during a metrics append leaves a torn last line: the resume drops it and goes on.
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"iteration": 5, "train/lo')
+    main(["--resume", *tiny_argv(synthetic_root, out, "TRAIN.NUM_TRAIN_TASKS", "6", "TEST.ENABLE", "False")])
+    assert [r["iteration"] for r in read_metrics(str(out / "metrics.jsonl"))] == [2, 4, 4, 6, 6]
+    assert "dropping a torn last line" in (out / "log.txt").read_text()
+
+    # Only best.pth left: the refusal says how to go on from it.
+    best = out / "checkpoints" / "best.pth"
+    last.unlink()
+    line = refused(capsys, 9, [*tiny_argv(synthetic_root, out, *SHORT), "--resume"])
+    assert line == (f"error: {last}: no checkpoint to resume from, but {best} is there (to continue from it: cp "
+                    f"{best} {last}, then --resume; training goes on from best's iteration)")
+
+
+def test_lock_of_another_host_is_refused_with_how_to_remove_it(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / "run.lock"
+    lock.write_text(json.dumps({"host": "gpu-node-17", "pid": 4242, "start": 0, "command": "run.py --cfg a.yaml"}))
+    line = refused(capsys, 9, tiny_argv(synthetic_root, out, *SHORT))
+    assert re.fullmatch(rf"error: {re.escape(str(lock))}: run folder locked by pid 4242 on gpu-node-17 since "
+                        rf"[-0-9: ]+ \(run.py --cfg a.yaml\); that host cannot be checked from "
+                        rf"{re.escape(socket.gethostname())} \(if that job is gone, remove the lock: rm "
+                        rf"{re.escape(str(lock))}\)", line), line
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+
+
+@pytest.mark.slow
+def test_second_job_is_refused_while_the_first_runs_and_a_killed_holders_lock_is_taken_over(
+        synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    opts = ("TRAIN.NUM_TRAIN_TASKS", "40", "TRAIN.VAL_FRE_ITER", "40", "TRAIN.CHECKPOINT_PERIOD", "2",
+            "TEST.ENABLE", "False")
+    first = run_py(tiny_argv(synthetic_root, out, *opts))
+    last = out / "checkpoints" / "last.pth"
+    deadline = time.time() + 240
+    while not last.is_file():
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "timed out waiting for the first checkpoint"
+        time.sleep(0.05)
+
+    line = refused(capsys, 9, ["--resume", *tiny_argv(synthetic_root, out, *opts)])  # e.g. a cluster requeue
+    assert re.fullmatch(rf"error: {re.escape(str(out / 'run.lock'))}: run folder in use by pid {first.pid} on "
+                        rf"{re.escape(socket.gethostname())} since [-0-9: ]+ \(run\.py --cfg .*\) \(wait for that "
+                        rf"job to end or use another OUTPUT_DIR\)", line), line
+
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert json.loads((out / "run.lock").read_text())["pid"] == first.pid  # left behind by the killed holder
+    at = load_checkpoint(str(last))["iteration"]
+    resumed = run_py(["--resume", *tiny_argv(synthetic_root, out, *opts), "TRAIN.NUM_TRAIN_TASKS", str(at + 2)])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    assert f"taking over a stale lock of pid {first.pid} on {socket.gethostname()}" in resumed.stderr.read().decode()
+    assert not (out / "run.lock").exists()
+
+
+def _drop_root_write_override() -> None:
+    """Child of a root test run: without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, root obeys file modes like any
+    user (PR_CAPBSET_DROP = 24), so a 0555 folder is really read-only for this process."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_read_only_output_dir_is_one_line(synthetic_root, tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    out = parent / "run"
+    try:
+        proc = run_py(tiny_argv(synthetic_root, out, *SHORT),
+                      preexec_fn=_drop_root_write_override if os.geteuid() == 0 else None)
+        assert proc.wait(timeout=120) == 9
+        err = proc.stderr.read().decode()
+    finally:
+        parent.chmod(0o755)
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"error: {out}: OUTPUT_DIR cannot be created: {parent} is read-only for "
+                                            f"this user (choose a writable OUTPUT_DIR or fix its permissions)")
+    assert not out.exists()
+
+
+def test_lock_of_an_earlier_attempt_of_the_same_slurm_job_is_taken_over_on_any_host(tmp_path, monkeypatch):
+    """A job killed on node A and requeued on node B keeps its SLURM_JOB_ID; its restart count grows."""
+    from utils.run_lock import RunLock
+
+    lock_file = tmp_path / "run.lock"
+    old = {"host": "gpu-node-17", "pid": 4242, "start": 0, "command": "run.py", "slurm_job": "981",
+           "slurm_restart": 0}
+    lock_file.write_text(json.dumps(old))
+    monkeypatch.setenv("SLURM_JOB_ID", "981")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(Exception, match="that host cannot be checked"):
+        RunLock(str(tmp_path)).acquire()  # the same attempt count: not provably dead
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with RunLock(str(tmp_path), command="run.py --resume"):
+        record = json.loads(lock_file.read_text())
+        assert record["pid"] == os.getpid() and record["slurm_restart"] == 1
+        with pytest.raises(Exception, match=rf"run folder in use by pid {os.getpid()}"):
+            RunLock(str(tmp_path)).acquire()  # a second holder in the same folder, even in this process
+    assert not lock_file.exists()

@@ -1,0 +1,215 @@
+"""The run-folder lock: one job at a time per OUTPUT_DIR (a second `--resume`, a cluster requeue of a job whose
+first copy still runs, two users choosing the same folder).
+
+`OUTPUT_DIR/run.lock` holds one JSON object `{"host", "pid", "start", "command"}` and is `flock`ed by its holder
+for the whole run; it is removed on any exit Python sees (normal end, exception, SIGTERM/SIGINT handled by the
+engine). A lock left by a killed process is stale: on the same host the holder's pid is gone (or now belongs to a
+younger process), so it is taken over with a warning; a lock from another host cannot be checked from here and is
+refused with the command that removes it, except when it was written by an earlier attempt of the same SLURM job
+(same SLURM_JOB_ID, lower SLURM_RESTART_COUNT: SLURM never runs two attempts of one job at once).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import time
+
+import psutil
+
+from utils.errors import RunFolderError
+
+LOCK_NAME = "run.lock"
+logger = logging.getLogger("fsar.run_lock")
+
+
+def describe(holder: dict) -> str:
+    start = holder.get("start")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)) if isinstance(start, (int, float)) else "?"
+    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {when} "
+            f"({holder.get('command', '?')})")
+
+
+def holder_alive(holder: dict) -> bool:
+    """Same host only: is the recorded pid a live process that is at least as old as the lock?"""
+    pid, start = holder.get("pid"), holder.get("start")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        created = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.Error:
+        return True  # exists but cannot be inspected: assume it is the holder
+    # A process younger than the lock reuses a dead holder's pid (e.g. after a reboot).
+    return not (isinstance(start, (int, float)) and created > start + 1.0)
+
+
+class RunLock:
+    """`with RunLock(folder, command):` or `acquire()` / `release()`; re-entrant calls are refused."""
+
+    def __init__(self, folder: str, command: str | None = None):
+        self.folder = folder
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.command = command if command is not None else " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            for _ in range(5):  # retry only when the file was replaced between open and flock
+                if self._try_acquire():
+                    return self
+            raise RunFolderError(f"{self.path}: lock file keeps changing under us (another job is starting in "
+                                 f"this folder; use another OUTPUT_DIR)")
+        except OSError as e:
+            raise RunFolderError(f"{self.folder}: cannot write the run folder ({e.strerror or e}) "
+                                 f"(choose a writable OUTPUT_DIR)") from None
+
+    def check_free(self) -> None:
+        """Refuse now, writing nothing, if the folder cannot be written or another job holds it (`acquire` takes
+        it later, atomically)."""
+        check_writable(self.folder)
+        if not os.path.isfile(self.path):
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise RunFolderError(f"{self.path}: cannot read the lock file ({e.strerror or e})") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EACCES):
+                    raise RunFolderError(f"{self.path}: run folder in use by {describe(self._read(fd))} (wait for "
+                                         f"that job to end or use another OUTPUT_DIR)") from None
+            holder = self._read(fd)
+            if holder:
+                self._check_stale(holder, warn=False)
+        finally:
+            os.close(fd)  # also drops the flock taken above
+
+    def _try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EACCES):
+                    raise RunFolderError(f"{self.path}: run folder in use by {describe(self._read(fd))} (wait for "
+                                         f"that job to end or use another OUTPUT_DIR)") from None
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                # No flock on this file system: the pid/host check below is all there is.
+            if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
+                os.close(fd)  # the holder removed the file as we opened it: start again on the new one
+                return False
+            holder = self._read(fd)
+            if holder:
+                self._check_stale(holder)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            record = {"host": socket.gethostname(), "pid": os.getpid(), "start": time.time(),
+                      "command": self.command, **slurm_attempt()}
+            os.write(fd, (json.dumps(record) + "\n").encode())
+            os.fsync(fd)
+        except BaseException:
+            if self.fd != fd:
+                os.close(fd)
+            raise
+        self.fd = fd
+        return True
+
+    def _check_stale(self, holder: dict, warn: bool = True) -> None:
+        """The file is unlocked but not empty: its holder ended without removing it (SIGKILL, power loss)."""
+        host = socket.gethostname()
+        if later_attempt_of_the_same_slurm_job(holder):
+            if warn:
+                logger.warning("%s: taking over the lock of %s: an earlier attempt of this SLURM job (requeued, "
+                               "SLURM runs one attempt at a time)", self.path, describe(holder))
+            return
+        if holder.get("host") != host:
+            raise RunFolderError(
+                f"{self.path}: run folder locked by {describe(holder)}; that host cannot be checked from {host} "
+                f"(if that job is gone, remove the lock: rm {self.path})")
+        if holder_alive(holder):
+            raise RunFolderError(f"{self.path}: run folder in use by {describe(holder)} (wait for that job to end "
+                                 f"or use another OUTPUT_DIR)")
+        if warn:
+            logger.warning("%s: taking over a stale lock of %s (that process is gone)", self.path, describe(holder))
+
+    @staticmethod
+    def _read(fd: int) -> dict:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+        try:
+            holder = json.loads(data.decode("utf-8", "replace") or "{}")
+        except ValueError:
+            return {"command": "unreadable lock file"}
+        return holder if isinstance(holder, dict) else {}
+
+    def release(self) -> None:
+        """Remove the file, then drop the flock (a process that opened it meanwhile sees a new inode and retries)."""
+        if self.fd is None:
+            return
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def slurm_attempt() -> dict:
+    """SLURM job id and restart count of this process ({} outside SLURM): a requeued job keeps its id."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return {}
+    return {"slurm_job": os.environ["SLURM_JOB_ID"], "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
+
+
+def later_attempt_of_the_same_slurm_job(holder: dict) -> bool:
+    """The holder is an earlier attempt of our own SLURM job (killed on its node, then requeued, maybe elsewhere)."""
+    ours = slurm_attempt()
+    return bool(ours) and holder.get("slurm_job") == ours["slurm_job"] and \
+        isinstance(holder.get("slurm_restart"), int) and holder["slurm_restart"] < ours["slurm_restart"]
+
+
+def check_writable(folder: str) -> None:
+    """The folder (or, before it exists, its nearest existing parent) must be writable by this process."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise RunFolderError(f"{folder}: {probe} is not a folder (choose another OUTPUT_DIR)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is read-only" if probe == os.path.abspath(folder) else f"cannot be created: {probe} is read-only"
+        raise RunFolderError(f"{folder}: OUTPUT_DIR {what} for this user (choose a writable OUTPUT_DIR or fix its "
+                             f"permissions)")
+
+
+def read_lock(folder: str) -> dict | None:
+    """The holder recorded in `folder/run.lock`, or None when there is none."""
+    path = os.path.join(folder, LOCK_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        try:
+            holder = json.loads(f.read() or "{}")
+        except ValueError:
+            return {"command": "unreadable lock file"}
+    return holder if isinstance(holder, dict) else {}
