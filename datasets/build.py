@@ -105,7 +105,7 @@ def build_dataset(cfg: CfgNode, split: str, episode_indices: Sequence[int], vide
     `video_source` (a datasets.video.VideoSource) replaces the reader chosen by DATA.FRAMES_FOLDER
     (benchmarks, tests).
     """
-    cls = DATASET_REGISTRY.get(cfg.DATA.DATASET)
+    cls = DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET")
     kwargs = cls.from_config(cfg, split, episode_indices)
     if video_source is not None:
         kwargs["video_source"] = video_source

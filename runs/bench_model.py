@@ -226,7 +226,7 @@ def bench_eval(args) -> dict:
     rows, accs = [], {}
     for cached in (False, True):
         cfg = load_config(args.cfg, list(args.opts) + ["TEST.FEATURE_CACHE", str(cached)])
-        DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)
+        DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET").prepare(cfg)
         torch.manual_seed(0)
         model = build_model(cfg).to(device)
         times = []
@@ -276,7 +276,7 @@ def bench_train_cache(args) -> dict:
             cfg = load_config(args.cfg, list(args.opts) + [
                 "VIDEO.HEAD.FINETUNE", "frozen", "DATA.DETERMINISTIC_TRAIN", "True", "TRAIN.BATCH_SIZE_PER_TASK", "1",
                 "TRAIN.FEATURE_CACHE", str(cached), "OUTPUT_DIR", out])
-            DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)
+            DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET").prepare(cfg)
             torch.manual_seed(0)
             trainer = Trainer(cfg, device)
             warm = list(range(args.first_pass)) if cached else list(range(args.first_pass - args.warmup,

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+from typing import Iterator
 
 import torch
 
@@ -120,3 +121,18 @@ def workers_ignore_stop_signals(loader: torch.utils.data.DataLoader) -> torch.ut
     if loader.num_workers > 0:
         loader.worker_init_fn = _WorkerIgnoresStopSignals(loader.worker_init_fn)
     return loader
+
+
+@contextlib.contextmanager
+def worker_episodes(loader: torch.utils.data.DataLoader) -> Iterator:
+    """Iterate `loader` (its workers ignore stop signals) and shut its workers down on any exit.
+
+    An exception's traceback keeps the loop's iterator, and so its persistent workers, alive; at interpreter exit
+    multiprocessing would then wait forever for workers that ignore its SIGTERM."""
+    iterator = iter(workers_ignore_stop_signals(loader))
+    try:
+        yield iterator
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-process iterator only
+        if shutdown is not None:
+            shutdown()

@@ -25,7 +25,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import decord
 import numpy as np
 import torch
 import trackers
@@ -38,6 +37,7 @@ if __package__ in (None, ""):  # `python runs/extract_tracks.py`: this repositor
 from datasets.splits import parse_split_file  # noqa: E402
 from datasets.tracking import FrameDets, clamp_tracks, track_detections  # noqa: E402
 from datasets.tracks import write_track_file  # noqa: E402
+from datasets.video import PyAVSource  # noqa: E402
 from utils.errors import ArgumentError, entry_point  # noqa: E402
 from utils.logger import get_logger, setup_logging  # noqa: E402
 from utils.textfiles import read_text  # noqa: E402
@@ -194,7 +194,7 @@ class YoloDetector:
         self.device = "cpu" if device == "cpu" else device.replace("cuda:", "").replace("cuda", "0")
 
     def __call__(self, frames: np.ndarray) -> list[FrameDets]:
-        # Ultralytics reads numpy images as BGR (OpenCV order); decord gives RGB.
+        # Ultralytics reads numpy images as BGR (OpenCV order); the reader gives RGB.
         results = self.model.predict([np.ascontiguousarray(f[..., ::-1]) for f in frames], device=self.device,
                                      conf=self.score_thresh, verbose=False)
         return [(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(),
@@ -228,17 +228,23 @@ def _init_worker(args: argparse.Namespace, num_threads: int) -> None:
 
 
 def _decode_and_detect(path: str, args: argparse.Namespace) -> tuple[dict[str, Any], Iterator]:
-    """Open a video; return its header and a lazy stream of (frame index, detections) for the sampled frames."""
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    height, width = vr[0].shape[:2]
-    header = {"num_frames": len(vr), "width": int(width), "height": int(height), "fps": vr.get_avg_fps() or 30.0}
-    indices = list(range(0, len(vr), args.frame_stride))
+    """Open a video; return its header and a lazy stream of (frame index, detections) for the sampled frames.
+
+    Frames come from the training loader's own exact reader (datasets/video.py, PyAV): a track's frame numbers must
+    be the frames the loader returns for those numbers (decord returns others in MPEG-4 and H.264 AVI)."""
+    import av
+
+    video = PyAVSource().open(path, 0)
+    with av.open(path) as container:
+        rate = container.streams.video[0].average_rate
+    header = {"num_frames": video.num_frames, "width": video.width, "height": video.height,
+              "fps": float(rate) if rate else 30.0}
+    indices = list(range(0, video.num_frames, args.frame_stride))
 
     def stream() -> Iterator[tuple[int, FrameDets]]:
         for start in range(0, len(indices), args.batch_size):
             chunk = indices[start:start + args.batch_size]
-            frames = vr.get_batch(chunk).asnumpy()  # [n,H,W,3] uint8 RGB
-            yield from zip(chunk, _WORKER["detector"](frames), strict=True)
+            yield from zip(chunk, _WORKER["detector"](video.frames(chunk)), strict=True)  # [n,H,W,3] uint8 RGB
 
     return header, stream()
 
@@ -267,7 +273,7 @@ def process_video(job: VideoJob) -> tuple[str, str, int]:
         tracks = track_detections(kept, lambda: build_tracker(args, header["fps"] / args.frame_stride),
                                   args.min_track_len, args.track_thresh, args.stitch_gap * args.frame_stride,
                                   args.stitch_dist, args.class_agnostic)
-    except (OSError, RuntimeError, KeyError, ValueError, IndexError, TypeError, decord.DECORDError) as e:
+    except (OSError, RuntimeError, KeyError, ValueError, IndexError, TypeError) as e:  # BadVideoError included
         return job.video_id, f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 0
     detector = (f"precomputed:{os.path.basename(args.detections)}" if args.detections else
                 f"{args.detector}:{args.model if args.detector == 'torchvision' else os.path.basename(args.weights)}")

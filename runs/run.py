@@ -293,6 +293,7 @@ def print_summary(cfg: CfgNode, result: dict) -> None:
 @entry_point
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    setup_logging()  # console only until the run folder is checked (an earlier in-process run's log.txt is closed)
     cfg = load_config(args.cfg_file, args.opts)
     check_run_config(cfg)
     du.env_from_slurm()
@@ -302,7 +303,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     lock = RunLock(cfg.OUTPUT_DIR)
     lock.check_free()
     changes = tuple(check_output_dir(cfg, args.resume, args.allow_change))
-    DATASET_REGISTRY.get(cfg.DATA.DATASET).prepare(cfg)  # e.g. generate the synthetic benchmark (not OUTPUT_DIR)
+    # e.g. generate the synthetic benchmark (not into OUTPUT_DIR)
+    DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET").prepare(cfg)
     # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); the other
     # ranks read the same files, and a refusal here ends the job before any process group waits for rank 0.
     data = check_run_data(cfg)

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from datasets import build_loader
 from models.feature_cache import VideoFeatureCache, head_supports_cache
-from runs.engine_utils import autocast, to_device, unwrap, workers_ignore_stop_signals
+from runs.engine_utils import autocast, to_device, unwrap, worker_episodes
 from utils import distributed as du
 from utils.config import PATH, POSITIVE, CfgNode, one_of, rules, section
 from utils.logger import get_logger
@@ -86,19 +86,20 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
     indices = list(du.shard_indices(num_episodes))
     use_cache = cfg.TEST.FEATURE_CACHE and head_supports_cache(head)
     cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE, "TEST.CACHE_SIZE", cfg.TEST.CACHE_DEVICE) if use_cache else None
-    loader = workers_ignore_stop_signals(build_loader(cfg, split, indices, skip_videos=cache))
+    loader = build_loader(cfg, split, indices, skip_videos=cache)
     records = []
-    progress = tqdm(loader, total=len(indices), desc=split, disable=not du.is_main_process(), leave=False)
-    for index, episode in zip(indices, progress, strict=True):
-        if stop is not None:
-            stop()
-        episode = to_device(episode, device)
-        with autocast(cfg, device):
-            if cache is None:
-                logits = head(episode)["logits"]
-            else:
-                logits = head.forward_features(*cache.episode_features(head, episode), episode)["logits"]
-        records.append(episode_record(index, episode, logits.float()))
+    with worker_episodes(loader) as episodes:
+        progress = tqdm(episodes, total=len(indices), desc=split, disable=not du.is_main_process(), leave=False)
+        for index, episode in zip(indices, progress, strict=True):
+            if stop is not None:
+                stop()
+            episode = to_device(episode, device)
+            with autocast(cfg, device):
+                if cache is None:
+                    logits = head(episode)["logits"]
+                else:
+                    logits = head.forward_features(*cache.episode_features(head, episode), episode)["logits"]
+            records.append(episode_record(index, episode, logits.float()))
     gathered = [r for part in du.all_gather_object(records) for r in part]
     result = summarize_accuracies(gathered, num_episodes, split)
     result["replaced_videos"] = sorted({tuple(v) for r in gathered for v in r["replaced"]})

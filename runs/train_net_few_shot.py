@@ -14,7 +14,7 @@ from datasets import build_loader
 from models import build_model
 from models.feature_cache import VideoFeatureCache
 from models.heads.clipfsar_checkpoint import convert_lineage_state
-from runs.engine_utils import STOP, autocast, to_device, unwrap, workers_ignore_stop_signals
+from runs.engine_utils import STOP, autocast, to_device, unwrap, worker_episodes
 from runs.test_net_few_shot import evaluate
 from utils import distributed as du
 from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state, set_rng_state
@@ -167,26 +167,26 @@ class Trainer:
         cfg, total = self.cfg, self.cfg.TRAIN.NUM_TRAIN_TASKS
         self.model.train()
         loader = build_loader(cfg, "train", train_episode_indices(self.iteration, total), skip_videos=self.cache)
-        workers_ignore_stop_signals(loader)
         bar = tqdm(total=total, initial=self.iteration, desc="train", disable=not du.is_main_process())
         start, running = time.time(), []
-        try:
-            for episode in loader:
-                logs = self.run_step(episode)
-                running.append(logs["loss"])
-                bar.update(1)
-                if self.iteration % cfg.LOG_PERIOD == 0 or self.iteration == total:
-                    self._log_train(metrics, running, start)
-                    running = []
-                if self.iteration % cfg.TRAIN.VAL_FRE_ITER == 0 or self.iteration == total:
-                    self._validate(metrics)
-                elif cfg.TRAIN.CHECKPOINT_PERIOD and self.iteration % cfg.TRAIN.CHECKPOINT_PERIOD == 0:
-                    self.save("last")
-                if self.iteration % cfg.TRAIN.BATCH_SIZE_PER_TASK == 0 and self._stop_agreed():
-                    self._stop()
-        finally:
-            bar.close()
-            del loader  # shut persistent workers down now, not at interpreter exit: a stopped run leaves no orphans
+        # Workers are shut down on any exit (error, stop signal): a stopped run leaves no orphans.
+        with worker_episodes(loader) as episodes:
+            try:
+                for episode in episodes:
+                    logs = self.run_step(episode)
+                    running.append(logs["loss"])
+                    bar.update(1)
+                    if self.iteration % cfg.LOG_PERIOD == 0 or self.iteration == total:
+                        self._log_train(metrics, running, start)
+                        running = []
+                    if self.iteration % cfg.TRAIN.VAL_FRE_ITER == 0 or self.iteration == total:
+                        self._validate(metrics)
+                    elif cfg.TRAIN.CHECKPOINT_PERIOD and self.iteration % cfg.TRAIN.CHECKPOINT_PERIOD == 0:
+                        self.save("last")
+                    if self.iteration % cfg.TRAIN.BATCH_SIZE_PER_TASK == 0 and self._stop_agreed():
+                        self._stop()
+            finally:
+                bar.close()
 
     def _stop_agreed(self) -> bool:
         """Did any rank get a stop signal? Every rank asks at the same optimizer-step boundary, so none hangs."""

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # `python runs/visualize.py`: this repository's p
 from datasets import build_dataset  # noqa: E402
 from datasets.sampling import segment_indices  # noqa: E402
 from datasets.splits import read_class_names, split_files  # noqa: E402
+from datasets.video import DEFAULT_DECODER, build_video_source, resize_frames  # noqa: E402
 from models.amcap import AMCAP, build_class_text  # noqa: E402
 from models.clip import CLIPBackbone  # noqa: E402
 from runs.config import load_config  # noqa: E402
@@ -41,15 +42,15 @@ TOKENS_PER_REGION = 3  # aligned tokens listed beside each salient region
 
 
 # ---------------------------------------------------------------------------------------------- regions
-def read_frames(path: str, num_frames: int, size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
-    """uint8 [T, H, W, 3] frames at segment centres, resized to `size` (H, W) by decord; and their indices."""
-    import decord
-
+def read_frames(path: str, num_frames: int, size: tuple[int, int], decoder: str = DEFAULT_DECODER
+                ) -> tuple[np.ndarray, list[int]]:
+    """uint8 [T, H, W, 3] frames at segment centres, resized to `size` (H, W); and their indices. The loader's own
+    exact reader (datasets/video.py) decodes them."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"runs/visualize.py: --video {path} not found")
-    reader = decord.VideoReader(path, width=size[1], height=size[0])
-    indices = segment_indices(len(reader), num_frames, train=False, generator=None)
-    return reader.get_batch(indices).asnumpy(), indices
+        raise ArgumentError(f"{path}: --video file not found")
+    video = build_video_source(False, decoder=decoder).open(path, 0)
+    indices = segment_indices(video.num_frames, num_frames, train=False, generator=None)
+    return resize_frames(video.frames(indices), (size[1], size[0])), indices
 
 
 def episode_class_names(cfg: CfgNode, classes: str, split: str) -> list[str]:
@@ -58,10 +59,10 @@ def episode_class_names(cfg: CfgNode, classes: str, split: str) -> list[str]:
         names = [name.strip() for name in classes.split(",") if name.strip()]
     else:
         if not cfg.DATA.ANNO_DIR:
-            raise ValueError("runs/visualize.py: give --classes \"a,b,c\" or set DATA.ANNO_DIR for the split's names")
+            raise ArgumentError("--classes: give \"a,b,c\" or set DATA.ANNO_DIR for the split's names")
         names = read_class_names(split_files(cfg.DATA.ANNO_DIR, split)[1])
     if not names:
-        raise ValueError("runs/visualize.py: --classes names no class")
+        raise ArgumentError("--classes: names no class")
     return names
 
 
@@ -167,7 +168,7 @@ def run_regions(args: argparse.Namespace) -> int:
     class_names = episode_class_names(cfg, args.classes, args.split)
     backbone = CLIPBackbone(**CLIPBackbone.from_config(cfg)).eval()
     num_frames = cfg.DATA.NUM_INPUT_FRAMES if args.frames <= 0 else args.frames
-    frames, indices = read_frames(args.video, num_frames, backbone.image_size)
+    frames, indices = read_frames(args.video, num_frames, backbone.image_size, cfg.DATA.DECODER)
     analysis = analyse_video(cfg, backbone, frames, class_names)
     draw_regions(frames, indices, analysis, class_names, args.out)
     kept = int(analysis["info"]["regions"].valid.sum())

@@ -5,7 +5,7 @@ checkpoint cases in test_checkpoint.py; README's "what happens when" table lists
 """
 import pytest
 import torch
-from tiny_run import TINY_CFG, tiny_argv, tiny_opts
+from tiny_run import TINY_CFG, refused, tiny_argv, tiny_opts
 
 from runs.config import load_config
 from runs.run import main
@@ -66,19 +66,8 @@ def test_too_many_consecutive_non_finite_losses_stop_with_a_clear_message(synthe
         trainer.run_step(episode)
 
 
-def exits_with(code: int, capsys, argv: list[str]) -> str:
-    """Run `main(argv)`, expect SystemExit(code) and return the one `error: ...` line on stderr."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err.strip().splitlines()[-1]
-
-
 def test_test_only_run_needs_a_checkpoint(synthetic_root, tmp_path, capsys):
-    line = exits_with(ConfigError.exit_code, capsys, tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False"))
+    line = refused(capsys, ConfigError.exit_code, tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False"))
     assert line == ("error: TEST.CHECKPOINT_FILE_PATH: a test-only run (TRAIN.ENABLE False) needs the weights to "
                     "test (set TEST.CHECKPOINT_FILE_PATH)")
     assert not (tmp_path / "t").exists()
@@ -89,7 +78,7 @@ def test_checkpoint_from_another_config_gives_a_readable_key_diff(synthetic_root
     main(tiny_argv(synthetic_root, trained, "TRAIN.NUM_TRAIN_TASKS", "2", "TRAIN.VAL_FRE_ITER", "2",
                    "TRAIN.BATCH_SIZE_PER_TASK", "1", "TEST.ENABLE", "False", "TRAIN.TRANSFORMER_DEPTH", "2"))
     ckpt = str(trained / "checkpoints" / "last.pth")
-    line = exits_with(CheckpointError.exit_code, capsys, tiny_argv(
+    line = refused(capsys, CheckpointError.exit_code, tiny_argv(
         synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False", "TEST.CHECKPOINT_FILE_PATH", ckpt,
         "TRAIN.TRANSFORMER_DEPTH", "1"))
     assert line.startswith(f"error: {ckpt}: checkpoint does not match the model: ")
@@ -97,6 +86,6 @@ def test_checkpoint_from_another_config_gives_a_readable_key_diff(synthetic_root
 
 
 def test_wrong_type_on_the_command_line_names_the_key(synthetic_root, tmp_path, capsys):
-    line = exits_with(ConfigError.exit_code, capsys,
+    line = refused(capsys, ConfigError.exit_code,
                       tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.NUM_TRAIN_TASKS", "many"))
     assert line.startswith("error: command line: TRAIN.NUM_TRAIN_TASKS expects int") and line.endswith("got 'many'")

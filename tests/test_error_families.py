@@ -9,12 +9,11 @@ import sys
 
 import pytest
 import torch
-from tiny_run import REPO, tiny_argv
+from tiny_run import REPO, refused, tiny_argv
 
 from datasets.splits import SplitError
 from datasets.tracks import TrackFileError
 from datasets.video import BadVideoError
-from runs.run import main
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
 from utils.errors import (
@@ -104,25 +103,20 @@ def _spoil_videos(root, split: str) -> None:
             f.write(b"not a video" * 10)
 
 
-def _run_main(argv, capsys) -> tuple[int, str]:
-    """Exit code and the error line; the error is the last thing on stderr (a progress bar may come before it)."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], lines[-5:]
-    return info.value.code, errors[0] + "\n"
+def _run_main(argv, capsys, code: int) -> tuple[int, str]:
+    """(exit code, the one error line with its newline) of a run that must be refused with `code`."""
+    return code, refused(capsys, code, argv) + "\n"
 
 
 def test_config_family_through_main(synthetic_root, tmp_path, capsys):
-    code, err = _run_main(tiny_argv(synthetic_root, tmp_path / "r", "TRAIN.WAYS", "5"), capsys)
+    code, err = _run_main(tiny_argv(synthetic_root, tmp_path / "r", "TRAIN.WAYS", "5"), capsys, 3)
     assert (code, err) == (3, "error: command line: unknown config key TRAIN.WAYS (did you mean TRAIN.WAY?)\n")
 
 
 def test_split_family_through_main(synthetic_root, tmp_path, capsys):
     root = _copy(synthetic_root, tmp_path)
     os.remove(root / "test_class_names.txt")
-    code, err = _run_main(tiny_argv(root, tmp_path / "r"), capsys)
+    code, err = _run_main(tiny_argv(root, tmp_path / "r"), capsys, 4)
     assert code == 4
     assert err == (f"error: {root / 'test_class_names.txt'}: class-name file not found; produce it with `python "
                    f"runs/prepare_splits.py --dataset <benchmark> --out {root}` (or write one name a line)\n")
@@ -132,7 +126,7 @@ def test_split_family_through_main(synthetic_root, tmp_path, capsys):
 def test_video_family_through_main_with_two_loader_workers(synthetic_root, tmp_path, capsys):
     root = _copy(synthetic_root, tmp_path)
     _spoil_videos(root, "train")
-    code, err = _run_main(tiny_argv(root, tmp_path / "r", "DATA.NUM_WORKERS", "2"), capsys)
+    code, err = _run_main(tiny_argv(root, tmp_path / "r", "DATA.NUM_WORKERS", "2"), capsys, 5)
     assert code == 5 and err.count("\n") == 1
     assert err.startswith(f"error: {root}/") and ": unreadable video (" in err and "train episode 0" in err
 
@@ -142,7 +136,7 @@ def test_track_family_through_main(synthetic_root, tmp_path, capsys):
     for path in (root / "tracks").rglob("*.json"):
         path.write_text('{"video": 1}')
     code, err = _run_main(tiny_argv(root, tmp_path / "r", "DATA.TRACK_DIR", str(root / "tracks"),
-                                    "DATA.NUM_WORKERS", "2"), capsys)
+                                    "DATA.NUM_WORKERS", "2"), capsys, 6)
     assert code == 6 and err.count("\n") == 1
     assert err.startswith(f"error: {root / 'tracks'}/") and "'video' is 1, expected" in err
 
@@ -152,12 +146,12 @@ def test_checkpoint_family_through_main(synthetic_root, tmp_path, capsys):
     torch.save({"model": {"w": torch.zeros(1000)}}, bad)
     bad.write_bytes(bad.read_bytes()[:1500])  # torn, as by a crash mid-copy
     code, err = _run_main(tiny_argv(synthetic_root, tmp_path / "r", "TRAIN.ENABLE", "False",
-                                    "TEST.CHECKPOINT_FILE_PATH", str(bad)), capsys)
+                                    "TEST.CHECKPOINT_FILE_PATH", str(bad)), capsys, 7)
     assert code == 7 and err.startswith(f"error: {bad}: corrupt or truncated checkpoint (") and err.count("\n") == 1
 
 
 def test_episode_family_through_main(synthetic_root, tmp_path, capsys):
-    code, err = _run_main(tiny_argv(synthetic_root, tmp_path / "r", "TRAIN.WAY", "6"), capsys)
+    code, err = _run_main(tiny_argv(synthetic_root, tmp_path / "r", "TRAIN.WAY", "6"), capsys, 8)
     assert code == 8 and err.count("\n") == 1
     assert err.startswith("error: ") and "WAY 6 is larger than the 5 classes" in err
 
@@ -165,7 +159,7 @@ def test_episode_family_through_main(synthetic_root, tmp_path, capsys):
 def test_run_folder_family_through_main(synthetic_root, tmp_path, capsys):
     out = tmp_path / "r"
     (out / "checkpoints").mkdir(parents=True)
-    code, err = _run_main(tiny_argv(synthetic_root, out), capsys)
+    code, err = _run_main(tiny_argv(synthetic_root, out), capsys, 9)
     assert (code, err) == (9, f"error: {out}: OUTPUT_DIR already holds a run (checkpoints) (pass --resume to continue "
                               f"it or set OUTPUT_DIR to a new folder)\n")
 

@@ -15,3 +15,22 @@ def tiny_argv(root: Path, output_dir: Path, *extra: str) -> list[str]:
     return ["--cfg", TINY_CFG, *tiny_opts(root, output_dir, *extra)]
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def refused(capsys, code: int, argv: list[str]) -> str:
+    """`runs.run.main(argv)` must exit with `code` and end stderr with exactly one `error: ...` line (no traceback;
+    a progress bar may come before it); returns that line."""
+    import pytest
+
+    from runs.run import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert "Traceback" not in err and len(errors) == 1 and lines[-1] == errors[0], lines[-5:]
+    return errors[0]
+

@@ -18,6 +18,22 @@ def get_logger(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a record is emitted (a redirected or captured stdout of an earlier
+    in-process run may be closed by now)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler.__init__ assigns it
+        pass
+
+
 def setup_logging(output_dir: str | None = None) -> logging.Logger:
     """Main process: INFO to stdout and `output_dir/log.txt`; other ranks: warnings and errors only."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -27,7 +43,7 @@ def setup_logging(output_dir: str | None = None) -> logging.Logger:
     logger.setLevel(logging.INFO if main else logging.WARNING)
     fmt = logging.Formatter(f"[%(asctime)s{'' if main else ' rank ' + str(du.get_rank())}] %(message)s",
                             datefmt="%H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
+    console = _StdoutHandler()
     console.setFormatter(fmt)
     logger.addHandler(console)
     if main and output_dir:

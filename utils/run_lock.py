@@ -87,13 +87,16 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise RunFolderError(f"{self.path}: run folder in use by {describe(self._read(fd))} (wait for "
-                                         f"that job to end or use another OUTPUT_DIR)") from None
+                    raise self._in_use(fd) from None
             holder = self._read(fd)
             if holder:
                 self._check_stale(holder, warn=False)
         finally:
             os.close(fd)  # also drops the flock taken above
+
+    def _in_use(self, fd: int) -> RunFolderError:
+        return RunFolderError(f"{self.path}: run folder in use by {describe(self._read(fd))} (wait for that job to "
+                              f"end or use another OUTPUT_DIR)")
 
     def _try_acquire(self) -> bool:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -102,8 +105,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise RunFolderError(f"{self.path}: run folder in use by {describe(self._read(fd))} (wait for "
-                                         f"that job to end or use another OUTPUT_DIR)") from None
+                    raise self._in_use(fd) from None
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
                 # No flock on this file system: the pid/host check below is all there is.
