@@ -1,11 +1,11 @@
 """Fail fast: every split the run uses is loaded and checked before the first training step."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 
 import pytest
+from tiny_run import log_records
 
 from datasets.checks import MissingVideosError, check_run_data, run_splits, scan_videos
 from datasets.sampling import EpisodeConfigError
@@ -27,22 +27,6 @@ def root(synthetic_root, tmp_path):
     copy = tmp_path / "bench"
     shutil.copytree(synthetic_root, copy)
     return copy
-
-
-@contextlib.contextmanager
-def _records(level=logging.INFO):
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(level)
-    handler.emit = records.append
-    logger = logging.getLogger("fsar")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def _videos(root, split):
@@ -103,7 +87,7 @@ def test_resample_logs_the_count_and_checks_what_is_left_per_class(root):
     videos = _videos(root, "test")  # class-major, 6 per class
     for rel in videos[:3]:
         (root / rel).unlink()
-    with _records(logging.WARNING) as records:
+    with log_records(logging.WARNING) as records:
         counts = check_run_data(_cfg(root, "DATA.ON_BAD_VIDEO", "resample"))
     assert counts["test"]["missing"] == 3 and counts["train"]["missing"] == 0
     assert any("test_few_shot.txt: 3 of 30 listed videos are unusable" in r.getMessage() for r in records)
@@ -130,7 +114,7 @@ def test_videos_without_track_files_are_counted_not_refused(root):
     tracks = root / "tracks"
     first_test = _videos(root, "test")[0][:-4]  # video id of the `//` form: the path without extension
     (tracks / f"{first_test}.json").unlink()
-    with _records() as records:
+    with log_records() as records:
         counts = check_run_data(_cfg(root, "VFAM.ENABLE", True, "DATA.TRACK_DIR", tracks))
     assert counts["test"]["missing_tracks"] == 1 and counts["train"]["missing_tracks"] == 0
     assert any("1 of 30 videos have no track file" in r.getMessage() and first_test in r.getMessage()

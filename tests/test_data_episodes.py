@@ -1,12 +1,12 @@
 """The episodic dataset and loader: episode contract, determinism, startup checks, bad-video policies."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
 import pytest
 import torch
+from tiny_run import log_records
 
 from datasets import DATASET_REGISTRY, build_dataset, build_loader
 from datasets.sampling import EpisodeConfigError
@@ -20,23 +20,6 @@ def _cfg(root, *opts):
         "DATA.TRAIN_CROP_SIZE", "56", "DATA.TEST_CROP_SIZE", "64", "DATA.TRAIN_JITTER_SCALES", "[64, 80]",
         "DATA.TEST_SCALE", "64", "DATA.NUM_WORKERS", "0", "TRAIN.WAY", "5", "TRAIN.SHOT", "1",
         "TRAIN.QUERY_PER_CLASS", "2", "TRAIN.QUERY_PER_CLASS_TEST", "1", *map(str, opts)])
-
-
-@contextlib.contextmanager
-def _records(level=logging.INFO):
-    """Capture the project's log records whatever setup_logging did to propagation."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(level)
-    handler.emit = records.append
-    logger = logging.getLogger("fsar")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def _assert_same_episode(a, b):
@@ -118,7 +101,7 @@ def test_unknown_dataset_name_lists_registered_entries(synthetic_root):
 
 
 def test_ssv2_entry_turns_flip_off_and_says_so(synthetic_root):
-    with _records() as records:
+    with log_records() as records:
         dataset = build_dataset(_cfg(synthetic_root, "DATA.DATASET", "Ssv2_few_shot", "DATA.FLIP", True), "train", [0])
     assert not dataset.flip
     assert any("Ssv2_few_shot: DATA.FLIP is off" in r.getMessage() for r in records)
@@ -160,7 +143,7 @@ def test_resample_replaces_bad_videos_by_the_same_class_and_logs_them(damaged_ro
     root, bad = damaged_root
     dataset = build_dataset(_cfg(root, "DATA.ON_BAD_VIDEO", "resample", "TRAIN.QUERY_PER_CLASS_TEST", 2), "test",
                             range(4))
-    with _records(logging.WARNING) as records:
+    with log_records(logging.WARNING) as records:
         episodes = [dataset[i] for i in range(4)]
     replaced = [r for e in episodes for r in e["replaced_videos"]]
     assert replaced and {vid for vid, _ in replaced} <= bad

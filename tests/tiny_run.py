@@ -1,6 +1,8 @@
 """Shared helpers for the engine and reliability tests."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 TINY_CFG = str(Path(__file__).resolve().parent / "configs" / "tiny.yaml")
@@ -34,3 +36,19 @@ def refused(capsys, code: int, argv: list[str]) -> str:
     assert "Traceback" not in err and len(errors) == 1 and lines[-1] == errors[0], lines[-5:]
     return errors[0]
 
+
+@contextlib.contextmanager
+def log_records(level: int = logging.INFO):
+    """Capture the project's log records whatever setup_logging did to propagation."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = records.append
+    logger = logging.getLogger("fsar")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
