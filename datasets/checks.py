@@ -15,6 +15,7 @@ import time
 from typing import Any, Sequence
 
 from datasets.few_shot import episode_shape
+from datasets.prepared import squash_prepared_scale
 from datasets.sampling import EpisodeSampler
 from datasets.splits import load_split
 from datasets.tracks import track_path
@@ -110,6 +111,7 @@ def check_run_data(cfg) -> dict[str, Any]:
     """Check every split the run will use (`run_splits`) before the first step; returns
     {split: {classes, videos, missing, empty, missing_tracks}, "seconds": float}."""
     start = time.perf_counter()
+    squash_prepared_scale(cfg.DATA)  # prepared frames fit the view (no second resampling)
     result: dict[str, Any] = {split: check_split(cfg, split) for split in run_splits(cfg)}
     result["seconds"] = round(time.perf_counter() - start, 3)
     described = "; ".join(f"{s} {c['classes']} classes, {c['videos']} videos" for s, c in result.items()

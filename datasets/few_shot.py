@@ -14,11 +14,13 @@ from typing import Any, Container, Sequence
 import torch
 
 from datasets.build import CLIP_MEAN, CLIP_STD, DATASET_REGISTRY
+from datasets.prepared import squash_prepared_scale
 from datasets.sampling import EpisodeSampler, FrameSampler
 from datasets.splits import Split, VideoEntry, load_split
 from datasets.tracks import TrackFile, boxes_at_frames, check_track_matches, load_track_file, track_path
 from datasets.transforms import QueryAugment, ViewParams, frames_to_tensor, sample_view, transform_boxes
 from datasets.video import DEFAULT_DECODER, BadVideoError, VideoSource, build_video_source
+from utils.episode import Episode, Videos, build_episode
 from utils.logger import get_logger
 from utils.seeding import episode_generator
 
@@ -52,7 +54,7 @@ class FewShotDataset(torch.utils.data.Dataset):
                  min_video_frames: int = 1, decoder: str = DEFAULT_DECODER, video_source: VideoSource | None = None,
                  deterministic_train: bool = False, skip_videos: Container[str] | None = None,
                  resize_mode: str = "short_side", frame_sampler: FrameSampler | None = None,
-                 query_augment: QueryAugment | None = None):
+                 query_augment: QueryAugment | None = None, prepared_squash: int = 0):
         if on_bad_video not in BAD_VIDEO_POLICIES:
             raise ValueError(f"DATA.ON_BAD_VIDEO must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
         self.split, self.split_name = split, split.name
@@ -72,6 +74,12 @@ class FewShotDataset(torch.utils.data.Dataset):
         self.frame_sampler = frame_sampler or FrameSampler()
         # Training queries only (CLIP-FSAR's SUPPORT_QUERY_DIFF); never with test-style training views.
         self.query_augment = query_augment if self.random_views else None
+        # Exact crops travel as uint8 pixels (4x less to write, to pass between processes and to copy to the
+        # device, which normalises them): no colour jitter, and frames the reader resized to the short side or
+        # that were squashed at preparation (datasets/prepared.py); other views are normalised float32.
+        self.prepared_squash = prepared_squash
+        exact = resize_mode == "short_side" or prepared_squash > 0
+        self.pixel_dtype = torch.uint8 if exact and self.query_augment is None else torch.float32
         self.on_bad_video, self.track_dir, self.max_entities = on_bad_video, track_dir, max_entities
         self.source = video_source or build_video_source(frames_folder, min_frames=min_video_frames, decoder=decoder)
         self.videos_by_class = split.videos_by_class()
@@ -113,7 +121,8 @@ class FewShotDataset(torch.utils.data.Dataset):
                     track_dir=data.TRACK_DIR, max_entities=cfg.VFAM.MAX_ENTITIES,
                     min_video_frames=data.MIN_VIDEO_FRAMES, decoder=data.DECODER,
                     deterministic_train=data.DETERMINISTIC_TRAIN,
-                    resize_mode=data.RESIZE_MODE, frame_sampler=sampler, query_augment=query_augment)
+                    resize_mode=data.RESIZE_MODE, frame_sampler=sampler, query_augment=query_augment,
+                    prepared_squash=squash_prepared_scale(data))
 
     @classmethod
     def prepare(cls, cfg) -> None:
@@ -122,48 +131,44 @@ class FewShotDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.episode_indices)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> Episode:
         index = self.episode_indices[i]
         plan = self.sampler(episode_generator(self.seed, self.split_name, index))
         used = {e.video_id for e in plan.support + plan.query}
         replaced: list[list[str]] = []
         # Clips are written straight into the episode tensors (no stacking copy of the largest arrays).
-        shape = (self.num_frames, 3, self.crop_size, self.crop_size)
-        support_set = torch.empty((len(plan.support), *shape))  # [S, T, 3, H, W]
-        target_set = torch.empty((len(plan.query), *shape))  # [Q, T, 3, H, W]
+        support_set = self._empty_videos(len(plan.support))  # [S, T, 3, H, W]
+        target_set = self._empty_videos(len(plan.query))  # [Q, T, 3, H, W]
         support = [self._load_slot(e, s, used, replaced, index, support_set[k])
                    for k, (e, s) in enumerate(zip(plan.support, plan.support_seeds, strict=True))]
         query = [self._load_slot(e, s, used, replaced, index, target_set[k], is_query=True)
                  for k, (e, s) in enumerate(zip(plan.query, plan.query_seeds, strict=True))]
-        names = self.split.class_names
-        episode: dict[str, Any] = {
-            "support_set": support_set,
-            "target_set": target_set,
-            "support_labels": torch.arange(self.way).repeat_interleave(self.shot),
-            "target_labels": torch.arange(self.way).repeat_interleave(self.query),
-            "real_support_labels": torch.tensor(plan.class_ids).repeat_interleave(self.shot),
-            "real_target_labels": torch.tensor(plan.class_ids).repeat_interleave(self.query),
-            "class_names": [names[c] for c in plan.class_ids],
-            "split_class_names": list(names),
-            "support_ids": [c.video_id for c in support],
-            "target_ids": [c.video_id for c in query],
-            "episode_index": index,
-            "split": self.split_name,
-            "replaced_videos": replaced,
-        }
+        tracks = {}
         if self.track_dir:
-            episode["support_boxes"] = _stack([c.boxes for c in support])  # [S, T, K, 4]
-            episode["support_box_mask"] = _stack([c.box_mask for c in support])  # [S, T, K]
-            episode["target_boxes"] = _stack([c.boxes for c in query])
-            episode["target_box_mask"] = _stack([c.box_mask for c in query])
-            episode["missing_tracks"] = [c.video_id for c in support + query if c.missing_tracks]
+            tracks = dict(support_boxes=_stack([c.boxes for c in support]),  # [S, T, K, 4]
+                          support_box_mask=_stack([c.box_mask for c in support]),  # [S, T, K]
+                          target_boxes=_stack([c.boxes for c in query]),
+                          target_box_mask=_stack([c.box_mask for c in query]),
+                          missing_tracks=[c.video_id for c in support + query if c.missing_tracks])
+        support_videos: Videos = support_set
+        query_videos: Videos = target_set
         if any(c.frames is None for c in support + query):  # some videos skipped: per-video lists
-            episode["support_set"] = [None if c.frames is None else t
-                                      for c, t in zip(support, support_set, strict=True)]
-            episode["target_set"] = [None if c.frames is None else t for c, t in zip(query, target_set, strict=True)]
-        return episode
+            support_videos = [None if c.frames is None else t for c, t in zip(support, support_set, strict=True)]
+            query_videos = [None if c.frames is None else t for c, t in zip(query, target_set, strict=True)]
+        return build_episode(support_videos, query_videos, shot=self.shot, query=self.query, class_ids=plan.class_ids,
+                             split_class_names=self.split.class_names, support_ids=[c.video_id for c in support],
+                             target_ids=[c.video_id for c in query], episode_index=index, split=self.split_name,
+                             replaced_videos=replaced, **tracks)
 
     # -----------------------------------------------------------------------------------------
+
+    def _empty_videos(self, count: int) -> torch.Tensor:
+        """[count, T, 3, crop, crop] to write clips into. uint8 pixels are stored channels-last ([.., crop, crop, 3]
+        memory, as decoded), so copying a crop moves whole rows instead of transposing every pixel."""
+        t, c = self.num_frames, self.crop_size
+        if self.pixel_dtype == torch.uint8:
+            return torch.empty((count, t, c, c, 3), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
+        return torch.empty((count, t, 3, c, c), dtype=self.pixel_dtype)
 
     def _load_slot(self, entry: VideoEntry, seed: int, used: set[str], replaced: list[list[str]], index: int,
                    out: torch.Tensor, is_query: bool = False) -> Clip:
@@ -207,6 +212,9 @@ class FewShotDataset(torch.utils.data.Dataset):
         # see clip_indices); the readers do not report a frame rate yet.
         indices = self.frame_sampler(video.num_frames, self.num_frames, self.random_views, generator)
         frames = video.frames(indices)  # uint8 [T, h, w, 3]
+        if self.prepared_squash and (frames.shape[2], frames.shape[1]) != (self.prepared_squash,) * 2:
+            raise BadVideoError(path, "wrong size", f"{frames.shape[2]}x{frames.shape[1]} frames in a data root "
+                                f"prepared at {self.prepared_squash}x{self.prepared_squash} (its prepared.json)")
         clip = Clip(entry.video_id, frames_to_tensor(frames, view, self.mean, self.std, out=out))
         if self.track_dir:
             size = (frames.shape[2], frames.shape[1])

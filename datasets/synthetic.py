@@ -37,7 +37,7 @@ from datasets.synthetic_render import (
     write_mp4,
 )
 from datasets.tracks import write_track_file
-from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, rules, section
+from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, one_of, rules, section
 from utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -208,8 +208,9 @@ def add_synthetic_config(cfg: CfgNode) -> None:
     _S.SIZE = 64  # video side in pixels
     _S.DISTRACTORS = 2  # moving distractor entities per video
     _S.SEED = 0  # generator seed (same seed, same files)
+    _S.KIND = "benchmark"  # benchmark (this module) or world (datasets/synthetic_world.py: compositional class names)
     rules("SYNTHETIC", CLASSES=POSITIVE, VIDEOS_PER_CLASS=POSITIVE, FRAMES=POSITIVE, SIZE=POSITIVE,
-          DISTRACTORS=NON_NEGATIVE, SEED=NON_NEGATIVE)
+          DISTRACTORS=NON_NEGATIVE, SEED=NON_NEGATIVE, KIND=one_of("benchmark", "world"))
 
 
 def ensure_synthetic(cfg: CfgNode) -> None:
@@ -221,7 +222,13 @@ def ensure_synthetic(cfg: CfgNode) -> None:
         raise ValueError(f"SYNTHETIC.GENERATE writes videos and lists into one folder: DATA.DATA_ROOT_DIR "
                          f"({cfg.DATA.DATA_ROOT_DIR}) must equal DATA.ANNO_DIR ({root})")
     syn = cfg.SYNTHETIC
-    logger.info("generating the synthetic benchmark into %s (%d classes x %d videos)", root, syn.CLASSES,
+    logger.info("generating the synthetic %s into %s (%d classes x %d videos)", syn.KIND, root, syn.CLASSES,
                 syn.VIDEOS_PER_CLASS)
-    make_synthetic(root, classes=syn.CLASSES, videos_per_class=syn.VIDEOS_PER_CLASS, frames=syn.FRAMES,
-                   size=syn.SIZE, seed=syn.SEED, distractors=syn.DISTRACTORS)
+    if syn.KIND == "world":
+        from datasets.synthetic_world import make_world  # the world module builds on this one's helpers
+
+        make = make_world
+    else:
+        make = make_synthetic
+    make(root, classes=syn.CLASSES, videos_per_class=syn.VIDEOS_PER_CLASS, frames=syn.FRAMES, size=syn.SIZE,
+         seed=syn.SEED, distractors=syn.DISTRACTORS)

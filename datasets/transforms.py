@@ -15,6 +15,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from datasets.sampling import randint, uniform
+from utils.pixels import normalise
 
 # squash: every frame to SCALE x SCALE, aspect ratio ignored (CLIP-FSAR); short_side: short side to SCALE (ours).
 RESIZE_MODES = ("squash", "short_side")
@@ -169,14 +170,28 @@ def crop_box(size: tuple[int, int], view: ViewParams) -> tuple[int, int]:
     return round(view.x_frac * (width - view.crop_size)), round(view.y_frac * (height - view.crop_size))
 
 
+def is_exact_crop(view: ViewParams, size: tuple[int, int]) -> bool:
+    """True when the view of a frame of `size` (w, h) only selects pixels (crop, flip): it can stay uint8."""
+    return view.jitter is None and view_frame_size(size, view) == size
+
+
 def frames_to_tensor(frames: np.ndarray, view: ViewParams, mean: Sequence[float], std: Sequence[float],
                      out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [T, h, w, 3] as decoded -> normalised float [T, 3, crop, crop] (written into `out`)."""
+    """uint8 [T, h, w, 3] as decoded -> [T, 3, crop, crop], written into `out`: normalised float32, or, when
+    `out` is uint8, the crop's pixels themselves (exact crops only; the model normalises them on its device,
+    models/clip.py:CLIPBackbone.normalise)."""
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T, 3, h, w] uint8 view
-    size = view_frame_size((video.shape[3], video.shape[2]), view)
+    frame_size = (video.shape[3], video.shape[2])
+    size = view_frame_size(frame_size, view)
     x0, y0 = crop_box(size, view)
     c = view.crop_size
-    if size != (video.shape[3], video.shape[2]):
+    if out is not None and out.dtype == torch.uint8:
+        if not is_exact_crop(view, frame_size):
+            raise ValueError("frames_to_tensor: a uint8 output needs an exact crop (no squash resize, no colour "
+                             "jitter)")
+        crop = video[:, :, y0:y0 + c, x0:x0 + c]
+        return out.copy_(crop.flip(-1) if view.flip else crop)
+    if size != frame_size:
         video = squash_crop(video, size, x0, y0, c)  # [T, 3, c, c] float
     else:
         video = video[:, :, y0:y0 + c, x0:x0 + c]  # [T, 3, c, c] uint8 view
@@ -186,12 +201,7 @@ def frames_to_tensor(frames: np.ndarray, view: ViewParams, mean: Sequence[float]
     if view.jitter is not None:
         video = view.jitter(video.float() / 255.0)  # colour adjustments work on 0..1 and clip to it
         pixel = 1.0
-    if out is None:
-        out = torch.empty(video.shape, dtype=torch.float32)
-    # (x / pixel - mean) / std as one multiply-add reading the crop: one pass over the largest tensors.
-    scale = torch.tensor([1.0 / (pixel * s) for s in std]).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)]).view(1, 3, 1, 1)
-    return torch.addcmul(shift, video, scale, out=out)
+    return normalise(video, mean, std, pixel, out=out)  # one pass over the largest tensors
 
 
 def transform_boxes(boxes: torch.Tensor, mask: torch.Tensor, size: tuple[int, int],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from utils.config import CfgNode, section
+from utils.config import CfgNode, ConfigError, section
 from utils.registry import Registry
 
 HEAD_REGISTRY = Registry("HEAD")  # few-shot heads: class(cfg-derived kwargs); built via cls.from_config(cfg)
@@ -17,4 +17,23 @@ def add_model_build_config(cfg: CfgNode) -> None:
 def build_model(cfg: CfgNode) -> nn.Module:
     """Build the head named by VIDEO.HEAD.NAME from `cfg`; the caller moves it to a device."""
     head_cls = HEAD_REGISTRY.get(cfg.VIDEO.HEAD.NAME, "VIDEO.HEAD.NAME")
-    return head_cls(**head_cls.from_config(cfg))
+    model = head_cls(**head_cls.from_config(cfg))
+    check_input_matches_backbone(cfg, model.backbone)
+    return model
+
+
+def check_input_matches_backbone(cfg: CfgNode, backbone: nn.Module) -> None:
+    """At start-up, not at the first step: the data's normalisation and crops are the backbone's. Loader-
+    normalised views use DATA.MEAN/STD and uint8 crops the backbone's own (models/clip.py:CLIPBackbone.normalise),
+    so the two must agree; a crop of another size would fail in the first forward pass."""
+    name = cfg.VIDEO.HEAD.BACKBONE_NAME
+    for key, ours, theirs in (("DATA.MEAN", cfg.DATA.MEAN, backbone.image_mean),
+                              ("DATA.STD", cfg.DATA.STD, backbone.image_std)):
+        if any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(ours, theirs, strict=True)):
+            raise ConfigError(f"{key} {list(ours)} differs from the {name} backbone's {list(theirs)}, which its "
+                              f"weights were trained with; set {key} to it")
+    side = backbone.image_size[0]
+    for key in ("DATA.TRAIN_CROP_SIZE", "DATA.TEST_CROP_SIZE"):
+        if cfg.DATA[key.split(".")[1]] != side or backbone.image_size[0] != backbone.image_size[1]:
+            raise ConfigError(f"{key} {cfg.DATA[key.split('.')[1]]} differs from the {name} backbone's input "
+                              f"size {side}x{backbone.image_size[1]}; set it to {side}")

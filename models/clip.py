@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from utils.config import NON_NEGATIVE, PATH, CfgNode, one_of, rules, section
 from utils.logger import get_logger
+from utils.pixels import normalise
 
 logger = get_logger(__name__)
 
@@ -204,6 +205,13 @@ class CLIPBackbone(nn.Module):
         return self.model.token_embedding.weight.device
 
     # ------------------------------------------------------------------ image side
+    def normalise(self, videos: Tensor) -> Tensor:
+        """The tower's input from an episode's videos [..., 3, H, W]: uint8 pixels (exact crops, which the loader
+        hands over as bytes: 4x less to copy between processes and devices) are normalised here with the tower's
+        image_mean / image_std, on the videos' device; float videos are already normalised (views that resample
+        or colour-jitter are normalised by the loader, see datasets/transforms.py) and pass unchanged."""
+        return normalise(videos, self.image_mean, self.image_std) if videos.dtype == torch.uint8 else videos
+
     def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(stage, x, use_reentrant=False)

@@ -5,10 +5,10 @@ training with DATA.DETERMINISTIC_TRAIN) and an encoder without trainable paramet
 a frozen backbone). The data loader is told which videos are cached and does not decode them; their slots in the
 episode hold None.
 
-In eval mode the cache also keeps the head's per-video outputs by role (`head.per_video_outputs`): a query's frames
-after the temporal transformer and, where the head's support text is fixed, a support's text-modulated frames. A
-video's query outputs are computed from its frames alone and its support outputs from its own (support) class, so
-no query label is read.
+The cache talks to the head only through its contract (models/heads/base.py): `supports_feature_cache`,
+`encode_videos`, `per_video_outputs` and `forward(episode, features)`; what the head returns stays opaque to it.
+In eval mode it also keeps the head's per-video outputs by role: as a query (computed from the video's frames
+alone) and as a support (from its own, support, class), so no query label is read.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from collections import OrderedDict
 
 import torch
 
-ROLES = (("support", "support_set", "support_boxes", "support_box_mask"),
-         ("target", "target_set", "target_boxes", "target_box_mask"))
+from models.heads.base import FewShotHead, VideoFeatures
+from utils.episode import Episode
 
 
 class VideoFeatureCache:
@@ -43,12 +43,12 @@ class VideoFeatureCache:
     def __len__(self) -> int:
         return len(self.store)
 
-    def episode_features(self, head: torch.nn.Module, episode: dict) -> tuple[dict, dict]:
-        """(support, target) feature dicts for an episode whose cached videos were not decoded.
+    def episode_features(self, head: FewShotHead, episode: Episode) -> tuple[VideoFeatures, VideoFeatures]:
+        """(support, query) features for an episode whose cached videos were not decoded.
 
         New videos of the episode are encoded together in one backbone call.
         """
-        support_ids, target_ids = list(episode["support_ids"]), list(episode["target_ids"])
+        support_ids, target_ids = list(episode.support_ids), list(episode.target_ids)
         ids = support_ids + target_ids
         if len(ids) > self.capacity:
             raise ValueError(f"{self.key} ({self.capacity}) is smaller than one episode ({len(ids)} videos)")
@@ -62,15 +62,15 @@ class VideoFeatureCache:
         if new:
             self._encode(head, [ids[i] for i in new], [clips[i] for i in new],
                          [boxes[i] for i in new] if boxes else None, [masks[i] for i in new] if masks else None)
-        if not head.training and hasattr(head, "per_video_outputs"):
-            names = episode["class_names"]
+        if not head.training:
+            names = episode.class_names
             self._add_role_outputs(head, "query", target_ids, None)
             self._add_role_outputs(head, "support", support_ids,
-                                   [names[label] for label in episode["support_labels"].tolist()])
+                                   [names[label] for label in episode.support_labels.tolist()])
         device = _device_of(head)
         return self._role_features(support_ids, "support", device), self._role_features(target_ids, "query", device)
 
-    def _add_role_outputs(self, head, role: str, ids: list[str], class_names: list[str] | None) -> None:
+    def _add_role_outputs(self, head: FewShotHead, role: str, ids: list[str], class_names: list[str] | None) -> None:
         """Compute `head.per_video_outputs` for the videos first seen in this role (one batched call)."""
         new = [i for i, vid in enumerate(ids) if role not in self.store[vid]]
         if not new:
@@ -92,16 +92,16 @@ class VideoFeatureCache:
         return {"videos": len(self), "hits": self.hits, "misses": self.misses,
                 "support_outputs": with_role["support"], "query_outputs": with_role["query"]}
 
-    def _role_features(self, ids: list[str], role: str, device: torch.device) -> dict[str, torch.Tensor]:
+    def _role_features(self, ids: list[str], role: str, device: torch.device) -> VideoFeatures:
         """The videos' features (+ this role's per-video outputs, when every video has them) stacked on dim 0."""
         entries = [self.store[vid] for vid in ids]
-        stacked = _stack([e["features"] for e in entries], device)
+        features = VideoFeatures(_stack([e["features"] for e in entries], device))
         role_keys = set(entries[0].get(role, {}))
         if role_keys and all(set(e.get(role, {})) == role_keys for e in entries):
-            stacked.update(_stack([e[role] for e in entries], device))
-        return stacked
+            features.cached = _stack([e[role] for e in entries], device)
+        return features
 
-    def _encode(self, head, ids: list[str], clips: list, boxes: list | None, masks: list | None) -> None:
+    def _encode(self, head: FewShotHead, ids: list[str], clips: list, boxes: list | None, masks: list | None) -> None:
         missing = [vid for vid, clip in zip(ids, clips, strict=True) if clip is None]
         if missing:
             raise RuntimeError(f"feature cache: videos {missing[:3]} were neither decoded nor cached")
@@ -116,14 +116,13 @@ class VideoFeatureCache:
             self.store.popitem(last=False)
 
 
-def _episode_slots(episode: dict) -> tuple[list, list, list]:
+def _episode_slots(episode: Episode) -> tuple[list, list, list]:
     """Per-video frames (None where cached), boxes and masks, support videos first."""
-    clips, boxes, masks = [], [], []
-    for _, frames_key, boxes_key, mask_key in ROLES:
-        clips.extend(list(episode[frames_key]))
-        if boxes_key in episode:
-            boxes.extend(list(episode[boxes_key]))
-            masks.extend(list(episode[mask_key]))
+    clips = list(episode.support_set) + list(episode.target_set)
+    if not episode.has_tracks:
+        return clips, [], []
+    boxes = list(episode.support_boxes) + list(episode.target_boxes)
+    masks = list(episode.support_box_mask) + list(episode.target_box_mask)
     return clips, boxes, masks
 
 
@@ -136,7 +135,3 @@ def _stack(per_video: list[dict[str, torch.Tensor]], device: torch.device) -> di
 def _device_of(head: torch.nn.Module) -> torch.device:
     return next(head.parameters()).device
 
-
-def head_supports_cache(head: torch.nn.Module) -> bool:
-    """Heads opt in by defining `encode_videos` + `forward_features` and `supports_feature_cache = True`."""
-    return bool(getattr(head, "supports_feature_cache", False))

@@ -19,6 +19,7 @@ import torch
 
 from runs.config import load_config
 from utils.config import CfgNode
+from utils.episode import Episode, build_episode
 
 # Dense bf16 peak TFLOP/s per GPU (vendor datasheets) for model-FLOP utilisation.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
@@ -52,11 +53,10 @@ def time_repeats(fn, repeats: int, warmup: int, device: torch.device) -> list[fl
     return times
 
 
-def random_episode(cfg: CfgNode, image_size: int, generator: torch.Generator) -> dict:
+def random_episode(cfg: CfgNode, image_size: int, generator: torch.Generator) -> Episode:
     """An episode of random frames with the config's way/shot/query/frames (for timing only)."""
     way, shot, query, frames = cfg.TRAIN.WAY, cfg.TRAIN.SHOT, cfg.TRAIN.QUERY_PER_CLASS, cfg.DATA.NUM_INPUT_FRAMES
     k = cfg.VFAM.MAX_ENTITIES
-    names = [f"class {i}" for i in range(way)]
 
     def videos(n):
         return torch.randn(n, frames, 3, image_size, image_size, generator=generator)
@@ -65,17 +65,13 @@ def random_episode(cfg: CfgNode, image_size: int, generator: torch.Generator) ->
         corner = torch.rand(n, frames, k, 2, generator=generator) * 0.5
         return torch.cat([corner, corner + 0.4], dim=-1), torch.ones(n, frames, k, dtype=torch.bool)
 
-    support_labels = torch.arange(way).repeat_interleave(shot)
-    target_labels = torch.arange(way).repeat_interleave(query)
+    support, target = videos(way * shot), videos(way * query)
     (sb, sm), (tb, tm) = boxes(way * shot), boxes(way * query)
-    return {
-        "support_set": videos(way * shot), "target_set": videos(way * query),
-        "support_labels": support_labels, "target_labels": target_labels,
-        "real_support_labels": support_labels.clone(), "real_target_labels": target_labels.clone(),
-        "class_names": names, "split_class_names": names, "episode_index": 0, "split": "train",
-        "support_ids": [f"s{i}" for i in range(way * shot)], "target_ids": [f"q{i}" for i in range(way * query)],
-        "replaced_videos": [], "support_boxes": sb, "support_box_mask": sm, "target_boxes": tb, "target_box_mask": tm,
-    }
+    return build_episode(support, target, shot=shot, query=query, class_ids=range(way),
+                         split_class_names=[f"class {i}" for i in range(way)],
+                         support_ids=[f"s{i}" for i in range(way * shot)],
+                         target_ids=[f"q{i}" for i in range(way * query)], episode_index=0, split="train",
+                         support_boxes=sb, support_box_mask=sm, target_boxes=tb, target_box_mask=tm)
 
 
 def parse_variants(items: list[str] | None, default: dict) -> dict[str, list[str]]:
@@ -92,7 +88,6 @@ def parse_variants(items: list[str] | None, default: dict) -> dict[str, list[str
 # ------------------------------------------------------------------------------------------- train-step
 def train_step_child(args) -> None:
     """One variant in a fresh process, so CPU peak memory (max RSS) belongs to this variant alone."""
-    from runs.engine_utils import to_device
     from runs.train_net_few_shot import Trainer
 
     device = pick_device()
@@ -100,7 +95,7 @@ def train_step_child(args) -> None:
     torch.manual_seed(0)
     trainer = Trainer(cfg, device)
     size = trainer.model.backbone.image_size[0]
-    episode = to_device(random_episode(cfg, size, torch.Generator().manual_seed(0)), device)
+    episode = random_episode(cfg, size, torch.Generator().manual_seed(0)).to(device)
     base_rss = psutil.Process().memory_info().rss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -169,7 +164,7 @@ def bench_otam(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- flops
-def episode_flops(model: torch.nn.Module, episode: dict) -> float:
+def episode_flops(model: torch.nn.Module, episode: Episode) -> float:
     """Forward FLOPs of one episode (fvcore counts a fused multiply-add as one flop)."""
     from fvcore.nn import FlopCountAnalysis
 
@@ -183,7 +178,7 @@ def episode_flops(model: torch.nn.Module, episode: dict) -> float:
 
 
 class _EpisodeWrapper(torch.nn.Module):
-    """fvcore traces tensor inputs; the episode dict is bound here and logits returned."""
+    """fvcore traces tensor inputs; the episode is bound here and logits returned."""
 
     def __init__(self, model, episode):
         super().__init__()

@@ -141,13 +141,18 @@ def make_realistic_benchmark(root: str, kinds: Sequence[str], classes: int, vide
             f.write("".join(lines))
 
 
+SQUASH = 256  # the lineage's squash scale
+
+
 def _data_cfg(anno: str, data_root: str, frames_folder: bool, way: int, shot: int, query: int, workers: int):
     from runs.config import load_config
 
     return load_config(None, [
         "DATA.DATASET", "Ucf101_few_shot", "DATA.ANNO_DIR", anno, "DATA.DATA_ROOT_DIR", data_root,
         "DATA.FRAMES_FOLDER", str(frames_folder), "DATA.NUM_INPUT_FRAMES", "8", "DATA.TRAIN_CROP_SIZE", "224",
-        "DATA.TRAIN_JITTER_SCALES", "[256, 320]", "DATA.NUM_WORKERS", str(workers), "DATA.PIN_MEMORY", "False",
+        # CLIP-FSAR's view (configs/projects/CLIPFSAR/base.yaml): every frame squashed to 256 x 256, 224 crop.
+        "DATA.RESIZE_MODE", "squash", "DATA.TRAIN_JITTER_SCALES", f"[{SQUASH}, {SQUASH}]", "DATA.TEST_SCALE",
+        str(SQUASH), "DATA.NUM_WORKERS", str(workers), "DATA.PIN_MEMORY", "False",
         "TRAIN.WAY", str(way), "TRAIN.SHOT", str(shot), "TRAIN.QUERY_PER_CLASS", str(query),
     ])
 
@@ -204,6 +209,8 @@ def _data_methods(root: str, full_res: bool) -> dict[str, tuple[str, bool, Calla
     if full_res:
         methods["raw/decord full res+resize"] = (raw, False, lambda: FullResolutionThenResize("uint8"))
     methods["prepared/frames"] = (os.path.join(root, "prepared_frames"), True, FramesFolderSource)
+    methods[f"prepared/frames squash {SQUASH}"] = (os.path.join(root, "prepared_frames_squash"), True,
+                                                   FramesFolderSource)
     methods["prepared/mp4 pyav"] = (os.path.join(root, "prepared_mp4"), False, lambda: PyAVSource(num_threads=1))
     methods["prepared/mp4 decord"] = (os.path.join(root, "prepared_mp4"), False, lambda: DecordSource(num_threads=1))
     return methods
@@ -223,12 +230,13 @@ def bench_data(args: argparse.Namespace) -> dict:
         print(f"videos: {len(args.kinds)} codecs x {args.classes} classes x {args.videos_per_class}, "
               f"{args.seconds[0]:g}-{args.seconds[1]:g} s, in {root} (generated once) ...", flush=True)
         make_realistic_benchmark(root, args.kinds, args.classes, args.videos_per_class, tuple(args.seconds))
-        for fmt in ("frames", "mp4"):
+        for name, extra in (("frames", []), ("mp4", ["--format", "mp4"]),
+                            ("frames_squash", ["--squash", str(SQUASH)])):
             code = prepare_videos.main(["--data-root", os.path.join(root, "videos"), "--out",
-                                        os.path.join(root, f"prepared_{fmt}"), "--format", fmt, "--lists",
+                                        os.path.join(root, f"prepared_{name}"), *extra, "--lists",
                                         *[os.path.join(root, "anno", k, "train_few_shot.txt") for k in args.kinds]])
             if code:
-                raise RuntimeError(f"prepare_videos --format {fmt} failed on generated videos")
+                raise RuntimeError(f"prepare_videos {' '.join(extra)} failed on generated videos")
         methods = _data_methods(root, args.full_res)
         results: dict[str, dict] = {}
         for kind in args.kinds:
@@ -264,7 +272,8 @@ def _report_data(args: argparse.Namespace, methods: dict, results: dict[str, dic
             rows.append([kind, name, f"{row['kib_per_video']:.0f}", f"{row['ms_per_video']:.1f}",
                          *[f"{row[f'episodes_per_s/workers={w}']:.3f}" for w in args.workers],
                          f"{row['episodes_speedup_vs_raw_pyav']:.2f}x", f"{row['decode_speedup_vs_raw_pyav']:.2f}x"])
-    print(f"episodes: {args.way}-way {args.shot}-shot {args.query}-query, 8 frames, 224 px crop, short side 256-320; "
+    print(f"episodes: {args.way}-way {args.shot}-shot {args.query}-query, 8 frames, 224 px crop of frames squashed "
+          f"to {SQUASH} x {SQUASH}; "
           f"median of {args.repeats} x {args.episodes} episodes; 0 workers: CPU time (per core); "
           f"{os.cpu_count()} CPUs")
     print_table(rows)

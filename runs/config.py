@@ -17,6 +17,7 @@ from models.clip import add_clip_backbone_config
 from models.heads.clipfsar import add_clipfsar_config
 from models.heads.mcdp import add_mcdp_config
 from models.vfam import add_vfam_config
+from runs.pretrain_clip import add_pretrain_config
 from runs.test_net_few_shot import add_test_config
 from runs.train_net_few_shot import add_train_config
 from utils.config import CfgNode, build_defaults, config_from_text, merge_config
@@ -35,6 +36,7 @@ CONFIG_HOOKS = (
     add_test_config,  # TEST, TRAIN.NUM_TEST_TASKS/NUM_VAL_TASKS
     add_solver_config,  # SOLVER
     add_train_config,  # TRAIN loop keys
+    add_pretrain_config,  # PRETRAIN (contrastive pretraining of the tiny CLIP on the synthetic world)
 )
 
 

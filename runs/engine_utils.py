@@ -18,20 +18,6 @@ logger = logging.getLogger("fsar.engine")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
-def to_device(episode: dict, device: torch.device) -> dict:
-    """Move an episode's tensors (also inside lists, as in feature-cache episodes) to `device`."""
-    non_blocking = device.type == "cuda"
-
-    def move(value):
-        if torch.is_tensor(value):
-            return value.to(device, non_blocking=non_blocking)
-        if isinstance(value, list) and any(torch.is_tensor(v) for v in value):
-            return [move(v) for v in value]
-        return value
-
-    return {k: move(v) for k, v in episode.items()}
-
-
 def autocast(cfg: CfgNode, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast from TRAIN.AUTOCAST (fp16 only on CUDA); a no-op for "none"."""
     mode = cfg.TRAIN.AUTOCAST

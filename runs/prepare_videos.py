@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # `python runs/prepare_videos.py`: this repositor
     # `datasets` installed in the same environment must not shadow ours; see README, Layout)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets.prepared import PreparedForm, read_prepared_form, write_prepared_form  # noqa: E402
 from datasets.splits import SPLITS, parse_split_file, split_files  # noqa: E402
 from datasets.video import BadVideoError, resized_size  # noqa: E402
 from utils.cli import non_negative_int, positive_int  # noqa: E402
@@ -93,8 +94,10 @@ def _even(size: tuple[int, int]) -> tuple[int, int]:
     return size[0] - size[0] % 2, size[1] - size[1] % 2  # yuv420p needs even sides
 
 
-def _decoded_frames(source: str, short_side: int, even: bool):
-    """RGB frames of `source` from its first, at most `short_side` on the short side; yields (frame, size, fps)."""
+def _decoded_frames(source: str, short_side: int, even: bool, squash: int = 0):
+    """RGB frames of `source` from its first, at most `short_side` on the short side, or squashed to `squash` x
+    `squash` with the lineage's rule (datasets/transforms.py:squash_crop, rounded to uint8); yields (frame, size,
+    fps)."""
     import av
 
     if not os.path.isfile(source):
@@ -109,25 +112,46 @@ def _decoded_frames(source: str, short_side: int, even: bool):
         size = _even(size) if even else size
         fps = stream.average_rate or 25
         for frame in container.decode(stream):
-            yield frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA"), size, fps
+            if squash:
+                yield squashed(frame.to_ndarray(format="rgb24"), squash), (squash, squash), fps
+            else:
+                yield frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA"), size, fps
 
 
-def _write_frames(source: str, partial: str, short_side: int, quality: int) -> int:
+def squashed(rgb, side: int):
+    """uint8 [h, w, 3] -> [side, side, 3] resized with the loader's squash rule (bilinear, half-pixel centres, no
+    antialiasing: datasets/transforms.py:squash_crop, within float rounding), rounded to the nearest level."""
+    import torch
+    import torch.nn.functional as F
+
+    video = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()  # [1, 3, h, w]
+    out = F.interpolate(video, size=(side, side), mode="bilinear", align_corners=False)[0]
+    return out.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def _one_thread() -> None:
+    """Pool workers: one torch thread each (the pool already uses every core; more threads only contend)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _write_frames(source: str, partial: str, short_side: int, quality: int, squash: int) -> int:
     from PIL import Image
 
     os.makedirs(partial)
     count = 0
-    for count, (rgb, _, _) in enumerate(_decoded_frames(source, short_side, even=False), start=1):
+    for count, (rgb, _, _) in enumerate(_decoded_frames(source, short_side, even=False, squash=squash), start=1):
         Image.fromarray(rgb).save(os.path.join(partial, f"img_{count:05d}.jpg"), quality=quality)
     return count
 
 
-def _write_mp4(source: str, partial: str, short_side: int, gop: int, crf: int) -> int:
+def _write_mp4(source: str, partial: str, short_side: int, gop: int, crf: int, squash: int) -> int:
     import av
 
     count, stream = 0, None
     with av.open(partial, "w", format="mp4") as out:
-        for rgb, size, fps in _decoded_frames(source, short_side, even=True):
+        for rgb, size, fps in _decoded_frames(source, short_side, even=True, squash=squash):
             count += 1
             if stream is None:
                 stream = out.add_stream("libx264", rate=fps, options={
@@ -139,7 +163,8 @@ def _write_mp4(source: str, partial: str, short_side: int, gop: int, crf: int) -
     return count
 
 
-def convert(job: Job, fmt: str, short_side: int, quality: int = 90, gop: int = 1, crf: int = 20) -> Outcome:
+def convert(job: Job, fmt: str, short_side: int, quality: int = 90, gop: int = 1, crf: int = 20,
+            squash: int = 0) -> Outcome:
     """Convert one video (skipped if its output exists); never raises, a failure is an Outcome with a reason."""
     if os.path.exists(job.target):
         return Outcome(job.rel, "skipped", bytes=_size_on_disk(job.target))
@@ -148,9 +173,9 @@ def convert(job: Job, fmt: str, short_side: int, quality: int = 90, gop: int = 1
         _remove(partial)  # left by an interrupted run
         os.makedirs(os.path.dirname(job.target) or ".", exist_ok=True)
         if fmt == "frames":
-            count = _write_frames(job.source, partial, short_side, quality)
+            count = _write_frames(job.source, partial, short_side, quality, squash)
         else:
-            count = _write_mp4(job.source, partial, short_side, gop, crf)
+            count = _write_mp4(job.source, partial, short_side, gop, crf, squash)
         if count == 0:
             raise BadVideoError(job.source, "empty", "0 decodable frames")
         os.rename(partial, job.target)
@@ -192,6 +217,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--format", choices=("frames", "mp4"), default="frames", help="JPEG folders or short-GOP mp4")
     p.add_argument("--short-side", type=non_negative_int, default=DEFAULT_SHORT_SIDE,
                    help="shrink larger videos to this short side (never enlarge; 0 keeps every size)")
+    p.add_argument("--squash", type=non_negative_int, default=0,
+                   help="squash every frame to this square side (the lineage's DATA.RESIZE_MODE squash at a fixed "
+                        "scale, e.g. 256): views become exact crops, read as uint8 (0: keep the aspect ratio)")
     p.add_argument("--quality", type=positive_int, default=90, help="JPEG quality 1-95 (frames)")
     p.add_argument("--gop", type=positive_int, default=1, help="frames between key frames (mp4)")
     p.add_argument("--crf", type=non_negative_int, default=20, help="H.264 constant rate factor (mp4)")
@@ -212,11 +240,12 @@ def main(argv: list[str]) -> int:
     if not rels:
         raise ArgumentError(f"{args.data_root}: no videos found ({', '.join(VIDEO_EXTENSIONS)}; or pass --lists)")
     jobs = [(Job(os.path.join(args.data_root, rel), target_path(args.out, rel, args.format), rel), args.format,
-             args.short_side, args.quality, args.gop, args.crf) for rel in rels]
+             args.short_side, args.quality, args.gop, args.crf, args.squash) for rel in rels]
+    record_form(args)
     outcomes: list[Outcome] = []
     bar = tqdm(total=len(jobs), desc=f"prepare ({args.format})", unit="video", file=sys.stderr)
     if args.workers > 1:
-        with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+        with multiprocessing.get_context("fork").Pool(args.workers, initializer=_one_thread) as pool:
             for outcome in pool.imap_unordered(_convert_star, jobs, chunksize=4):
                 outcomes.append(outcome)
                 bar.update()
@@ -226,6 +255,18 @@ def main(argv: list[str]) -> int:
             bar.update()
     bar.close()
     return summarize(outcomes, args)
+
+
+def record_form(args: argparse.Namespace) -> None:
+    """Write `<out>/prepared.json` (what the loader checks against its view), refusing to resume into an output
+    made with other settings: its finished videos would be mixed with differently made ones."""
+    form = PreparedForm(args.format, args.short_side, args.squash)
+    previous = read_prepared_form(args.out) if os.path.isdir(args.out) else None
+    if previous is not None and previous != form:
+        raise ArgumentError(f"{args.out}: prepared with {previous} already; rerun with the same settings or "
+                            f"choose a new --out")
+    if previous is None:
+        write_prepared_form(args.out, form)
 
 
 def summarize(outcomes: list[Outcome], args: argparse.Namespace) -> int:
@@ -239,6 +280,9 @@ def summarize(outcomes: list[Outcome], args: argparse.Namespace) -> int:
         print(f"  failed: {o.rel}: {o.reason}")
     if ready:
         extra = " DATA.FRAMES_FOLDER True" if args.format == "frames" else ""
+        if args.squash:
+            extra += (f" DATA.RESIZE_MODE squash DATA.TRAIN_JITTER_SCALES [{args.squash},{args.squash}] "
+                      f"DATA.TEST_SCALE {args.squash}")
         print(f"use: DATA.DATA_ROOT_DIR {args.out}{extra}")
     return BadVideoError.exit_code if by["failed"] else 0
 

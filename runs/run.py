@@ -23,6 +23,7 @@ from datasets import DATASET_REGISTRY  # noqa: E402
 from datasets.checks import check_run_data  # noqa: E402
 from runs.config import config_from_yaml_text, get_cfg, load_config  # noqa: E402
 from runs.engine_utils import STOP  # noqa: E402
+from runs.pretrain_clip import ensure_pretrained  # noqa: E402
 from runs.test_net_few_shot import evaluate  # noqa: E402
 from runs.train_net_few_shot import check_train_config, load_weights_for_test, train  # noqa: E402
 from utils import distributed as du  # noqa: E402
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); the other
     # ranks read the same files, and a refusal here ends the job before any process group waits for rank 0.
     data = check_run_data(cfg)
+    ensure_pretrained(cfg)  # PRETRAIN.GENERATE: the tiny CLIP pretrained on the synthetic world, cached
     with lock:
         if cfg.NUM_GPUS > 1 and "RANK" not in os.environ:
             du.launch(run_worker, cfg.NUM_GPUS, args=(cfg.dump(), args.resume, changes, data))

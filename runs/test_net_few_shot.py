@@ -10,10 +10,11 @@ import torch
 from tqdm import tqdm
 
 from datasets import build_loader
-from models.feature_cache import VideoFeatureCache, head_supports_cache
-from runs.engine_utils import autocast, to_device, unwrap, worker_episodes
+from models.feature_cache import VideoFeatureCache
+from runs.engine_utils import autocast, unwrap, worker_episodes
 from utils import distributed as du
 from utils.config import PATH, POSITIVE, CfgNode, one_of, rules, section
+from utils.episode import Episode
 from utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -58,18 +59,18 @@ def summarize_accuracies(records: list[dict], num_episodes: int, split: str) -> 
     }
 
 
-def episode_record(index: int, episode: dict, logits: torch.Tensor) -> dict:
+def episode_record(index: int, episode: Episode, logits: torch.Tensor) -> dict:
     """Per-episode accuracy and per-class (correct, total) counts; labels are read only here, after the model."""
     pred = logits.argmax(dim=-1).cpu()
-    target = episode["target_labels"].cpu()
+    target = episode.target_labels.cpu()
     hits = (pred == target)
     per_class: dict[str, list[int]] = {}
     for label, hit in zip(target.tolist(), hits.tolist(), strict=True):
-        name = episode["class_names"][label]
+        name = episode.class_names[label]
         c, t = per_class.get(name, (0, 0))
         per_class[name] = (c + int(hit), t + 1)
     return {"index": index, "accuracy": hits.float().mean().item(), "per_class": per_class,
-            "replaced": list(episode.get("replaced_videos", [])), "no_tracks": list(episode.get("missing_tracks", []))}
+            "replaced": list(episode.replaced_videos), "no_tracks": list(episode.missing_tracks)}
 
 
 @torch.no_grad()
@@ -84,7 +85,7 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
     head.eval()
     start = time.time()
     indices = list(du.shard_indices(num_episodes))
-    use_cache = cfg.TEST.FEATURE_CACHE and head_supports_cache(head)
+    use_cache = cfg.TEST.FEATURE_CACHE and head.supports_feature_cache  # declared by the head (models/heads/base.py)
     cache = VideoFeatureCache(cfg.TEST.CACHE_SIZE, "TEST.CACHE_SIZE", cfg.TEST.CACHE_DEVICE) if use_cache else None
     loader = build_loader(cfg, split, indices, skip_videos=cache)
     records = []
@@ -93,12 +94,11 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
         for index, episode in zip(indices, progress, strict=True):
             if stop is not None:
                 stop()
-            episode = to_device(episode, device)
+            episode = episode.to(device)
             with autocast(cfg, device):
-                if cache is None:
-                    logits = head(episode)["logits"]
-                else:
-                    logits = head.forward_features(*cache.episode_features(head, episode), episode)["logits"]
+                # The trainer's call: forward(episode, features), features from the cache or None (encode here).
+                features = None if cache is None else cache.episode_features(head, episode)
+                logits = head(episode, features)["logits"]
             records.append(episode_record(index, episode, logits.float()))
     gathered = [r for part in du.all_gather_object(records) for r in part]
     result = summarize_accuracies(gathered, num_episodes, split)

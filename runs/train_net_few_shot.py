@@ -14,11 +14,12 @@ from datasets import build_loader
 from models import build_model
 from models.feature_cache import VideoFeatureCache
 from models.heads.clipfsar_checkpoint import convert_lineage_state
-from runs.engine_utils import STOP, autocast, to_device, unwrap, worker_episodes
+from runs.engine_utils import STOP, autocast, unwrap, worker_episodes
 from runs.test_net_few_shot import evaluate
 from utils import distributed as du
 from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state, set_rng_state
 from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, ConfigError, one_of, rules, section
+from utils.episode import Episode
 from utils.errors import DivergedError, PreemptedError
 from utils.logger import MetricsWriter, get_logger
 from utils.solver import build_optimizer, build_scheduler
@@ -61,7 +62,7 @@ def check_train_cache(cfg: CfgNode, model: torch.nn.Module) -> None:
         raise ConfigError("TRAIN.FEATURE_CACHE needs DATA.DETERMINISTIC_TRAIN True (random views change features)")
     if any(p.requires_grad for p in model.backbone.parameters()):
         raise ConfigError("TRAIN.FEATURE_CACHE needs a frozen backbone (VIDEO.HEAD.FINETUNE frozen, text frozen)")
-    if not getattr(model, "supports_feature_cache", False):
+    if not model.supports_feature_cache:
         raise ConfigError(f"TRAIN.FEATURE_CACHE: head {type(model).__name__} does not support per-video features")
 
 
@@ -91,7 +92,10 @@ class Trainer:
         self.replaced_videos: set = set()
         self.ddp = self.model
         if du.get_world_size() > 1:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
+            # DDP checks every step for parameters without a gradient only where the head says some may have none
+            # (models/heads/base.py: a ResNet tower with patch-map descriptors); elsewhere that graph walk is waste.
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, find_unused_parameters=self.model.may_leave_parameters_unused)
 
     # -- state ---------------------------------------------------------------------------------------
     def save(self, name: str) -> None:
@@ -118,11 +122,11 @@ class Trainer:
         logger.info("resumed from %s at iteration %d (best val %.2f)", path, self.iteration, self.best_acc)
 
     # -- one iteration ---------------------------------------------------------------------------------
-    def run_step(self, episode: dict) -> dict:
+    def run_step(self, episode: Episode) -> dict:
         cfg, accum = self.cfg, self.cfg.TRAIN.BATCH_SIZE_PER_TASK
         boundary = (self.iteration + 1) % accum == 0
-        episode = to_device(episode, self.device)
-        self.replaced_videos.update(tuple(v) for v in episode.get("replaced_videos", []))
+        episode = episode.to(self.device)
+        self.replaced_videos.update(tuple(v) for v in episode.replaced_videos)
         sync = self.ddp.no_sync() if (self.ddp is not self.model and not boundary) else contextlib.nullcontext()
         with sync:
             with autocast(cfg, self.device):

@@ -9,7 +9,9 @@ import pytest
 from runs import visualize
 from runs.config import load_config
 
-TINY = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", ""]
+# The tiny backbone takes 64-px images: the configs' 224-px crops go with it (build_model checks they agree).
+TINY = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", "", "DATA.TRAIN_CROP_SIZE", "64",
+        "DATA.TEST_CROP_SIZE", "64", "VFAM.CROP_SIZE", "64"]
 
 
 def _write_video(path: Path, frames: int = 20, width: int = 96, height: int = 80) -> None:

@@ -8,7 +8,9 @@ from models import build_model
 from runs.config import load_config
 
 CONFIGS = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
-TINY = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", ""]
+# The tiny backbone takes 64-px images: the configs' 224-px crops go with it (build_model checks they agree).
+TINY = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", "", "DATA.TRAIN_CROP_SIZE", "64",
+        "DATA.TEST_CROP_SIZE", "64", "VFAM.CROP_SIZE", "64"]
 
 
 def test_the_config_tree_has_every_benchmark_shot_and_backbone():

@@ -1,6 +1,7 @@
 """The episodic dataset and loader: episode contract, determinism, startup checks, bad-video policies."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -12,6 +13,7 @@ from datasets import DATASET_REGISTRY, build_dataset, build_loader
 from datasets.sampling import EpisodeConfigError
 from datasets.video import BadVideoError
 from runs.config import load_config
+from utils.episode import Episode
 
 
 def _cfg(root, *opts):
@@ -23,31 +25,31 @@ def _cfg(root, *opts):
 
 
 def _assert_same_episode(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        if torch.is_tensor(a[key]):
-            assert torch.equal(a[key], b[key]), key
+    assert type(a) is type(b) is Episode
+    for key in (f.name for f in dataclasses.fields(Episode)):
+        if torch.is_tensor(getattr(a, key)):
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
         else:
-            assert a[key] == b[key], key
+            assert getattr(a, key) == getattr(b, key), key
 
 
 def test_episode_follows_the_contract(synthetic_root):
     episode = build_dataset(_cfg(synthetic_root), "train", [4])[0]
-    assert episode["support_set"].shape == (5, 8, 3, 56, 56) and episode["support_set"].dtype == torch.float32
-    assert episode["target_set"].shape == (10, 8, 3, 56, 56)
-    assert episode["support_labels"].tolist() == [0, 1, 2, 3, 4]
-    assert episode["target_labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    names = episode["split_class_names"]
-    assert len(names) == 5 and sorted(set(episode["class_names"])) == sorted(names)
-    assert [names[c] for c in episode["real_support_labels"]] == episode["class_names"]
-    assert episode["real_target_labels"].tolist() == episode["real_support_labels"].repeat_interleave(2).tolist()
-    for k, vid in enumerate(episode["target_ids"]):  # class-major, and every video is of its class
-        assert vid.split("/")[1] == episode["class_names"][k // 2].replace(" ", "_")
-    ids = episode["support_ids"] + episode["target_ids"]
+    assert episode.support_set.shape == (5, 8, 3, 56, 56) and episode.support_set.dtype == torch.float32
+    assert episode.target_set.shape == (10, 8, 3, 56, 56)
+    assert episode.support_labels.tolist() == [0, 1, 2, 3, 4]
+    assert episode.target_labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    names = episode.split_class_names
+    assert len(names) == 5 and sorted(set(episode.class_names)) == sorted(names)
+    assert [names[c] for c in episode.real_support_labels] == episode.class_names
+    assert episode.real_target_labels.tolist() == episode.real_support_labels.repeat_interleave(2).tolist()
+    for k, vid in enumerate(episode.target_ids):  # class-major, and every video is of its class
+        assert vid.split("/")[1] == episode.class_names[k // 2].replace(" ", "_")
+    ids = episode.support_ids + episode.target_ids
     assert len(set(ids)) == len(ids)  # support and query videos distinct
-    assert (episode["episode_index"], episode["split"], episode["replaced_videos"]) == (4, "train", [])
-    mean = episode["support_set"].mean().item()
-    assert -2 < mean < 2 and episode["support_set"].std() > 0.1  # normalised, not raw 0..255
+    assert (episode.episode_index, episode.split, episode.replaced_videos) == (4, "train", [])
+    mean = episode.support_set.mean().item()
+    assert -2 < mean < 2 and episode.support_set.std() > 0.1  # normalised, not raw 0..255
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -61,17 +63,17 @@ def test_same_seed_split_index_gives_identical_tensors(synthetic_root, split):
 def test_different_index_or_seed_gives_a_different_episode(synthetic_root):
     cfg = _cfg(synthetic_root)
     a, b = build_dataset(cfg, "train", [0, 1])
-    assert a["support_ids"] != b["support_ids"] or not torch.equal(a["support_set"], b["support_set"])
+    assert a.support_ids != b.support_ids or not torch.equal(a.support_set, b.support_set)
     c = build_dataset(_cfg(synthetic_root, "RANDOM_SEED", 1), "train", [0])[0]
-    assert not torch.equal(a["support_set"], c["support_set"])
+    assert not torch.equal(a.support_set, c.support_set)
 
 
 def test_test_episodes_are_deterministic_centre_views(synthetic_root):
     episode = build_dataset(_cfg(synthetic_root), "test", [2])[0]
-    assert episode["support_set"].shape == (5, 8, 3, 64, 64) and episode["target_set"].shape == (5, 8, 3, 64, 64)
+    assert episode.support_set.shape == (5, 8, 3, 64, 64) and episode.target_set.shape == (5, 8, 3, 64, 64)
     shot5 = build_dataset(_cfg(synthetic_root, "TRAIN.SHOT_TEST", 3, "TRAIN.QUERY_PER_CLASS_TEST", 2), "val", [2])[0]
-    assert shot5["support_set"].shape[0] == 15 and shot5["target_set"].shape[0] == 10
-    assert shot5["support_labels"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert shot5.support_set.shape[0] == 15 and shot5.target_set.shape[0] == 10
+    assert shot5.support_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
 
 
 def test_loader_with_workers_yields_the_same_episodes_in_order(synthetic_root):
@@ -81,7 +83,7 @@ def test_loader_with_workers_yields_the_same_episodes_in_order(synthetic_root):
     assert loader.batch_size is None and loader.persistent_workers and loader.num_workers == 2
     from_workers = list(loader)
     in_process = build_dataset(_cfg(synthetic_root), "train", indices)
-    assert [e["episode_index"] for e in from_workers] == indices
+    assert [e.episode_index for e in from_workers] == indices
     for k in range(len(indices)):
         _assert_same_episode(from_workers[k], in_process[k])
 
@@ -145,16 +147,16 @@ def test_resample_replaces_bad_videos_by_the_same_class_and_logs_them(damaged_ro
                             range(4))
     with log_records(logging.WARNING) as records:
         episodes = [dataset[i] for i in range(4)]
-    replaced = [r for e in episodes for r in e["replaced_videos"]]
+    replaced = [r for e in episodes for r in e.replaced_videos]
     assert replaced and {vid for vid, _ in replaced} <= bad
     assert {reason for _, reason in replaced} <= {"missing", "unreadable", "empty"}
     assert len([r for r in records if "replaced" in r.getMessage()]) == len(replaced)
     for e in episodes:  # never dropped: full episodes of good videos from the right classes
-        assert e["target_set"].shape[0] == 10 and e["support_set"].shape[0] == 5
-        ids = e["support_ids"] + e["target_ids"]
+        assert e.target_set.shape[0] == 10 and e.support_set.shape[0] == 5
+        ids = e.support_ids + e.target_ids
         assert not set(ids) & bad and len(set(ids)) == len(ids)
-        for k, vid in enumerate(e["target_ids"]):
-            assert vid.split("/")[1] == e["class_names"][k // 2].replace(" ", "_")
+        for k, vid in enumerate(e.target_ids):
+            assert vid.split("/")[1] == e.class_names[k // 2].replace(" ", "_")
     _assert_same_episode(episodes[1], dataset[1])  # replacements are reproducible too
 
 

@@ -94,14 +94,14 @@ def _test_dataset(root, track_dir, **kwargs) -> FewShotDataset:
 def test_episode_boxes_match_the_track_files(synthetic_root):
     dataset = _test_dataset(synthetic_root, synthetic_root / "tracks")
     episode = dataset[0]
-    assert episode["support_boxes"].shape == (3, 8, 4, 4) and episode["target_box_mask"].shape == (3, 8, 4)
-    assert episode["missing_tracks"] == []
-    for k, video_id in enumerate(episode["support_ids"]):
+    assert episode.support_boxes.shape == (3, 8, 4, 4) and episode.target_box_mask.shape == (3, 8, 4)
+    assert episode.missing_tracks == []
+    for k, video_id in enumerate(episode.support_ids):
         track_file = load_track_file(track_path(str(synthetic_root / "tracks"), video_id), video_id)
         centres = [int((i + 0.5) * track_file.num_frames / 8) for i in range(8)]
         expected, mask = boxes_at_frames(track_file, centres, 4)  # test view on 64-px videos: identity geometry
-        assert torch.equal(episode["support_box_mask"][k], mask)
-        assert torch.allclose(episode["support_boxes"][k], expected, atol=1e-6)
+        assert torch.equal(episode.support_box_mask[k], mask)
+        assert torch.allclose(episode.support_boxes[k], expected, atol=1e-6)
         assert mask.all()  # every synthetic entity is tracked in every frame
 
 
@@ -114,17 +114,17 @@ def test_episode_boxes_mark_the_actor_pixels(synthetic_root):
     checked = 0
     for i in range(2):
         episode = dataset[i]
-        for k, video_id in enumerate(episode["support_ids"]):
-            actor = actors[episode["class_names"][k]]
+        for k, video_id in enumerate(episode.support_ids):
+            actor = actors[episode.class_names[k]]
             track_file = load_track_file(track_path(str(synthetic_root / "tracks"), video_id))
             slot = [t.label for t in rank_tracks(track_file, 4)].index(actor)
             colour = torch.tensor(ACTOR_COLOURS[actor.split()[0]], dtype=torch.float32) / 255
             for t in range(8):
-                if not episode["support_box_mask"][k, t, slot]:
+                if not episode.support_box_mask[k, t, slot]:
                     continue
-                x1, y1, x2, y2 = (episode["support_boxes"][k, t, slot] * 56).tolist()
+                x1, y1, x2, y2 = (episode.support_boxes[k, t, slot] * 56).tolist()
                 cx, cy = int((x1 + x2) / 2), int((y1 + y2) / 2)
-                pixel = episode["support_set"][k, t, :, cy, cx]
+                pixel = episode.support_set[k, t, :, cy, cx].float() / 255  # uint8 pixels: an exact crop
                 assert (pixel - colour).abs().max() < 0.25, (video_id, t)
                 checked += 1
     assert checked > 20
@@ -132,14 +132,14 @@ def test_episode_boxes_mark_the_actor_pixels(synthetic_root):
 
 def test_missing_track_files_mask_everything_and_are_counted(synthetic_root, tmp_path):
     episode = _test_dataset(synthetic_root, tmp_path)[1]
-    assert not episode["support_box_mask"].any() and not episode["target_box_mask"].any()
-    assert episode["support_boxes"].abs().sum() == 0
-    assert sorted(episode["missing_tracks"]) == sorted(episode["support_ids"] + episode["target_ids"])
+    assert not episode.support_box_mask.any() and not episode.target_box_mask.any()
+    assert episode.support_boxes.abs().sum() == 0
+    assert sorted(episode.missing_tracks) == sorted(episode.support_ids + episode.target_ids)
 
 
 def test_track_file_that_does_not_match_its_video_is_an_error(synthetic_root, tmp_path):
     dataset = _test_dataset(synthetic_root, tmp_path)
-    episode_ids = dataset[0]["support_ids"] + dataset[0]["target_ids"]
+    episode_ids = dataset[0].support_ids + dataset[0].target_ids
     bad = tmp_path / (episode_ids[0] + ".json")
     bad.parent.mkdir(parents=True, exist_ok=True)
     bad.write_text(json.dumps(_file([_track(0, [0], [[0, 0, 5, 5]])], video=episode_ids[0], num_frames=99,
@@ -150,8 +150,8 @@ def test_track_file_that_does_not_match_its_video_is_an_error(synthetic_root, tm
 
 def test_no_track_dir_means_no_boxes(synthetic_root):
     episode = _test_dataset(synthetic_root, "")[0]
-    assert "support_boxes" not in episode and "missing_tracks" not in episode
-    assert np.isfinite(episode["support_set"].numpy()).all()
+    assert episode.support_boxes is None and episode.target_boxes is None and not episode.missing_tracks
+    assert np.isfinite(episode.support_set.numpy()).all()
 
 
 def test_boxes_past_the_border_are_clamped_and_counted(tmp_path):

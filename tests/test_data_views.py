@@ -160,28 +160,29 @@ def _frame_numbers(video: torch.Tensor) -> list[int]:
 def test_dataset_clip_sampling_reads_the_hand_computed_frames(clip_root):
     episode = build_dataset(_clip_cfg(clip_root, "DATA.FRAME_SAMPLING", "clip"), "test", [0])[0]
     # 60 frames: window 56, free 5, start 2.5, end 2.5 + 56 - 35 = 23.5 -> every 3 frames from 2.
-    for video in (episode["support_set"][0], episode["target_set"][0]):
+    for video in (episode.support_set[0], episode.target_set[0]):
         assert _frame_numbers(video) == [2, 5, 8, 11, 14, 17, 20, 23]
     centres = build_dataset(_clip_cfg(clip_root), "test", [0])[0]  # segment default: centres of 7.5-frame segments
-    assert _frame_numbers(centres["support_set"][0]) == [3, 11, 18, 26, 33, 41, 48, 56]
+    assert _frame_numbers(centres.support_set[0]) == [3, 11, 18, 26, 33, 41, 48, 56]
 
 
 def test_dataset_squash_view_shows_the_whole_width(clip_root):
-    squash = build_dataset(_clip_cfg(clip_root), "test", [0])[0]["support_set"][0]  # [T, 3, 64, 64]
+    squash = build_dataset(_clip_cfg(clip_root), "test", [0])[0].support_set[0]  # [T, 3, 64, 64]
     assert squash[:, :, :, 50:].mean().item() * 255 == pytest.approx(BRIGHT, abs=3)  # right quarter -> x 48..64
-    short = build_dataset(_clip_cfg(clip_root, "DATA.RESIZE_MODE", "short_side"), "test", [0])[0]["support_set"][0]
-    assert short[:, :, :, 50:].mean().item() * 255 < BRIGHT - 50  # centre crop of 128 x 64: the quarter is cut off
+    short = build_dataset(_clip_cfg(clip_root, "DATA.RESIZE_MODE", "short_side"), "test", [0])[0].support_set[0]
+    assert short.dtype == torch.uint8  # short side: the reader resized, the crop is exact, pixels travel as bytes
+    assert short[:, :, :, 50:].float().mean().item() < BRIGHT - 50  # centre crop of 128 x 64: the quarter is cut off
 
 
 def test_random_test_frames_are_selectable_and_reproducible(clip_root):
     cfg = _clip_cfg(clip_root, "DATA.TEST_FRAMES", "random")
-    draws = [_frame_numbers(build_dataset(cfg, "test", [i])[0]["support_set"][0]) for i in range(6)]
+    draws = [_frame_numbers(build_dataset(cfg, "test", [i])[0].support_set[0]) for i in range(6)]
     assert any(d != [3, 11, 18, 26, 33, 41, 48, 56] for d in draws)
     for picks in draws:  # one frame in each 7.5-frame segment
         assert all(7.5 * k - 0.5 <= p < 7.5 * (k + 1) + 0.5 for k, p in enumerate(picks))
-    assert _frame_numbers(build_dataset(cfg, "test", [2])[0]["support_set"][0]) == draws[2]
+    assert _frame_numbers(build_dataset(cfg, "test", [2])[0].support_set[0]) == draws[2]
     centred = _clip_cfg(clip_root, "DATA.TEST_FRAMES", "random", "DATA.DETERMINISTIC_TRAIN", True)
-    train = [_frame_numbers(build_dataset(centred, "train", [i])[0]["support_set"][0]) for i in range(3)]
+    train = [_frame_numbers(build_dataset(centred, "train", [i])[0].support_set[0]) for i in range(3)]
     assert all(t == [3, 11, 18, 26, 33, 41, 48, 56] for t in train)  # never reaches fixed training views
 
 
@@ -237,17 +238,17 @@ def test_query_augmentation_touches_training_queries_only_and_is_deterministic(s
     plain = build_dataset(_kinetics_cfg(synthetic_root), "train", [3])[0]
     aug_cfg = _kinetics_cfg(synthetic_root, "AUGMENTATION.SUPPORT_QUERY_DIFF", True)
     augmented = build_dataset(aug_cfg, "train", [3])[0]
-    assert augmented["support_ids"] == plain["support_ids"] and augmented["target_ids"] == plain["target_ids"]
-    assert torch.equal(augmented["support_set"], plain["support_set"])  # supports untouched
-    changed = [not torch.equal(a, b) for a, b in zip(augmented["target_set"], plain["target_set"], strict=True)]
+    assert augmented.support_ids == plain.support_ids and augmented.target_ids == plain.target_ids
+    assert torch.equal(augmented.support_set, plain.support_set)  # supports untouched
+    changed = [not torch.equal(a, b) for a, b in zip(augmented.target_set, plain.target_set, strict=True)]
     assert all(changed)  # every query gets its own colour jitter
     again = build_dataset(aug_cfg, "train", [0, 3])[1]  # fresh dataset, other position: the same episode
-    assert torch.equal(again["target_set"], augmented["target_set"])
+    assert torch.equal(again.target_set, augmented.target_set)
     other = build_dataset(aug_cfg, "train", [4])[0]
-    assert not torch.equal(other["target_set"], augmented["target_set"])
+    assert not torch.equal(other.target_set, augmented.target_set)
     test_plain = build_dataset(_kinetics_cfg(synthetic_root), "test", [1])[0]
     test_aug = build_dataset(aug_cfg, "test", [1])[0]  # val/test episodes never augmented
-    assert torch.equal(test_plain["target_set"], test_aug["target_set"])
+    assert torch.equal(test_plain.target_set, test_aug.target_set)
 
 
 def test_query_augmentation_is_the_same_in_loader_workers(synthetic_root):
@@ -256,4 +257,4 @@ def test_query_augmentation_is_the_same_in_loader_workers(synthetic_root):
     cfg = _kinetics_cfg(synthetic_root, "AUGMENTATION.SUPPORT_QUERY_DIFF", True, "DATA.NUM_WORKERS", 1)
     from_worker = next(iter(build_loader(cfg, "train", [6])))
     in_process = build_dataset(cfg, "train", [6])[0]
-    assert torch.equal(from_worker["target_set"], in_process["target_set"])
+    assert torch.equal(from_worker.target_set, in_process.target_set)

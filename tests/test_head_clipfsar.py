@@ -5,29 +5,25 @@ import torch
 
 from models.build import HEAD_REGISTRY, build_model
 from models.clip import CLIPBackbone
+from models.heads.base import VideoFeatures
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR, TemporalBlock, class_means, lineage_cosine
 from models.otam import otam_distance
 from runs.config import load_config
 from utils.config import ConfigError
+from utils.episode import Episode, build_episode
 
 WAY, SHOT, QUERY, FRAMES, SIZE = 5, 1, 1, 8, 64
 SPLIT_CLASSES = [f"class {i}" for i in range(12)]
 
 
-def tiny_episode(seed: int = 0) -> dict:
+def tiny_episode(seed: int = 0) -> Episode:
     g = torch.Generator().manual_seed(seed)
     real = torch.randperm(len(SPLIT_CLASSES), generator=g)[:WAY]  # the episode's classes, in episode order
-    support_labels = torch.arange(WAY).repeat_interleave(SHOT)
-    target_labels = torch.arange(WAY).repeat_interleave(QUERY)
-    return {
-        "support_set": torch.randn(WAY * SHOT, FRAMES, 3, SIZE, SIZE, generator=g),
-        "target_set": torch.randn(WAY * QUERY, FRAMES, 3, SIZE, SIZE, generator=g),
-        "support_labels": support_labels, "target_labels": target_labels,
-        "real_support_labels": real[support_labels], "real_target_labels": real[target_labels],
-        "class_names": [SPLIT_CLASSES[i] for i in real], "split_class_names": list(SPLIT_CLASSES),
-        "support_ids": [f"s{i}" for i in range(WAY * SHOT)], "target_ids": [f"q{i}" for i in range(WAY * QUERY)],
-        "episode_index": seed, "split": "train", "replaced_videos": [],
-    }
+    support = torch.randn(WAY * SHOT, FRAMES, 3, SIZE, SIZE, generator=g)
+    target = torch.randn(WAY * QUERY, FRAMES, 3, SIZE, SIZE, generator=g)
+    return build_episode(support, target, shot=SHOT, query=QUERY, class_ids=real, split_class_names=SPLIT_CLASSES,
+                         support_ids=[f"s{i}" for i in range(WAY * SHOT)],
+                         target_ids=[f"q{i}" for i in range(WAY * QUERY)], episode_index=seed, split="train")
 
 
 def make_head(**kwargs) -> CNN_OTAM_CLIPFSAR:
@@ -38,7 +34,7 @@ def make_head(**kwargs) -> CNN_OTAM_CLIPFSAR:
 
 
 @pytest.fixture(scope="module")
-def episode() -> dict:
+def episode() -> Episode:
     return tiny_episode()
 
 
@@ -59,15 +55,14 @@ def test_forward_backward_returns_logits_and_losses(episode, options):
     # Every trainable parameter gets a gradient (DistributedDataParallel needs no find_unused_parameters).
     assert [n for n, p in head.named_parameters() if p.requires_grad and p.grad is None] == []
     assert head.backbone.model.visual.conv1.weight.grad.abs().sum() > 0
-    if head.frame_feature == "patch_map":  # the class-text token reaches the transformer through a learned map
+    # With patch_map the class-text token reaches the transformer through a learned map.
+    if head.frame_encoder.frame_feature == "patch_map":
         assert head.text_proj.weight.grad.abs().sum() > 0
 
 
-def permuted(episode: dict, order: torch.Tensor) -> dict:
-    out = dict(episode)
-    out["target_labels"] = episode["target_labels"][order]
-    out["real_target_labels"] = episode["real_target_labels"][order]
-    return out
+def permuted(episode: Episode, order: torch.Tensor) -> Episode:
+    return episode.replace(target_labels=episode.target_labels[order],
+                           real_target_labels=episode.real_target_labels[order])
 
 
 @pytest.mark.parametrize("options", [dict(), dict(combine=True)])
@@ -87,9 +82,9 @@ def test_eval_text_and_combine_follow_clip_fsar(episode):
     with torch.no_grad():
         text_probs = head(episode)["logits"]
         torch.testing.assert_close(text_probs.sum(1), torch.ones(WAY * QUERY))
-        head.eval_text, head.combine, head.text_coff = False, True, 0.0
+        head.text_eval.eval_text, head.text_eval.combine, head.text_eval.text_coff = False, True, 0.0
         visual_only = head(episode)["logits"]
-        head.combine = False
+        head.text_eval.combine = False
         dists = -head(episode)["logits"]
     torch.testing.assert_close(visual_only, torch.softmax((FRAMES - dists) / FRAMES, dim=1))
     assert head(episode)["losses"] == {}
@@ -136,11 +131,11 @@ def test_one_backbone_call_per_episode(episode, monkeypatch):
 def test_forward_equals_encode_then_forward_features(episode):
     head = make_head(frame_feature="patch_map").eval()
     with torch.no_grad():
-        support = head.encode_videos(episode["support_set"])
-        target = head.encode_videos(episode["target_set"])
+        support = head.encode_videos(episode.support_set)
+        target = head.encode_videos(episode.target_set)
         assert support["frames"].shape == (WAY * SHOT, FRAMES, 64 * 2 * 2)
         assert target["video_text"].shape == (WAY * QUERY, FRAMES, 64)
-        torch.testing.assert_close(head.forward_features(support, target, episode)["logits"],
+        torch.testing.assert_close(head(episode, (VideoFeatures(support), VideoFeatures(target)))["logits"],
                                    head(episode)["logits"])
 
 
@@ -149,14 +144,14 @@ def test_per_video_outputs_give_the_episode_logits(episode, merge_before):
     """The eval cache's per-video outputs (queries alone, supports with their own class text) change nothing."""
     head = make_head(frame_feature="patch_map", merge_before=merge_before).eval()
     with torch.no_grad():
-        support = head.encode_videos(episode["support_set"])
-        target = head.encode_videos(episode["target_set"])
-        own_classes = [episode["class_names"][i] for i in episode["support_labels"].tolist()]
+        support = head.encode_videos(episode.support_set)
+        target = head.encode_videos(episode.target_set)
+        own_classes = [episode.class_names[i] for i in episode.support_labels.tolist()]
         support_out = head.per_video_outputs(support, own_classes)
         assert set(support_out) == (set() if merge_before else {"support_tokens"})
         target_out = head.per_video_outputs(target)
         assert set(target_out) == {"query_tokens"}
-        cached = head.forward_features({**support, **support_out}, {**target, **target_out}, episode)["logits"]
+        cached = head(episode, (VideoFeatures(support, support_out), VideoFeatures(target, target_out)))["logits"]
         torch.testing.assert_close(cached, head(episode)["logits"])
     with pytest.raises(RuntimeError, match="eval mode"):
         head.train().per_video_outputs(target)
@@ -165,7 +160,7 @@ def test_per_video_outputs_give_the_episode_logits(episode, merge_before):
 def test_patch_map_descriptor_is_centred_per_channel(episode):
     head = make_head(frame_feature="patch_map", patch_pool=2).eval()
     with torch.no_grad():
-        frames = head.encode_videos(episode["support_set"][:1])["frames"]  # [1, T, D*P*P]
+        frames = head.encode_videos(episode.support_set[:1])["frames"]  # [1, T, D*P*P]
     cells = frames.reshape(FRAMES, 64, 4)
     torch.testing.assert_close(cells.mean(-1), torch.zeros(FRAMES, 64), atol=1e-5, rtol=0)
 
@@ -191,6 +186,7 @@ def test_class_means_averages_shots():
 
 def test_build_model_from_config():
     cfg = load_config(None, ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", "",
+                             "DATA.TRAIN_CROP_SIZE", "64", "DATA.TEST_CROP_SIZE", "64",
                              "VIDEO.HEAD.FRAME_FEATURE", "patch_map", "TRAIN.MERGE_BEFORE", "True"])
     model = build_model(cfg)
     assert isinstance(model, HEAD_REGISTRY.get("CNN_OTAM_CLIPFSAR"))
@@ -267,35 +263,35 @@ def test_lineage_cosine_adds_epsilon_to_the_norm_product():
 
 def test_frame_distances_use_the_lineage_cosine(episode):
     head = make_head(frame_feature="global").eval()
-    assert head.cosine_eps == 0.01  # the lineage's default
+    assert head.matcher.cosine_eps == 0.01  # the lineage's default
     queries, prototypes = torch.randn(2, FRAMES, 64), torch.randn(3, FRAMES, 64)
     q_norm, p_norm = queries.norm(dim=-1), prototypes.norm(dim=-1)
     cos = torch.einsum("qtd,csd->qcts", queries, prototypes) / (q_norm[:, None, :, None] * p_norm[None, :, None]
                                                                 + 0.01)
-    torch.testing.assert_close(head._otam_distances(queries, prototypes), otam_distance(1 - cos, 0.5))
-    head.cosine_eps = 0.0
+    torch.testing.assert_close(head.matcher(queries, prototypes), otam_distance(1 - cos, 0.5))
+    head.matcher.cosine_eps = 0.0
     exact = torch.einsum("qtd,csd->qcts", queries / q_norm[..., None], prototypes / p_norm[..., None])
-    torch.testing.assert_close(head._otam_distances(queries, prototypes), otam_distance(1 - exact, 0.5))
+    torch.testing.assert_close(head.matcher(queries, prototypes), otam_distance(1 - exact, 0.5))
 
 
 def test_video_text_logits_use_the_lineage_cosine(episode):
     head = make_head(frame_feature="global").train()
     with torch.no_grad():
         head.text_logit_scale.fill_(3.0)
-        feats = head.encode_videos(torch.cat([episode["support_set"], episode["target_set"]]))
-        num_support = episode["support_set"].shape[0]
-        support = {k: v[:num_support] for k, v in feats.items()}
-        target = {k: v[num_support:] for k, v in feats.items()}
-        losses = head._losses(torch.zeros(WAY * QUERY, WAY), support, target, episode)
+        feats = head.encode_videos(torch.cat([episode.support_set, episode.target_set]))
+        num_support = episode.support_set.shape[0]
+        support, target = VideoFeatures(feats).split(num_support)
+        losses = head.losses(torch.zeros(WAY * QUERY, WAY), support, target, episode)
         video = feats["video_text"].mean(1)
         text = head.class_text_features(SPLIT_CLASSES)
         cos = video @ text.t() / (video.norm(dim=-1)[:, None] * text.norm(dim=-1)[None] + 0.01)
-        labels = torch.cat([episode["real_support_labels"], episode["real_target_labels"]])
+        labels = torch.cat([episode.real_support_labels, episode.real_target_labels])
         torch.testing.assert_close(losses["video_text_ce"], torch.nn.functional.cross_entropy(3.0 * cos, labels))
 
 
 def test_depth_is_clip_fsar_train_transformer_depth():
-    base = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", ""]
+    base = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", "", "DATA.TRAIN_CROP_SIZE", "64",
+            "DATA.TEST_CROP_SIZE", "64"]
     assert len(build_model(load_config(None, [*base, "TRAIN.TRANSFORMER_DEPTH", "2"])).temporal) == 2
     with pytest.raises(ConfigError, match=r"TRAIN\.TRANSFORMER_DEPTH.*CLIP-FSAR reads 0 as 1"):
         load_config(None, [*base, "TRAIN.TRANSFORMER_DEPTH", "0"])
@@ -312,8 +308,8 @@ def test_batchnorm_backbone_encodes_support_and_query_apart_while_training(monke
     backbone = CLIPBackbone("RN50", finetune=finetune)
     head = CNN_OTAM_CLIPFSAR(backbone=backbone, transformer_mlp_dim=64).train(training)
     frames = 2
-    episode = dict(tiny_episode(), support_set=torch.zeros(WAY, frames, 3, 4, 4),
-                   target_set=torch.zeros(WAY * QUERY, frames, 3, 4, 4))
+    episode = tiny_episode().replace(support_set=torch.zeros(WAY, frames, 3, 4, 4),
+                                     target_set=torch.zeros(WAY * QUERY, frames, 3, 4, 4))
     calls = []
 
     def encode_frames(images, dense=False):  # stands in for the RN50 pass: only the batching is checked here

@@ -26,11 +26,9 @@ def episodes(synthetic_root, tmp_path_factory):
 
 
 def permute_queries(episode, order):
-    out = dict(episode)
-    for key in ("target_set", "target_labels", "real_target_labels", "target_boxes", "target_box_mask"):
-        out[key] = episode[key][order]
-    out["target_ids"] = [episode["target_ids"][i] for i in order.tolist()]
-    return out
+    keys = ("target_set", "target_labels", "real_target_labels", "target_boxes", "target_box_mask")
+    return episode.replace(**{key: getattr(episode, key)[order] for key in keys},
+                           target_ids=[episode.target_ids[i] for i in order.tolist()])
 
 
 @pytest.mark.parametrize("name", sorted(HEAD_REGISTRY._obj_map))
@@ -90,8 +88,8 @@ def test_mcdp_query_logits_ignore_query_labels(synthetic_root, tmp_path, episode
                         "VIDEO.HEAD.TRANSFORMER_DROPOUT", "0.0", "VIDEO.HEAD.TRANSFORMER_FFN_DROPOUT", "0.0"))
     head.train(train)
     episode = episodes["train"]
-    relabelled = dict(episode, target_labels=episode["target_labels"].roll(1),
-                      real_target_labels=episode["real_target_labels"].roll(1))
+    relabelled = episode.replace(target_labels=episode.target_labels.roll(1),
+                                 real_target_labels=episode.real_target_labels.roll(1))
     order = torch.tensor([3, 0, 4, 1, 2])
     with torch.no_grad():
         logits = head(episode)["logits"]
@@ -112,8 +110,20 @@ def test_loading_weights_clears_the_cached_class_texts(synthetic_root, tmp_path,
     model, other = build(cfg).eval(), build(cfg, seed=1).eval()
     with torch.no_grad():
         model(episodes["test"])
-        model.class_text_features(episodes["test"]["class_names"])
-        assert model._text_cache and model.amcap._class_text_cache
+        model.class_text_features(episodes["test"].class_names)
+        # One cache holds both (models/text_cache.py): the head's prompts and AMCAP's class texts.
+        assert "prompt" in model.text_cache.kinds() and "amcap" in model.amcap.text_cache.kinds()
         model.load_state_dict(other.state_dict())
-        assert not model._text_cache and not model.amcap._class_text_cache
+        assert not model.text_cache and not model.amcap.text_cache
         torch.testing.assert_close(model(episodes["test"])["logits"], other(episodes["test"])["logits"])
+
+
+def test_data_normalisation_and_crop_must_match_the_backbone_at_build_time(synthetic_root, tmp_path):
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"DATA.MEAN \[0.5, 0.5, 0.5\] differs from the FSAR-Tiny-ViT backbone's "
+                                          r"\[0.48145466, 0.4578275, 0.40821073\]"):
+        build(config(synthetic_root, tmp_path, "DATA.MEAN", "[0.5, 0.5, 0.5]"))
+    with pytest.raises(ConfigError, match=r"DATA.TEST_CROP_SIZE 56 differs from the FSAR-Tiny-ViT backbone's input "
+                                          r"size 64x64; set it to 64"):
+        build(config(synthetic_root, tmp_path, "DATA.TEST_CROP_SIZE", "56"))

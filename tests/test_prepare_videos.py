@@ -6,11 +6,20 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from test_decoders import frame_numbers, write_numbered_clip
 
+from datasets import build_dataset
+from datasets.checks import check_run_data
+from datasets.prepared import PreparedForm, read_prepared_form
 from datasets.splits import parse_split_file
+from datasets.transforms import ViewParams, frames_to_tensor
 from datasets.video import FramesFolderSource, PyAVSource, build_video_source
+from runs.config import load_config
 from runs.prepare_videos import main
+from utils.config import ConfigError
+from utils.errors import ArgumentError
+from utils.pixels import normalise
 
 # (relative path, encoder, options, frames, width, height)
 VIDEOS = [
@@ -89,3 +98,62 @@ def test_a_folder_without_split_lists_converts_every_video_under_it(raw, tmp_pat
     assert main(["--data-root", str(raw_root), "--out", str(tmp_path / "all"), "--workers", "1"]) == 0
     assert "4 videos: 4 converted" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path / "all" / "run")) == ["v_run_01", "v_run_02"]
+
+
+# ---------------------------------------------------------------------------------------------
+# squashed at preparation: the lineage's view becomes an exact crop, read as uint8
+
+
+def _squash_cfg(out, split_dir, scale, *opts):
+    return load_config(None, [
+        "DATA.DATASET", "Ucf101_few_shot", "DATA.ANNO_DIR", str(split_dir), "DATA.DATA_ROOT_DIR", str(out),
+        "DATA.FRAMES_FOLDER", "True", "DATA.RESIZE_MODE", "squash", "DATA.TRAIN_JITTER_SCALES", f"[{scale}, {scale}]",
+        "DATA.TEST_SCALE", str(scale), "DATA.TRAIN_CROP_SIZE", "48", "DATA.TEST_CROP_SIZE", "48",
+        "DATA.NUM_WORKERS", "0", "TRAIN.WAY", "2", "TRAIN.SHOT", "1", "TRAIN.QUERY_PER_CLASS", "1", *map(str, opts)])
+
+
+def test_squashed_frames_are_the_loaders_squash_view_and_episodes_travel_as_uint8(raw, tmp_path, capsys):
+    raw_root, split = raw
+    out = tmp_path / "squashed"
+    assert _prepare(raw_root, split, out, "--squash", "64") == 0
+    assert "DATA.RESIZE_MODE squash DATA.TRAIN_JITTER_SCALES [64,64] DATA.TEST_SCALE 64" in capsys.readouterr().out
+    assert read_prepared_form(str(out)) == PreparedForm("frames", 96, 64)
+    view = ViewParams(0, 64, 0.0, 0.0, False, 64)  # the loader's squash to 64 x 64, the whole frame
+    for entry, (_, _, _, n, _, _) in zip(parse_split_file(split), VIDEOS, strict=True):
+        squashed = FramesFolderSource().open(entry.video_path(str(out), frames_folder=True), 0)
+        assert (squashed.width, squashed.height, squashed.num_frames) == (64, 64, n)
+        indices = [0, n // 2, n - 1]
+        frames = squashed.frames(indices)
+        assert frame_numbers(frames) == indices
+        raw_frames = PyAVSource().open(entry.video_path(str(raw_root)), 0).frames(indices)
+        loader_view = frames_to_tensor(raw_frames, view, (0, 0, 0), (1, 1, 1)) * 255  # [T, 3, 64, 64]
+        assert (loader_view - torch.from_numpy(frames).permute(0, 3, 1, 2)).abs().mean() < 3  # JPEG's error only
+
+    split_dir = tmp_path / "splits"
+    split_dir.mkdir()
+    for name in ("train", "val", "test"):
+        (split_dir / f"{name}_few_shot.txt").write_text(open(split).read().replace("train", name))
+        (split_dir / f"{name}_class_names.txt").write_text("walking\nrunning\n")
+    episode = build_dataset(_squash_cfg(out, split_dir, 64), "train", [0])[0]
+    assert episode.support_set.dtype == torch.uint8 and episode.support_set.shape[-3:] == (3, 48, 48)
+    with pytest.raises(ConfigError, match=r"squashed to 64x64 .* DATA.TEST_SCALE 80 would resample them again"):
+        check_run_data(_squash_cfg(out, split_dir, 64, "DATA.TEST_SCALE", 80))  # at start-up, not in a worker
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        _prepare(raw_root, split, out, "--squash", "32")
+    assert exit_info.value.code == ArgumentError.exit_code
+    assert capsys.readouterr().err.strip() == (f"error: {out}: prepared with --format frames --short-side 96 --squash "
+                                               f"64 already; rerun with the same settings or choose a new --out")
+
+
+def test_uint8_crops_normalised_on_the_device_equal_the_loaders_float_normalisation():
+    frames = np.random.default_rng(0).integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    for flip in (False, True):
+        view = ViewParams(40, 32, 0.7, 0.2, flip)
+        as_float = frames_to_tensor(frames, view, mean, std)
+        pixels = frames_to_tensor(frames, view, mean, std, out=torch.empty(as_float.shape, dtype=torch.uint8))
+        assert torch.equal(normalise(pixels, mean, std), as_float)  # bit for bit: one formula
+    with pytest.raises(ValueError, match="uint8 output needs an exact crop"):
+        frames_to_tensor(frames, ViewParams(0, 32, 0.5, 0.5, False, 40), mean, std,
+                         out=torch.empty((3, 3, 32, 32), dtype=torch.uint8))

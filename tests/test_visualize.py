@@ -10,6 +10,7 @@ from PIL import Image
 from runs import visualize
 from runs.config import load_config
 from utils import plots
+from utils.episode import Episode
 from utils.errors import RunFolderError
 
 
@@ -106,8 +107,8 @@ def test_episode_rows_label_role_class_and_video_and_keep_boxes(synthetic_root):
     rows = plots.episode_rows(episode, cfg.DATA.MEAN, cfg.DATA.STD)
     assert [r["role"] for r in rows] == ["support"] * 3 + ["query"] * 3
     query = rows[3]
-    assert episode["target_ids"][0].rsplit("/", 1)[-1] in query["label"]  # ids of '//' lines are paths
-    assert episode["class_names"][int(episode["target_labels"][0])] in query["label"]
+    assert episode.target_ids[0].rsplit("/", 1)[-1] in query["label"]  # ids of '//' lines are paths
+    assert episode.class_names[int(episode.target_labels[0])] in query["label"]
     assert query["frames"].shape == (4, 64, 64, 3)
     assert query["boxes"].shape[:1] == (4,) and query["mask"].any()  # synthetic videos have tracks
 
@@ -115,10 +116,12 @@ def test_episode_rows_label_role_class_and_video_and_keep_boxes(synthetic_root):
 def test_episode_without_tracks_draws_frames_only(tmp_path):
     """No DATA.TRACK_DIR: the episode has no box keys; the grid still draws (one row per video)."""
     mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
-    episode = {"support_set": torch.randn(2, 3, 3, 16, 24), "target_set": torch.randn(1, 3, 3, 16, 24),
-               "support_labels": torch.tensor([0, 1]), "target_labels": torch.tensor([1]),
-               "class_names": ["waving", "jumping"], "support_ids": ["a/v1", "b/v2"], "target_ids": ["b/v3"],
-               "split": "val", "episode_index": 7}
+    # One query of the second class only: not the class-major layout build_episode makes, so spelt out.
+    episode = Episode(support_set=torch.randn(2, 3, 3, 16, 24), target_set=torch.randn(1, 3, 3, 16, 24),
+                      support_labels=torch.tensor([0, 1]), target_labels=torch.tensor([1]),
+                      real_support_labels=torch.tensor([0, 1]), real_target_labels=torch.tensor([1]),
+                      class_names=["waving", "jumping"], split_class_names=["waving", "jumping"],
+                      support_ids=["a/v1", "b/v2"], target_ids=["b/v3"], split="val", episode_index=7)
     rows = plots.episode_rows(episode, mean, std)
     assert [r["label"].splitlines() for r in rows] == [["support 1", "waving", "v1"], ["support 2", "jumping", "v2"],
                                                       ["query 1", "jumping", "v3"]]

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from utils.episode import Episode
 from utils.logger import read_metrics
 
 MARKER_BELOW = 30  # series with fewer points get markers, so a single point (or isolated ones) stays visible
@@ -144,21 +145,21 @@ def _short_id(video_id: str) -> str:
     return name if len(name) <= ID_CHARS else "..." + name[-(ID_CHARS - 3):]
 
 
-def episode_rows(episode: dict[str, Any], mean: Sequence[float], std: Sequence[float]) -> list[dict[str, Any]]:
+def episode_rows(episode: Episode, mean: Sequence[float], std: Sequence[float]) -> list[dict[str, Any]]:
     """One row per support video then per query video: frames, boxes (or None) and a human-readable label."""
-    missing = set(episode.get("missing_tracks", []))
+    missing = set(episode.missing_tracks)
     rows = []
     for role, prefix in (("support", "support"), ("query", "target")):
-        frames = unnormalise(episode[f"{prefix}_set"], mean, std)
-        labels = episode[f"{prefix}_labels"].tolist()
-        boxes, mask = episode.get(f"{prefix}_boxes"), episode.get(f"{prefix}_box_mask")
-        for n, video_id in enumerate(episode[f"{prefix}_ids"]):
+        frames = unnormalise(getattr(episode, f"{prefix}_set"), mean, std)
+        labels = getattr(episode, f"{prefix}_labels").tolist()
+        boxes, mask = getattr(episode, f"{prefix}_boxes"), getattr(episode, f"{prefix}_box_mask")
+        for n, video_id in enumerate(getattr(episode, f"{prefix}_ids")):
             short = _short_id(video_id)
             note = "\n(no track file)" if video_id in missing else ""
             rows.append({"role": role, "frames": frames[n],
                          "boxes": None if boxes is None else boxes[n].numpy(),  # [T, K, 4] in 0..1
                          "mask": None if mask is None else mask[n].numpy(),  # [T, K]
-                         "label": f"{role} {n + 1}\n{episode['class_names'][labels[n]]}\n{short}{note}"})
+                         "label": f"{role} {n + 1}\n{episode.class_names[labels[n]]}\n{short}{note}"})
     return rows
 
 
@@ -169,7 +170,7 @@ def _draw_boxes(ax, boxes: np.ndarray, mask: np.ndarray, height: int, width: int
                                    fill=False, edgecolor=SLOT_COLOURS(k % 10), linewidth=1.5))
 
 
-def draw_episode(episode: dict[str, Any], mean: Sequence[float], std: Sequence[float], out: str) -> str:
+def draw_episode(episode: Episode, mean: Sequence[float], std: Sequence[float], out: str) -> str:
     """Grid of the episode's frames (rows: supports then queries; columns: frames) with track boxes."""
     rows = episode_rows(episode, mean, std)
     num_frames, height, width = rows[0]["frames"].shape[:3]
@@ -192,8 +193,7 @@ def draw_episode(episode: dict[str, Any], mean: Sequence[float], std: Sequence[f
     if num_slots:
         fig.legend(handles=[Patch(edgecolor=SLOT_COLOURS(k % 10), fill=False, label=f"entity slot {k + 1}")
                             for k in range(num_slots)], loc="outside lower center", ncol=num_slots, fontsize=7)
-    way = len(episode["class_names"])
-    fig.suptitle(f"{episode.get('split', '')} episode {episode.get('episode_index', '')}: {way}-way, "
-                 f"{len(episode['support_ids'])} supports, {len(episode['target_ids'])} queries "
+    fig.suptitle(f"{episode.split} episode {episode.episode_index}: {episode.way}-way, "
+                 f"{len(episode.support_ids)} supports, {len(episode.target_ids)} queries "
                  f"(query labels shown for people, never given to the model)", fontsize=8)
     return _save(fig, out, dpi=100)

@@ -36,6 +36,7 @@ from models.amcap.shapley import (
     pool_cells,
     sample_coalitions,
 )
+from models.text_cache import ClassTextCache
 from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, one_of, rules, section
 
 
@@ -83,7 +84,8 @@ class AMCAP(nn.Module):
                  per_class: bool = True, anchor_temperature: float = 0.07, align_loss_weight: float = 0.0,
                  exact: bool = False, num_heads: int = 4, merge_threshold: float = 0.0,
                  region_score: str = "value", support_class_anchor: bool = True, token_temperature: float = 0.07,
-                 text_template: str = "a photo of {}.", seed: int = 0, empty_value: str = "zero"):
+                 text_template: str = "a photo of {}.", seed: int = 0, empty_value: str = "zero",
+                 text_cache: ClassTextCache | None = None):
         super().__init__()
         if empty_value not in EMPTY_VALUES:
             raise ValueError(f"models/amcap/amcap.py: AMCAP.EMPTY_VALUE must be one of {EMPTY_VALUES}, "
@@ -104,27 +106,22 @@ class AMCAP(nn.Module):
         self.empty_value = empty_value
         self.prompt_generator = PromptGenerator(embed_dim, text_width, n_ctx=n_ctx, num_heads=num_heads)
         self.register_buffer("pairs", grid_adjacent_pairs(grid), persistent=False)
-        self._class_text_cache: dict[str, ClassText] = {}  # per class name, while the text tower is frozen
+        # The class texts, cached while the text tower is frozen; a head hands in its own cache so that one cache
+        # (cleared when weights are loaded) holds all of the model's class texts.
+        self.text_cache = ClassTextCache() if text_cache is None else text_cache
 
     def clear_text_cache(self) -> None:
-        self._class_text_cache.clear()
+        self.text_cache.clear()
 
     def class_text(self, backbone, class_names: list[str]) -> ClassText:
-        """The episode's class texts. Fixed while the text tower is frozen, so then encoded once per class name
-        (in full precision, whatever autocast context the first call ran in) instead of every episode."""
+        """The episode's class texts, through the shared class-text cache (models/text_cache.py)."""
         n_ctx = self.prompt_generator.n_ctx
-        if backbone.text_trainable:
-            return build_class_text(backbone, class_names, self.text_template, n_ctx)
-        missing = [name for name in dict.fromkeys(class_names) if name not in self._class_text_cache]
-        if missing:
-            with torch.no_grad(), torch.autocast(device_type=backbone.device.type, enabled=False):
-                built = build_class_text(backbone, missing, self.text_template, n_ctx)
-            for i, name in enumerate(missing):
-                self._class_text_cache[name] = ClassText(**{f.name: getattr(built, f.name)[i] for f in fields(built)})
-        rows = [self._class_text_cache[name] for name in class_names]
-        device = backbone.device
-        return ClassText(**{f.name: torch.stack([getattr(r, f.name) for r in rows]).to(device)
-                            for f in fields(ClassText)})
+
+        def encode(names: list[str]) -> dict[str, Tensor]:
+            built = build_class_text(backbone, names, self.text_template, n_ctx)
+            return {f.name: getattr(built, f.name) for f in fields(built)}
+
+        return ClassText(**self.text_cache.lookup(backbone, "amcap", class_names, encode, backbone.device))
 
     @classmethod
     def from_config(cls, cfg: CfgNode, embed_dim: int, text_width: int) -> dict[str, Any]:

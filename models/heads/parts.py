@@ -1,0 +1,228 @@
+"""The parts heads are composed of (docs/design.md §5): frame encoder, class-text source, temporal modulator, OTAM
+matcher, video-text loss, test-time text rule. A head is a recipe of these (models/heads/prototype.py).
+
+Parts that own parameters are modules the head registers under the names its checkpoints use (`temporal`, and the
+head's `frame_proj` / `text_proj` / `vfam` / `amcap`); the others hold a few numbers and are plain objects, so the
+state dict of a head is exactly its parameter-owning parts'.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.clip import CLIPBackbone
+from models.otam import otam_distance
+from models.text_cache import ClassTextCache
+from models.vfam import VFAM
+from utils.config import ConfigError
+
+FRAME_FEATURES = ("global", "patch_map")
+
+
+# ---------------------------------------------------------------------------------------------- shared math
+def class_means(features: Tensor, labels: Tensor, way: int) -> Tensor:
+    """Average [S, ...] features per episode label 0..way-1 -> [way, ...] (vectorised, no per-class loop)."""
+    onehot = F.one_hot(labels.long(), way).to(features.dtype)  # [S, way]
+    counts = onehot.sum(0).clamp_min(1)
+    flat = features.reshape(features.shape[0], -1)
+    return ((onehot.t() @ flat) / counts[:, None]).reshape(way, *features.shape[1:])
+
+
+def cosine_logits(a: Tensor, b: Tensor) -> Tensor:
+    """[N, D] x [M, D] -> [N, M] exact cosine (CLIP-FSAR's test-time EVAL_TEXT / COMBINE)."""
+    return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).t()
+
+
+def lineage_cosine(x: Tensor, y: Tensor, eps: float, equation: str = "nd,md->nm") -> Tensor:
+    """CLIP-FSAR's cos_sim x.y / (|x||y| + eps) over the last dimension, pairs chosen by `equation` (einsum of
+    two operands); eps 0 gives the exact cosine. Computed in fp32, also under autocast (as the lineage does)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        if eps == 0:
+            return torch.einsum(equation, F.normalize(x, dim=-1), F.normalize(y, dim=-1))
+        inputs, output = equation.split("->")
+        x_dims, y_dims = (term[:-1] for term in inputs.split(","))  # the operands' dims without the contracted one
+        norms = torch.einsum(f"{x_dims},{y_dims}->{output}", x.norm(dim=-1), y.norm(dim=-1))
+        return torch.einsum(equation, x, y) / (norms + eps)
+
+
+# ---------------------------------------------------------------------------------------------- temporal modulator
+class TemporalAttention(nn.Module):
+    """CLIP-FSAR's Attention_qkv as self-attention: q/k/v projections without bias (stored as one [3d, d] matrix,
+    q then k then v), softmax(q k^T / sqrt(d / heads)) v per head, then the output projection (with bias) and
+    dropout on its output. With one head the lineage has no output projection, hence no dropout either."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"VIDEO.HEAD.TRANSFORMER_HEADS: transformer width {dim} is not divisible by {heads} "
+                              f"heads (pick a divisor of {dim})")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        project_out = heads != 1
+        self.to_out = nn.Linear(dim, dim) if project_out else nn.Identity()
+        self.out_dropout = nn.Dropout(dropout) if project_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, L, dim]
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, dim / heads]; no dropout on the weights
+        return self.out_dropout(self.to_out(out.transpose(1, 2).reshape(batch, length, dim)))
+
+
+class TemporalBlock(nn.Module):
+    """One block of CLIP-FSAR's Transformer_v1: x = attn(LayerNorm(x)) + x; x = ffn(x) + x (no second norm)."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, attn_dropout: float, ffn_dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = TemporalAttention(dim, heads, attn_dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(ffn_dropout),
+                                 nn.Linear(mlp_dim, dim), nn.Dropout(ffn_dropout))
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, L, dim]
+        x = self.attn(self.norm(x)) + x
+        return self.ffn(x) + x
+
+
+class TemporalModulator(nn.Sequential):
+    """CLIP-FSAR's temporal transformer (a stack of TemporalBlock, shared by queries and supports): over a query's
+    frames, and over a support's frames plus its class-text token (prototype modulation). A Sequential, so its
+    parameters keep the checkpoints' names `temporal.{i}.*`."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, attn_dropout: float, ffn_dropout: float):
+        super().__init__(*[TemporalBlock(dim, heads, mlp_dim, attn_dropout, ffn_dropout) for _ in range(depth)])
+
+    def modulate(self, support: Tensor, text_tokens: Tensor) -> Tensor:
+        """support [S,T,d] with each one's text token [S,d] appended -> [S,T,d] after the transformer."""
+        tokens = torch.cat([support, text_tokens.to(support.dtype)[:, None]], dim=1)
+        return self(tokens)[:, :support.shape[1]]
+
+    def prototypes(self, support: Tensor, text_tokens: Tensor, labels: Tensor, way: int,
+                   merge_before: bool) -> Tensor:
+        """support [S,T,d], text_tokens [S,d] -> class prototypes [way,T,d]; shots averaged before the transformer
+        (`merge_before`, CLIP-FSAR's MERGE_BEFORE) or after it."""
+        if merge_before:
+            return self.modulate(class_means(support, labels, way), class_means(text_tokens, labels, way))
+        return class_means(self.modulate(support, text_tokens), labels, way)
+
+
+# ---------------------------------------------------------------------------------------------- frame encoder
+@dataclass
+class FrameEncoder:
+    """Videos -> per-video features through the backbone (and VFAM, which encodes entities on the same pass):
+    "frames" [B,T,F] descriptors (CLIP's global embedding, or a centred pooled patch map), "video_text" [B,T,D]
+    joint-space embeddings, VFAM's inputs, and with `keep_tokens` the dense token grid "tokens" (AMCAP)."""
+    frame_feature: str = "global"
+    patch_pool: int = 2
+    keep_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        if self.frame_feature not in FRAME_FEATURES:
+            raise ValueError(f"models/heads/parts.py: VIDEO.HEAD.FRAME_FEATURE must be one of {FRAME_FEATURES}, "
+                             f"got '{self.frame_feature}'")
+
+    def descriptor_dim(self, embed_dim: int) -> int:
+        return embed_dim * self.patch_pool ** 2 if self.frame_feature == "patch_map" else embed_dim
+
+    def encode(self, backbone: CLIPBackbone, vfam: VFAM | None, videos: Tensor, boxes: Tensor | None,
+               box_mask: Tensor | None) -> dict[str, Tensor]:
+        """One backbone call over normalised videos [B,T,3,H,W]; every video is encoded on its own."""
+        num_videos, num_frames = videos.shape[:2]
+        dense = self.frame_feature == "patch_map" or self.keep_tokens
+        if vfam is not None:
+            out = vfam.encode(backbone, videos, boxes, box_mask, dense=dense)
+            glob, tokens = out["global"].flatten(0, 1), out["tokens"].flatten(0, 1) if dense else None
+        else:
+            enc = backbone.encode_frames(videos.flatten(0, 1), dense=dense)
+            glob, tokens = enc["global"], enc.get("tokens")
+        if self.frame_feature == "global":
+            frames = video_text = glob  # [N, D]
+        else:
+            grid = tokens.permute(0, 3, 1, 2)  # [N, D, h, w]
+            video_text = grid.mean(dim=(2, 3))  # the mean token: the part of the map centring removes
+            cells = F.adaptive_avg_pool2d(grid, self.patch_pool).flatten(2)  # [N, D, P*P]
+            frames = (cells - cells.mean(dim=2, keepdim=True)).flatten(1)  # centred per channel, [N, D*P*P]
+        feats = {"frames": frames.reshape(num_videos, num_frames, -1),
+                 "video_text": video_text.reshape(num_videos, num_frames, -1)}
+        if vfam is not None:
+            feats.update(frame_global=out["global"], entity_feats=out["entity_feats"], entity_mask=out["entity_mask"])
+        if self.keep_tokens:
+            feats["tokens"] = tokens.reshape(num_videos, num_frames, *tokens.shape[1:])
+        return feats
+
+
+# ---------------------------------------------------------------------------------------------- class text
+class ClassTextSource:
+    """Fixed class-text features: `template` filled with each class name through the frozen text encoder, held in
+    the model's one class-text cache (shared with AMCAP, models/text_cache.py)."""
+
+    KIND = "prompt"
+
+    def __init__(self, template: str, cache: ClassTextCache | None = None):
+        if "{}" not in template:
+            raise ValueError(f"models/heads/parts.py: VIDEO.HEAD.PROMPT_TEMPLATE needs a '{{}}' for the class name, "
+                             f"got '{template}'")
+        self.template = template
+        self.cache = ClassTextCache() if cache is None else cache
+
+    def features(self, backbone: CLIPBackbone, names: list[str], device: torch.device) -> Tensor:
+        """[N, D] text embeddings of the names (cached while the text tower is frozen)."""
+        def encode(batch: list[str]) -> dict[str, Tensor]:
+            return {"features": backbone.encode_text(backbone.tokenize([self.template.format(n) for n in batch]))}
+
+        return self.cache.lookup(backbone, self.KIND, list(names), encode, device)["features"]
+
+
+# ---------------------------------------------------------------------------------------------- matching, losses
+@dataclass
+class OTAMMatcher:
+    """Query-to-prototype distance [Q, C]: OTAM over frame distances 1 - lineage cosine, in both directions unless
+    `bidirectional` is False (CLIP-FSAR's SINGLE_DIRECT)."""
+    otam_lambda: float = 0.5
+    cosine_eps: float = 0.01
+    bidirectional: bool = True
+
+    def __call__(self, queries: Tensor, prototypes: Tensor) -> Tensor:  # [Q,T,d], [C,T,d]
+        frame_dists = 1 - lineage_cosine(queries, prototypes, self.cosine_eps, "qtd,csd->qcts")  # [Q, C, Tq, Ts]
+        return otam_distance(frame_dists, self.otam_lambda, bidirectional=self.bidirectional)
+
+
+@dataclass
+class VideoTextLoss:
+    """CLIP-FSAR's video-text loss: weight * CE(scale * lineage cosine(video, class text)) over the split's
+    classes, with the real (split) labels of supports and queries."""
+    weight: float = 1.0
+    cosine_eps: float = 0.01
+
+    def __call__(self, scale: Tensor, video_text: Tensor, class_text: Tensor, real_labels: Tensor) -> Tensor:
+        """video_text [V, D]; class_text [N, D] shared by all videos, or [V, N, D] per video."""
+        if class_text.dim() == 2:
+            cos = lineage_cosine(video_text, class_text, self.cosine_eps)  # [V, N]
+        else:
+            cos = lineage_cosine(video_text, class_text, self.cosine_eps, "nd,ncd->nc")
+        return self.weight * F.cross_entropy(scale * cos, real_labels.long())
+
+
+@dataclass
+class TextEvalRule:
+    """CLIP-FSAR's test-time EVAL_TEXT (text probabilities only) and COMBINE (text^c * visual^(1-c))."""
+    eval_text: bool = False
+    combine: bool = False
+    text_coff: float = 0.9
+
+    @property
+    def active(self) -> bool:
+        return self.eval_text or self.combine
+
+    def __call__(self, scale: Tensor, dists: Tensor, query_text: Tensor, class_text: Tensor,
+                 num_frames: int) -> Tensor:
+        """dists [Q, WAY] OTAM distances, query_text [Q, D] mean video-text embedding, class_text [WAY, D]."""
+        text_probs = F.softmax(scale * cosine_logits(query_text, class_text), dim=1)
+        if self.eval_text:
+            return text_probs
+        visual_probs = F.softmax((num_frames - dists) / num_frames, dim=1)  # CLIP-FSAR's constant 8 is its frames
+        return text_probs.pow(self.text_coff) * visual_probs.pow(1.0 - self.text_coff)
