@@ -108,7 +108,7 @@ def build_dataset(cfg: CfgNode, split: str, episode_indices: Sequence[int], vide
     cls = DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET")
     kwargs = cls.from_config(cfg, split, episode_indices)
     if video_source is not None:
-        kwargs["video_source"] = video_source
+        kwargs["source"] = video_source
     return cls(**kwargs, skip_videos=skip_videos)
 
 

@@ -6,8 +6,6 @@ same tuple gives identical tensors in any process, worker or rank.
 """
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Container, Sequence
 
@@ -17,9 +15,9 @@ from datasets.build import CLIP_MEAN, CLIP_STD, DATASET_REGISTRY
 from datasets.prepared import squash_prepared_scale
 from datasets.sampling import EpisodeSampler, FrameSampler
 from datasets.splits import Split, VideoEntry, load_split
-from datasets.tracks import TrackFile, boxes_at_frames, check_track_matches, load_track_file, track_path
-from datasets.transforms import QueryAugment, ViewParams, frames_to_tensor, sample_view, transform_boxes
-from datasets.video import DEFAULT_DECODER, BadVideoError, VideoSource, build_video_source
+from datasets.tracks import TrackReader
+from datasets.transforms import QueryAugment, ViewParams, ViewSampler, frames_to_tensor, transform_boxes
+from datasets.video import BadVideoError, VideoSource, build_video_source
 from utils.episode import Episode, Videos, build_episode
 from utils.logger import get_logger
 from utils.seeding import episode_generator
@@ -46,83 +44,79 @@ class FewShotDataset(torch.utils.data.Dataset):
     name = "FewShotDataset"
     flip_allowed = True  # entries whose labels depend on left/right (SSv2) set this False
 
-    def __init__(self, *, split: Split, episode_indices: Sequence[int], way: int, shot: int, query: int,
+    def __init__(self, *, split: Split, episode_indices: Sequence[int], sampler: EpisodeSampler, views: ViewSampler,
+                 source: VideoSource, frames: FrameSampler | None = None, tracks: TrackReader | None = None,
                  seed: int = 0, data_root: str = "", video_ext: str = ".mp4", frames_folder: bool = False,
-                 num_frames: int = 8, train_jitter_scales: Sequence[int] = (256, 320), test_scale: int = 256,
-                 crop_size: int = 224, mean: Sequence[float] = tuple(CLIP_MEAN), std: Sequence[float] = tuple(CLIP_STD),
-                 flip: bool = False, on_bad_video: str = "error", track_dir: str = "", max_entities: int = 4,
-                 min_video_frames: int = 1, decoder: str = DEFAULT_DECODER, video_source: VideoSource | None = None,
-                 deterministic_train: bool = False, skip_videos: Container[str] | None = None,
-                 resize_mode: str = "short_side", frame_sampler: FrameSampler | None = None,
-                 query_augment: QueryAugment | None = None, prepared_squash: int = 0):
+                 num_frames: int = 8, mean: Sequence[float] = tuple(CLIP_MEAN), std: Sequence[float] = tuple(CLIP_STD),
+                 on_bad_video: str = "error", prepared_squash: int = 0, skip_videos: Container[str] | None = None):
+        """The strategies (which videos, which frames, which view, which reader, which tracks) come built, from
+        `from_config` or a test; the dataset only runs them per episode, from the episode's generators."""
         if on_bad_video not in BAD_VIDEO_POLICIES:
             raise ValueError(f"DATA.ON_BAD_VIDEO must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
         self.split, self.split_name = split, split.name
-        self.train = split.name == "train"
-        # Random frames and views only for train episodes, unless DATA.DETERMINISTIC_TRAIN asks for test-style
-        # views there too (then a video always looks the same and its features can be cached).
-        self.random_views = self.train and not deterministic_train
+        self.episode_indices = [int(i) for i in episode_indices]
+        self.sampler, self.views, self.source = sampler, views, source
+        self.frame_sampler, self.tracks = frames or FrameSampler(), tracks
+        self.way, self.shot, self.query = sampler.way, sampler.shot, sampler.query
+        self.videos_by_class = sampler.videos_by_class
+        self.seed, self.data_root, self.video_ext, self.frames_folder = seed, data_root, video_ext, frames_folder
+        self.num_frames, self.crop_size = num_frames, views.crop_size
+        self.mean, self.std, self.on_bad_video = tuple(mean), tuple(std), on_bad_video
+        # Exact crops travel as uint8 pixels (4x less to write, to pass between processes and to copy to the
+        # device, which normalises them): frames the reader resized to the short side, or squashed at preparation
+        # (datasets/prepared.py), with no colour jitter; other views are normalised float32.
+        self.prepared_squash = prepared_squash
+        exact = views.exact_crops or (prepared_squash > 0 and views.query_augment is None)
+        self.pixel_dtype = torch.uint8 if exact else torch.float32
         # Videos whose features the consumer already holds (models/feature_cache.py): not decoded, slot = None.
         self.skip_videos = skip_videos
-        self.episode_indices = [int(i) for i in episode_indices]
-        self.way, self.shot, self.query = way, shot, query
-        self.seed, self.data_root, self.video_ext, self.frames_folder = seed, data_root, video_ext, frames_folder
-        self.num_frames = num_frames
-        self.jitter_scales, self.test_scale, self.crop_size = tuple(train_jitter_scales), test_scale, crop_size
-        self.mean, self.std, self.flip = tuple(mean), tuple(std), flip
-        self.resize_mode = resize_mode
-        self.frame_sampler = frame_sampler or FrameSampler()
-        # Training queries only (CLIP-FSAR's SUPPORT_QUERY_DIFF); never with test-style training views.
-        self.query_augment = query_augment if self.random_views else None
-        # Exact crops travel as uint8 pixels (4x less to write, to pass between processes and to copy to the
-        # device, which normalises them): no colour jitter, and frames the reader resized to the short side or
-        # that were squashed at preparation (datasets/prepared.py); other views are normalised float32.
-        self.prepared_squash = prepared_squash
-        exact = resize_mode == "short_side" or prepared_squash > 0
-        self.pixel_dtype = torch.uint8 if exact and self.query_augment is None else torch.float32
-        self.on_bad_video, self.track_dir, self.max_entities = on_bad_video, track_dir, max_entities
-        self.source = video_source or build_video_source(frames_folder, min_frames=min_video_frames, decoder=decoder)
-        self.videos_by_class = split.videos_by_class()
-        self.sampler = EpisodeSampler(self.videos_by_class, split.class_names, way, shot, query,
-                                      source=f"{split.list_file or split.name} ({split.name} episodes)")
-        self._track_cache: OrderedDict[str, TrackFile] = OrderedDict()
 
     @classmethod
     def from_config(cls, cfg, split: str, episode_indices: Sequence[int]) -> dict[str, Any]:
-        """Constructor arguments from the DATA/TRAIN config keys."""
+        """Constructor arguments, strategies built, from the DATA/TRAIN/AUGMENTATION/VFAM config keys."""
         data = cfg.DATA
-        train = split == "train"
         _, shot, query = episode_shape(cfg, split)
-        crop = data.TRAIN_CROP_SIZE if train else data.TEST_CROP_SIZE
+        loaded = load_split(data.ANNO_DIR, split)
+        sampler = EpisodeSampler(loaded.videos_by_class(), loaded.class_names, cfg.TRAIN.WAY, shot, query,
+                                 source=f"{loaded.list_file or loaded.name} ({loaded.name} episodes)")
+        train = split == "train"
+        # Random val/test frames never reach training episodes (DETERMINISTIC_TRAIN views stay fixed for its cache).
+        frames = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, not train and data.TEST_FRAMES == "random")
+        source = build_video_source(data.FRAMES_FOLDER, min_frames=data.MIN_VIDEO_FRAMES, decoder=data.DECODER)
+        tracks = TrackReader(data.TRACK_DIR, cfg.VFAM.MAX_ENTITIES) if data.TRACK_DIR else None
+        return dict(split=loaded, episode_indices=episode_indices, sampler=sampler, views=cls.view_sampler(cfg, split),
+                    source=source, frames=frames, tracks=tracks, seed=cfg.RANDOM_SEED, data_root=data.DATA_ROOT_DIR,
+                    video_ext=data.VIDEO_EXT, frames_folder=data.FRAMES_FOLDER, num_frames=data.NUM_INPUT_FRAMES,
+                    mean=data.MEAN, std=data.STD, on_bad_video=data.ON_BAD_VIDEO,
+                    prepared_squash=squash_prepared_scale(data))
+
+    @classmethod
+    def view_sampler(cls, cfg, split: str) -> ViewSampler:
+        """Random views for training episodes (unless DATA.DETERMINISTIC_TRAIN: test-style views, so a video always
+        looks the same and its features can be cached), the centre otherwise; the dataset's flip rules."""
+        data, train = cfg.DATA, split == "train"
         check_scales(data.TRAIN_JITTER_SCALES, data.TEST_SCALE, data.TRAIN_CROP_SIZE, data.TEST_CROP_SIZE)
         flip = bool(data.FLIP)
         if flip and not cls.flip_allowed:
             logger.info("%s: DATA.FLIP is off for this dataset (a horizontal flip changes left/right class "
                         "semantics)", cls.name)
             flip = False
+        random = train and not data.DETERMINISTIC_TRAIN
         query_augment = None
         if train and cfg.AUGMENTATION.SUPPORT_QUERY_DIFF:
             aug = cfg.AUGMENTATION
-            query_augment = QueryAugment(aug.BRIGHTNESS, aug.CONTRAST, aug.SATURATION, aug.HUE, aug.GRAYSCALE,
-                                         flip=cls.flip_allowed)
-            if data.DETERMINISTIC_TRAIN:
+            if not random:
                 logger.info("%s: AUGMENTATION.SUPPORT_QUERY_DIFF is off with DATA.DETERMINISTIC_TRAIN (fixed training "
                             "views)", cls.name)
-            elif not cls.flip_allowed:
-                logger.info("%s: AUGMENTATION.SUPPORT_QUERY_DIFF without its query flip (a horizontal flip changes "
-                            "left/right class semantics)", cls.name)
-        # Random val/test frames never reach training episodes (DETERMINISTIC_TRAIN views stay fixed for its cache).
-        sampler = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, not train and data.TEST_FRAMES == "random")
-        return dict(split=load_split(data.ANNO_DIR, split), episode_indices=episode_indices, way=cfg.TRAIN.WAY,
-                    shot=shot, query=query, seed=cfg.RANDOM_SEED, data_root=data.DATA_ROOT_DIR,
-                    video_ext=data.VIDEO_EXT, frames_folder=data.FRAMES_FOLDER, num_frames=data.NUM_INPUT_FRAMES,
-                    train_jitter_scales=data.TRAIN_JITTER_SCALES, test_scale=data.TEST_SCALE, crop_size=crop,
-                    mean=data.MEAN, std=data.STD, flip=flip, on_bad_video=data.ON_BAD_VIDEO,
-                    track_dir=data.TRACK_DIR, max_entities=cfg.VFAM.MAX_ENTITIES,
-                    min_video_frames=data.MIN_VIDEO_FRAMES, decoder=data.DECODER,
-                    deterministic_train=data.DETERMINISTIC_TRAIN,
-                    resize_mode=data.RESIZE_MODE, frame_sampler=sampler, query_augment=query_augment,
-                    prepared_squash=squash_prepared_scale(data))
+            else:
+                query_augment = QueryAugment(aug.BRIGHTNESS, aug.CONTRAST, aug.SATURATION, aug.HUE, aug.GRAYSCALE,
+                                             flip=cls.flip_allowed)
+                if not cls.flip_allowed:
+                    logger.info("%s: AUGMENTATION.SUPPORT_QUERY_DIFF without its query flip (a horizontal flip "
+                                "changes left/right class semantics)", cls.name)
+        crop = data.TRAIN_CROP_SIZE if train else data.TEST_CROP_SIZE
+        return ViewSampler(random, tuple(data.TRAIN_JITTER_SCALES), data.TEST_SCALE, crop, flip, data.RESIZE_MODE,
+                           query_augment)
 
     @classmethod
     def prepare(cls, cfg) -> None:
@@ -144,7 +138,7 @@ class FewShotDataset(torch.utils.data.Dataset):
         query = [self._load_slot(e, s, used, replaced, index, target_set[k], is_query=True)
                  for k, (e, s) in enumerate(zip(plan.query, plan.query_seeds, strict=True))]
         tracks = {}
-        if self.track_dir:
+        if self.tracks is not None:
             tracks = dict(support_boxes=_stack([c.boxes for c in support]),  # [S, T, K, 4]
                           support_box_mask=_stack([c.box_mask for c in support]),  # [S, T, K]
                           target_boxes=_stack([c.boxes for c in query]),
@@ -177,10 +171,7 @@ class FewShotDataset(torch.utils.data.Dataset):
         if self.skip_videos is not None and entry.video_id in self.skip_videos:
             return Clip(entry.video_id, None)  # cached by the consumer: a cached video decoded fine before
         generator = torch.Generator().manual_seed(seed)
-        view = sample_view(generator, self.random_views, self.jitter_scales, self.test_scale, self.crop_size, self.flip,
-                           self.resize_mode)
-        if is_query and self.query_augment is not None:
-            view = self.query_augment(view, generator)
+        view = self.views(generator, is_query)
         candidates: list[VideoEntry] | None = None
         current = entry
         while True:
@@ -210,34 +201,17 @@ class FewShotDataset(torch.utils.data.Dataset):
         video = self.source.open(path, view.short_side)
         # The clip window assumes the video runs at the lineage's target frame rate (exact for every K-100 clip,
         # see clip_indices); the readers do not report a frame rate yet.
-        indices = self.frame_sampler(video.num_frames, self.num_frames, self.random_views, generator)
+        indices = self.frame_sampler(video.num_frames, self.num_frames, self.views.random, generator)
         frames = video.frames(indices)  # uint8 [T, h, w, 3]
         if self.prepared_squash and (frames.shape[2], frames.shape[1]) != (self.prepared_squash,) * 2:
             raise BadVideoError(path, "wrong size", f"{frames.shape[2]}x{frames.shape[1]} frames in a data root "
                                 f"prepared at {self.prepared_squash}x{self.prepared_squash} (its prepared.json)")
         clip = Clip(entry.video_id, frames_to_tensor(frames, view, self.mean, self.std, out=out))
-        if self.track_dir:
-            size = (frames.shape[2], frames.shape[1])
-            track_file = self._track_file(entry.video_id, video.num_frames, video.width, video.height)
-            boxes, mask = boxes_at_frames(track_file, indices, self.max_entities)
-            clip.boxes, clip.box_mask = transform_boxes(boxes, mask, size, view)
-            clip.missing_tracks = track_file is None
+        if self.tracks is not None:
+            boxes, mask, clip.missing_tracks = self.tracks.boxes(entry.video_id, indices, video.num_frames,
+                                                                 video.width, video.height)
+            clip.boxes, clip.box_mask = transform_boxes(boxes, mask, (frames.shape[2], frames.shape[1]), view)
         return clip
-
-    def _track_file(self, video_id: str, num_frames: int, width: int, height: int) -> TrackFile | None:
-        """The video's validated track file (cached), or None when there is none."""
-        path = track_path(self.track_dir, video_id)
-        if path in self._track_cache:
-            self._track_cache.move_to_end(path)
-            return self._track_cache[path]
-        if not os.path.isfile(path):
-            return None
-        track_file = load_track_file(path, video_id)
-        check_track_matches(track_file, path, num_frames, width, height)
-        self._track_cache[path] = track_file
-        if len(self._track_cache) > 4096:  # bounded: SSv2 has ~70k videos per worker
-            self._track_cache.popitem(last=False)
-        return track_file
 
 
 def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | list[torch.Tensor | None]:

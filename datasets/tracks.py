@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from numbers import Real
 from typing import Sequence
@@ -193,3 +194,34 @@ def check_track_matches(track_file: TrackFile, path: str, num_frames: int, width
     if abs(aspect_file / aspect_video - 1.0) > 0.02:
         raise TrackFileError(f"{path}: frame size {track_file.width}x{track_file.height} does not match the "
                              f"video's {width}x{height}")
+
+
+class TrackReader:
+    """The dataset's track strategy (VFAM): each video's validated track file from `track_dir`, kept in a bounded
+    cache (SSv2 has ~70k videos per worker), and its boxes at the sampled frames."""
+
+    def __init__(self, track_dir: str, max_entities: int, capacity: int = 4096):
+        self.track_dir, self.max_entities, self.capacity = track_dir, max_entities, capacity
+        self._cache: OrderedDict[str, TrackFile] = OrderedDict()
+
+    def track_file(self, video_id: str, num_frames: int, width: int, height: int) -> TrackFile | None:
+        """The video's track file, checked against the decoded video, or None when there is none."""
+        path = track_path(self.track_dir, video_id)
+        if path in self._cache:
+            self._cache.move_to_end(path)
+            return self._cache[path]
+        if not os.path.isfile(path):
+            return None
+        track_file = load_track_file(path, video_id)
+        check_track_matches(track_file, path, num_frames, width, height)
+        self._cache[path] = track_file
+        if len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return track_file
+
+    def boxes(self, video_id: str, indices: Sequence[int], num_frames: int, width: int,
+              height: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(boxes [T, K, 4] normalised to the frame, mask [T, K], whether the video has no track file)."""
+        track_file = self.track_file(video_id, num_frames, width, height)
+        boxes, mask = boxes_at_frames(track_file, indices, self.max_entities)
+        return boxes, mask, track_file is None

@@ -156,6 +156,37 @@ class QueryAugment:
         return dataclasses.replace(view, flip=self.flip and do_flip, jitter=jitter)
 
 
+@dataclass(frozen=True)
+class ViewSampler:
+    """The dataset's view strategy: each video's scale, crop, flip (training: random; otherwise the centre) and,
+    for training queries, QueryAugment's colour jitter, all drawn from the video's own generator."""
+
+    random: bool  # random views (training episodes, unless DATA.DETERMINISTIC_TRAIN)
+    jitter_scales: tuple[int, int]
+    test_scale: int
+    crop_size: int
+    flip: bool
+    resize_mode: str = "short_side"
+    query_augment: QueryAugment | None = None  # training queries only (never with fixed views)
+
+    def __post_init__(self):
+        if self.query_augment is not None and not self.random:
+            raise ValueError("ViewSampler: QueryAugment needs random views (fixed views must stay fixed)")
+
+    @property
+    def exact_crops(self) -> bool:
+        """True when every view only selects pixels of frames the reader resized (short side, no jitter): the
+        dataset may then hand uint8 pixels over (frames squashed at preparation are the dataset's to know)."""
+        return self.resize_mode == "short_side" and self.query_augment is None
+
+    def __call__(self, generator: torch.Generator, is_query: bool = False) -> ViewParams:
+        view = sample_view(generator, self.random, self.jitter_scales, self.test_scale, self.crop_size, self.flip,
+                           self.resize_mode)
+        if is_query and self.query_augment is not None:
+            view = self.query_augment(view, generator)
+        return view
+
+
 def view_frame_size(size: tuple[int, int], view: ViewParams) -> tuple[int, int]:
     """(w, h) of a decoded frame of `size` once the transform has resized it (squash), before the crop."""
     return (view.squash, view.squash) if view.squash > 0 else size

@@ -29,28 +29,33 @@ if __package__ in (None, ""):  # `python runs/visualize.py`: this repository's p
 from datasets import build_dataset  # noqa: E402
 from datasets.sampling import segment_indices  # noqa: E402
 from datasets.splits import read_class_names, split_files  # noqa: E402
-from datasets.video import DEFAULT_DECODER, build_video_source, resize_frames  # noqa: E402
+from datasets.transforms import ViewSampler, frames_to_tensor  # noqa: E402
+from datasets.video import build_video_source  # noqa: E402
 from models.amcap import AMCAP, build_class_text  # noqa: E402
 from models.clip import CLIPBackbone  # noqa: E402
 from runs.config import load_config  # noqa: E402
 from utils.config import CfgNode  # noqa: E402
 from utils.errors import ArgumentError, entry_point  # noqa: E402
-from utils.plots import draw_episode, write_curves  # noqa: E402
+from utils.plots import draw_episode, unnormalise, write_curves  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
 
 TOKENS_PER_REGION = 3  # aligned tokens listed beside each salient region
 
 
 # ---------------------------------------------------------------------------------------------- regions
-def read_frames(path: str, num_frames: int, size: tuple[int, int], decoder: str = DEFAULT_DECODER
-                ) -> tuple[np.ndarray, list[int]]:
-    """uint8 [T, H, W, 3] frames at segment centres, resized to `size` (H, W); and their indices. The loader's own
-    exact reader (datasets/video.py) decodes them."""
+def read_frames(cfg: CfgNode, path: str, num_frames: int) -> tuple[np.ndarray, torch.Tensor, list[int]]:
+    """One video at segment centres as a test episode shows it to the model: the loader's reader and test view
+    (DATA.RESIZE_MODE, DATA.TEST_SCALE, centre crop of DATA.TEST_CROP_SIZE). Returns uint8 [T, crop, crop, 3]
+    frames to draw, the model's input [T, 3, crop, crop] (normalised as in an episode) and the frame indices."""
     if not os.path.isfile(path):
         raise ArgumentError(f"{path}: --video file not found")
-    video = build_video_source(False, decoder=decoder).open(path, 0)
+    data = cfg.DATA
+    view = ViewSampler(False, tuple(data.TRAIN_JITTER_SCALES), data.TEST_SCALE, data.TEST_CROP_SIZE, False,
+                       data.RESIZE_MODE)(torch.Generator())
+    video = build_video_source(False, decoder=data.DECODER).open(path, view.short_side)
     indices = segment_indices(video.num_frames, num_frames, train=False, generator=None)
-    return resize_frames(video.frames(indices), (size[1], size[0])), indices
+    images = frames_to_tensor(video.frames(indices), view, data.MEAN, data.STD)
+    return unnormalise(images[None], data.MEAN, data.STD)[0], images, indices
 
 
 def episode_class_names(cfg: CfgNode, classes: str, split: str) -> list[str]:
@@ -67,17 +72,14 @@ def episode_class_names(cfg: CfgNode, classes: str, split: str) -> list[str]:
 
 
 @torch.no_grad()
-def analyse_video(cfg: CfgNode, backbone: CLIPBackbone, frames: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    """Backbone tokens and AMCAP's query-side regions (label-free anchor) of one video's frames [T, H, W, 3]."""
-    mean = torch.tensor(backbone.image_mean)[:, None, None]
-    std = torch.tensor(backbone.image_std)[:, None, None]
-    images = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+def analyse_video(cfg: CfgNode, backbone: CLIPBackbone, images: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    """Backbone tokens and AMCAP's query-side regions (label-free anchor) of one video's images [T, 3, H, W]."""
     tokens = backbone.encode_frames(images.to(backbone.device), dense=True)["tokens"][None]  # [1, T, h, w, D]
     amcap = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width)).to(backbone.device).eval()
     text = build_class_text(backbone, class_names, amcap.text_template, amcap.prompt_generator.n_ctx)
     info = amcap.describe(tokens, text, None, amcap.coalitions(None))
     best_class = int(info["anchor_weights"][0].mean(dim=0).argmax())
-    key_frames = amcap.key_frame_indices(frames.shape[0]).tolist()
+    key_frames = amcap.key_frame_indices(images.shape[0]).tolist()
     return {"info": info, "text": text, "best_class": best_class, "key_frames": key_frames,
             "class_weights": info["anchor_weights"][0].mean(dim=0).cpu()}
 
@@ -168,8 +170,8 @@ def run_regions(args: argparse.Namespace) -> int:
     class_names = episode_class_names(cfg, args.classes, args.split)
     backbone = CLIPBackbone(**CLIPBackbone.from_config(cfg)).eval()
     num_frames = cfg.DATA.NUM_INPUT_FRAMES if args.frames <= 0 else args.frames
-    frames, indices = read_frames(args.video, num_frames, backbone.image_size, cfg.DATA.DECODER)
-    analysis = analyse_video(cfg, backbone, frames, class_names)
+    frames, images, indices = read_frames(cfg, args.video, num_frames)
+    analysis = analyse_video(cfg, backbone, images, class_names)
     draw_regions(frames, indices, analysis, class_names, args.out)
     kept = int(analysis["info"]["regions"].valid.sum())
     print(f"wrote {args.out}: {kept} regions kept, best class '{class_names[analysis['best_class']]}'")

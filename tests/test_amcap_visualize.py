@@ -5,7 +5,10 @@ import av
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+import torch
 
+from datasets.transforms import ViewParams, frames_to_tensor
+from datasets.video import build_video_source
 from runs import visualize
 from runs.config import load_config
 
@@ -42,12 +45,18 @@ def test_regions_command_writes_a_png(tmp_path, capsys):
     assert "regions kept" in capsys.readouterr().out
 
 
-def test_frames_are_segment_centres_at_the_backbone_size(tmp_path):
+def test_frames_are_segment_centres_in_the_loaders_test_view(tmp_path):
     video = tmp_path / "clip.mp4"
     _write_video(video, frames=16)
-    frames, indices = visualize.read_frames(str(video), 8, (64, 64))
-    assert frames.shape == (8, 64, 64, 3)
+    cfg = load_config(None, [*TINY, "DATA.TEST_SCALE", "64", "DATA.TRAIN_JITTER_SCALES", "[64, 64]"])
+    frames, images, indices = visualize.read_frames(cfg, str(video), 8)
+    assert frames.shape == (8, 64, 64, 3) and images.shape == (8, 3, 64, 64)
     assert indices == [1, 3, 5, 7, 9, 11, 13, 15]
+    # The model sees what a test episode of this video holds: the loader's squash view and normalisation.
+    source = build_video_source(False)
+    episode_view = frames_to_tensor(source.open(str(video), 0).frames(indices), ViewParams(0, 64, 0.5, 0.5, False, 64),
+                                    cfg.DATA.MEAN, cfg.DATA.STD)
+    assert torch.equal(images, episode_view)
 
 
 def test_class_names_come_from_the_split_without_classes(tmp_path):

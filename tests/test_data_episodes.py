@@ -105,9 +105,9 @@ def test_unknown_dataset_name_lists_registered_entries(synthetic_root):
 def test_ssv2_entry_turns_flip_off_and_says_so(synthetic_root):
     with log_records() as records:
         dataset = build_dataset(_cfg(synthetic_root, "DATA.DATASET", "Ssv2_few_shot", "DATA.FLIP", True), "train", [0])
-    assert not dataset.flip
+    assert not dataset.views.flip
     assert any("Ssv2_few_shot: DATA.FLIP is off" in r.getMessage() for r in records)
-    assert build_dataset(_cfg(synthetic_root, "DATA.DATASET", "Kinetics100_few_shot"), "train", [0]).flip
+    assert build_dataset(_cfg(synthetic_root, "DATA.DATASET", "Kinetics100_few_shot"), "train", [0]).views.flip
 
 
 @pytest.fixture()

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from datasets.few_shot import FewShotDataset
+from datasets.sampling import EpisodeSampler
 from datasets.splits import load_split
 from datasets.synthetic import ACTOR_COLOURS
-from datasets.tracks import TrackFileError, boxes_at_frames, load_track_file, rank_tracks, track_path
+from datasets.tracks import TrackFileError, TrackReader, boxes_at_frames, load_track_file, rank_tracks, track_path
+from datasets.transforms import ViewSampler
+from datasets.video import PyAVSource
 
 
 def _track(tid, frames, boxes, scores=None, label="person"):
@@ -83,10 +86,14 @@ def test_boxes_interpolate_between_detections_and_mask_outside_the_span(tmp_path
     assert none_boxes.shape == (2, 4, 4) and not none_mask.any()
 
 
-def _test_dataset(root, track_dir, **kwargs) -> FewShotDataset:
-    args = dict(split=load_split(str(root), "test"), episode_indices=range(4), way=3, shot=1, query=1,
-                data_root=str(root), num_frames=8, train_jitter_scales=(64, 80), test_scale=64, crop_size=64,
-                track_dir=str(track_dir), max_entities=4)
+def _test_dataset(root, track_dir, split="test", flip=False, crop_size=64, **kwargs) -> FewShotDataset:
+    """A dataset handed its strategies by hand (as from_config does): 3-way 1-shot 1-query, 8 frames."""
+    loaded = load_split(str(root), split)
+    train = split == "train"
+    args = dict(split=loaded, episode_indices=range(4),
+                sampler=EpisodeSampler(loaded.videos_by_class(), loaded.class_names, 3, 1, 1),
+                views=ViewSampler(train, (64, 80), 64, crop_size, flip), source=PyAVSource(),
+                tracks=TrackReader(str(track_dir), 4) if track_dir else None, data_root=str(root), num_frames=8)
     args.update(kwargs)
     return FewShotDataset(**args)
 
@@ -107,7 +114,7 @@ def test_episode_boxes_match_the_track_files(synthetic_root):
 
 def test_episode_boxes_mark_the_actor_pixels(synthetic_root):
     """Train view with flip on (generic entry): the actor's colour fills its transformed box."""
-    dataset = _test_dataset(synthetic_root, synthetic_root / "tracks", split=load_split(str(synthetic_root), "train"),
+    dataset = _test_dataset(synthetic_root, synthetic_root / "tracks", split="train",
                             flip=True, crop_size=56, mean=(0, 0, 0), std=(1, 1, 1))
     meta = json.loads((synthetic_root / "meta.json").read_text())
     actors = {c["name"]: c["actor"] for c in meta["catalogue"]}

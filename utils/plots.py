@@ -132,7 +132,9 @@ def write_curves(run_dir: str, out: str | None = None) -> str:
 
 # ---------------------------------------------------------------------------------------------- episode
 def unnormalise(videos: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """[N, T, 3, H, W] normalised frames -> uint8 [N, T, H, W, 3] RGB."""
+    """[N, T, 3, H, W] normalised frames (or uint8 pixels, as exact crops travel) -> uint8 [N, T, H, W, 3] RGB."""
+    if videos.dtype == torch.uint8:
+        return videos.permute(0, 1, 3, 4, 2).contiguous().numpy()
     mean_t = torch.tensor(mean, dtype=videos.dtype)[:, None, None]
     std_t = torch.tensor(std, dtype=videos.dtype)[:, None, None]
     images = (videos * std_t + mean_t).clamp(0.0, 1.0)
