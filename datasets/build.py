@@ -129,7 +129,7 @@ class _WorkerInit:
 
 def build_loader(cfg: CfgNode, split: str, episode_indices: Sequence[int], video_source=None,
                  skip_videos=None) -> DataLoader:
-    """One episode dict per item, in the order of `episode_indices` (batch_size=None: no collation).
+    """One Episode (utils/episode.py) per item, in the order of `episode_indices` (batch_size=None: no collation).
 
     `skip_videos` (a container of video ids, e.g. models.feature_cache.VideoFeatureCache) is consulted while
     loading, so it forces loading in this process (workers would see a stale copy).
