@@ -32,8 +32,8 @@ def check_input_matches_backbone(cfg: CfgNode, backbone: nn.Module) -> None:
         if any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(ours, theirs, strict=True)):
             raise ConfigError(f"{key} {list(ours)} differs from the {name} backbone's {list(theirs)}, which its "
                               f"weights were trained with; set {key} to it")
-    side = backbone.image_size[0]
-    for key in ("DATA.TRAIN_CROP_SIZE", "DATA.TEST_CROP_SIZE"):
-        if cfg.DATA[key.split(".")[1]] != side or backbone.image_size[0] != backbone.image_size[1]:
-            raise ConfigError(f"{key} {cfg.DATA[key.split('.')[1]]} differs from the {name} backbone's input "
-                              f"size {side}x{backbone.image_size[1]}; set it to {side}")
+    height, width = backbone.image_size  # (h, w), as encode_frames compares it
+    for key in ("TRAIN_CROP_SIZE", "TEST_CROP_SIZE"):
+        if (cfg.DATA[key],) * 2 != (height, width):
+            raise ConfigError(f"DATA.{key} {cfg.DATA[key]} differs from the {name} backbone's input size "
+                              f"{width}x{height}; set it to {width}")

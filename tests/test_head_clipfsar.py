@@ -128,7 +128,7 @@ def test_one_backbone_call_per_episode(episode, monkeypatch):
     assert calls == [WAY * (SHOT + QUERY) * FRAMES]
 
 
-def test_forward_equals_encode_then_forward_features(episode):
+def test_forward_equals_encode_videos_then_forward_with_those_features(episode):
     head = make_head(frame_feature="patch_map").eval()
     with torch.no_grad():
         support = head.encode_videos(episode.support_set)
