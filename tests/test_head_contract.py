@@ -2,7 +2,8 @@
 the recorded ones, a head state written before the move loads strictly and gives the recorded logits, and the
 engine-facing contract (models/heads/base.py) holds for every registered head.
 
-tests/data/ was recorded before the heads were split into parts; `python tests/test_head_contract.py` rewrites it
+tests/data/ was recorded by the code before the heads were split into parts (commit 0ba9c05, the same configs, episode
+and seeds); `python tests/test_head_contract.py` rewrites it
 from the current code (only do that for a deliberate change of the model's parameters)."""
 import json
 import sys
