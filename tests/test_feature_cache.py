@@ -7,9 +7,13 @@ from models import build_model
 from runs.config import load_config
 from runs.test_net_few_shot import evaluate
 
+MCDP = ("VIDEO.HEAD.NAME", "MCDP_FSAR", "AMCAP.ENABLE", "True", "AMCAP.NUM_COALITIONS", "16")
 
-@pytest.mark.parametrize("extra", [(), ("VIDEO.HEAD.NAME", "MCDP_FSAR", "VFAM.ENABLE", "True", "AMCAP.ENABLE", "True",
-                                        "AMCAP.NUM_COALITIONS", "16")], ids=["clipfsar", "mcdp"])
+
+@pytest.mark.parametrize("extra", [(), (*MCDP, "VFAM.ENABLE", "True"),
+                                   (*MCDP, "VIDEO.HEAD.SUPPORT_TEXT_TOKEN", "False",
+                                    "VIDEO.HEAD.TRANSFORMER_LAYER_SCALE", "0.3")],
+                         ids=["clipfsar", "mcdp", "mcdp-no-support-text"])
 def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path, extra):
     opts = tiny_opts(synthetic_root, tmp_path, "DATA.TRACK_DIR", str(synthetic_root / "tracks"), *extra)
     results = {}
@@ -26,9 +30,9 @@ def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path, extra):
     cache = results[True]["cache"]
     assert cache["hits"] > 0 and cache["videos"] <= 12
     assert cache["hits"] + cache["misses"] == 12 * 10
-    # the per-video head outputs were used: queries always, supports only where their text token is fixed
+    # the per-video head outputs were used: queries always, supports only where their text token is fixed or absent
     assert cache["query_outputs"] > 0
-    assert (cache["support_outputs"] > 0) == (not extra)
+    assert (cache["support_outputs"] > 0) == (not extra or "VIDEO.HEAD.SUPPORT_TEXT_TOKEN" in extra)
 
 
 def test_frozen_backbone_training_cache_matches_plain_training(synthetic_root, tmp_path):

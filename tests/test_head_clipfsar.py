@@ -43,6 +43,7 @@ def episode() -> Episode:
     dict(frame_feature="global", use_classification=False),
     dict(frame_feature="patch_map", merge_before=True),
     dict(frame_feature="patch_map", proj_dim=64, single_direct=True, transformer_depth=2),
+    dict(frame_feature="patch_map", support_text_token=False, transformer_layer_scale=0.0),
 ])
 def test_forward_backward_returns_logits_and_losses(episode, options):
     head = make_head(**options).train()
@@ -56,7 +57,7 @@ def test_forward_backward_returns_logits_and_losses(episode, options):
     assert [n for n, p in head.named_parameters() if p.requires_grad and p.grad is None] == []
     assert head.backbone.model.visual.conv1.weight.grad.abs().sum() > 0
     # With patch_map the class-text token reaches the transformer through a learned map.
-    if head.frame_encoder.frame_feature == "patch_map":
+    if head.frame_encoder.frame_feature == "patch_map" and head.support_text_token:
         assert head.text_proj.weight.grad.abs().sum() > 0
 
 
@@ -321,3 +322,30 @@ def test_batchnorm_backbone_encodes_support_and_query_apart_while_training(monke
         head(episode)
     assert calls == ([WAY * frames, WAY * QUERY * frames] if expected == "separate"
                      else [WAY * (1 + QUERY) * frames])
+
+
+def test_layer_scale_zero_starts_the_transformer_as_the_identity_and_trains_its_scales(episode):
+    head = make_head(frame_feature="patch_map", transformer_layer_scale=0.0, transformer_depth=2)
+    frames = torch.randn(3, FRAMES, head.model_dim)
+    assert torch.equal(head.temporal.eval()(frames), frames)
+    head.train()(episode)["loss"].backward()
+    for block in head.temporal:
+        assert block.attn_scale.grad.abs().sum() > 0 and block.ffn_scale.grad.abs().sum() > 0
+    # the lineage's blocks (layer scale 1) have no such parameters
+    assert not [n for n, _ in make_head().temporal.named_parameters() if n.endswith("_scale")]
+
+
+def test_without_support_text_tokens_the_class_names_do_not_reach_the_prototypes(episode):
+    renamed = episode.replace(class_names=[f"other {i}" for i in range(WAY)])
+    plain = make_head(frame_feature="patch_map", support_text_token=False, transformer_layer_scale=0.5).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(episode)["logits"], plain(renamed)["logits"])
+        # the supports pass the transformer as the queries do
+        support = plain.frame_descriptors(plain.encode_videos(episode.support_set))
+        prototypes = class_means(plain.temporal(support), episode.support_labels, WAY)
+        query = plain.temporal(plain.frame_descriptors(plain.encode_videos(episode.target_set)))
+        torch.testing.assert_close(-plain.matcher(query, prototypes), plain(episode)["logits"])
+    lineage = make_head(frame_feature="patch_map").eval()
+    with torch.no_grad():
+        assert not torch.allclose(lineage(episode)["logits"], lineage(renamed)["logits"])
+    assert isinstance(plain.text_proj, torch.nn.Identity)  # no text map without text tokens

@@ -126,11 +126,14 @@ def test_head_state_from_before_the_move_loads_strictly_and_gives_the_recorded_o
     fresh_backbone = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.model.")}
     model.load_state_dict({**fresh_backbone, **saved["head_state"]}, strict=True)
     now = outputs(model, episode)
-    assert torch.equal(now["eval_logits"], saved["eval_logits"])
-    assert torch.equal(now["train_logits"], saved["train_logits"])
+    # Recorded on another machine: CPUs with other vector units round in other orders (seen: 2e-6 on logits of 8,
+    # 1-2 float32 ulps), so the comparison is float32's default closeness, not bit equality; weights loaded into
+    # the wrong places change the outputs by orders of magnitude more.
+    torch.testing.assert_close(now["eval_logits"], saved["eval_logits"])
+    torch.testing.assert_close(now["train_logits"], saved["train_logits"])
     assert now["train_losses"].keys() == saved["train_losses"].keys()
     for name, value in saved["train_losses"].items():
-        assert torch.equal(now["train_losses"][name], value), name
+        torch.testing.assert_close(now["train_losses"][name], value, msg=name)
 
 
 @pytest.mark.parametrize("name", sorted(HEAD_REGISTRY._obj_map))

@@ -44,6 +44,15 @@ def add_clipfsar_config(cfg: CfgNode) -> None:
     # the attention weights themselves are never dropped. CLIP-FSAR: 0.2.
     _H.TRANSFORMER_DROPOUT = 0.2
     _H.TRANSFORMER_FFN_DROPOUT = 0.05  # dropout after each feed-forward Linear (CLIP-FSAR: 0.05)
+    # CLIP-FSAR adds the attention and feed-forward branches to the residual unscaled: 1.0 (no parameter). Below
+    # 1: each branch times a learned per-channel scale starting here (LayerScale); 0 starts the transformer as the
+    # identity, so the prototypes start as the frame descriptors (from scratch the lineage's branches outweigh
+    # the descriptors at init; README "Where we differ").
+    _H.TRANSFORMER_LAYER_SCALE = 1.0
+    # CLIP-FSAR appends each support's class-text token to its frames in the temporal transformer (prototype
+    # modulation): True. False: supports pass through it alone, as queries do (a text tower trained from scratch
+    # gives each class an arbitrary token that marks the prototype instead of describing it).
+    _H.SUPPORT_TEXT_TOKEN = True
     # CLIP-FSAR's cos_sim is x.y / (|x||y| + 0.01): used for the frame distances and the training video-text
     # logits (its test-time EVAL_TEXT / COMBINE normalise exactly, and so do ours). 0: the exact cosine.
     _H.COSINE_EPS = 0.01
@@ -51,6 +60,7 @@ def add_clipfsar_config(cfg: CfgNode) -> None:
     _H.OTAM_LAMBDA = 0.5  # OTAM soft-minimum temperature
     rules("VIDEO.HEAD", PATCH_POOL=POSITIVE, PROJ_DIM=NON_NEGATIVE, TRANSFORMER_HEADS=POSITIVE,
           TRANSFORMER_MLP_DIM=POSITIVE, TRANSFORMER_DROPOUT=PROBABILITY, TRANSFORMER_FFN_DROPOUT=PROBABILITY,
+          TRANSFORMER_LAYER_SCALE=PROBABILITY,
           COSINE_EPS=NON_NEGATIVE, OTAM_LAMBDA=POSITIVE)
     _T = section(cfg, "TRAIN")
     # Temporal transformer blocks, shared by queries and text-modulated supports. The only depth key, under
@@ -84,6 +94,7 @@ def clipfsar_parts_from_config(cfg: CfgNode, text_cache: ClassTextCache | None =
         patch_pool=head.PATCH_POOL, proj_dim=head.PROJ_DIM, transformer_depth=train.TRANSFORMER_DEPTH,
         transformer_heads=head.TRANSFORMER_HEADS, transformer_mlp_dim=head.TRANSFORMER_MLP_DIM,
         transformer_dropout=head.TRANSFORMER_DROPOUT, transformer_ffn_dropout=head.TRANSFORMER_FFN_DROPOUT,
+        transformer_layer_scale=head.TRANSFORMER_LAYER_SCALE, support_text_token=head.SUPPORT_TEXT_TOKEN,
         cosine_eps=head.COSINE_EPS,
         prompt_template=head.PROMPT_TEMPLATE, otam_lambda=head.OTAM_LAMBDA,
         use_classification=train.USE_CLASSIFICATION, classification_weight=train.USE_CLASSIFICATION_VALUE,

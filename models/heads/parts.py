@@ -74,18 +74,29 @@ class TemporalAttention(nn.Module):
 
 
 class TemporalBlock(nn.Module):
-    """One block of CLIP-FSAR's Transformer_v1: x = attn(LayerNorm(x)) + x; x = ffn(x) + x (no second norm)."""
+    """One block of CLIP-FSAR's Transformer_v1: x = attn(LayerNorm(x)) + x; x = ffn(x) + x (no second norm).
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, attn_dropout: float, ffn_dropout: float):
+    `layer_scale` 1 is the lineage's block (no parameter); below 1 each branch is multiplied by a learned
+    per-channel scale starting at that value (LayerScale; 0: the block starts as the identity)."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, attn_dropout: float, ffn_dropout: float,
+                 layer_scale: float = 1.0):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn = TemporalAttention(dim, heads, attn_dropout)
         self.ffn = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(ffn_dropout),
                                  nn.Linear(mlp_dim, dim), nn.Dropout(ffn_dropout))
+        self.attn_scale = self.ffn_scale = None
+        if layer_scale != 1:
+            self.attn_scale = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            self.ffn_scale = nn.Parameter(torch.full((dim,), float(layer_scale)))
 
     def forward(self, x: Tensor) -> Tensor:  # [B, L, dim]
-        x = self.attn(self.norm(x)) + x
-        return self.ffn(x) + x
+        if self.attn_scale is None:
+            x = self.attn(self.norm(x)) + x
+            return self.ffn(x) + x
+        x = self.attn(self.norm(x)) * self.attn_scale + x
+        return self.ffn(x) * self.ffn_scale + x
 
 
 class TemporalModulator(nn.Sequential):
@@ -93,20 +104,26 @@ class TemporalModulator(nn.Sequential):
     frames, and over a support's frames plus its class-text token (prototype modulation). A Sequential, so its
     parameters keep the checkpoints' names `temporal.{i}.*`."""
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, attn_dropout: float, ffn_dropout: float):
-        super().__init__(*[TemporalBlock(dim, heads, mlp_dim, attn_dropout, ffn_dropout) for _ in range(depth)])
+    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, attn_dropout: float, ffn_dropout: float,
+                 layer_scale: float = 1.0):
+        super().__init__(*[TemporalBlock(dim, heads, mlp_dim, attn_dropout, ffn_dropout, layer_scale)
+                           for _ in range(depth)])
 
-    def modulate(self, support: Tensor, text_tokens: Tensor) -> Tensor:
-        """support [S,T,d] with each one's text token [S,d] appended -> [S,T,d] after the transformer."""
+    def modulate(self, support: Tensor, text_tokens: Tensor | None) -> Tensor:
+        """support [S,T,d] with each one's text token [S,d] appended -> [S,T,d] after the transformer; without
+        text tokens the supports pass through it as queries do."""
+        if text_tokens is None:
+            return self(support)
         tokens = torch.cat([support, text_tokens.to(support.dtype)[:, None]], dim=1)
         return self(tokens)[:, :support.shape[1]]
 
-    def prototypes(self, support: Tensor, text_tokens: Tensor, labels: Tensor, way: int,
+    def prototypes(self, support: Tensor, text_tokens: Tensor | None, labels: Tensor, way: int,
                    merge_before: bool) -> Tensor:
-        """support [S,T,d], text_tokens [S,d] -> class prototypes [way,T,d]; shots averaged before the transformer
-        (`merge_before`, CLIP-FSAR's MERGE_BEFORE) or after it."""
+        """support [S,T,d], text_tokens [S,d] (or None) -> class prototypes [way,T,d]; shots averaged before the
+        transformer (`merge_before`, CLIP-FSAR's MERGE_BEFORE) or after it."""
         if merge_before:
-            return self.modulate(class_means(support, labels, way), class_means(text_tokens, labels, way))
+            text = None if text_tokens is None else class_means(text_tokens, labels, way)
+            return self.modulate(class_means(support, labels, way), text)
         return class_means(self.modulate(support, text_tokens), labels, way)
 
 

@@ -56,7 +56,8 @@ class PrototypeHead(FewShotHead):
     def __init__(self, *, backbone: CLIPBackbone, frame_feature: str = "global", patch_pool: int = 2,
                  proj_dim: int = 0, transformer_depth: int = 1, transformer_heads: int = 8,
                  transformer_mlp_dim: int = 2048, transformer_dropout: float = 0.2,
-                 transformer_ffn_dropout: float = 0.05, cosine_eps: float = 0.01,
+                 transformer_ffn_dropout: float = 0.05, transformer_layer_scale: float = 1.0,
+                 support_text_token: bool = True, cosine_eps: float = 0.01,
                  prompt_template: str = "a photo of {}", otam_lambda: float = 0.5,
                  use_classification: bool = True, classification_weight: float = 1.0,
                  merge_before: bool = False, single_direct: bool = False, eval_text: bool = False,
@@ -75,10 +76,13 @@ class PrototypeHead(FewShotHead):
         self.vfam = vfam  # VFAM.ENABLE: tracked-entity context fused into the descriptors; its gate starts at 0
         # CLIP-FSAR feeds the raw text embedding (same joint space as the global frame embedding). Any other
         # descriptor needs a learned map; a text vector tiled over cells would be erased by the centring.
+        # Without support text tokens (SUPPORT_TEXT_TOKEN False) there is no text to map.
         lineage_text = frame_feature == "global" and proj_dim <= 0
-        self.text_proj = nn.Identity() if lineage_text else nn.Linear(backbone.embed_dim, self.model_dim)
+        needs_map = support_text_token and not lineage_text
+        self.text_proj = nn.Linear(backbone.embed_dim, self.model_dim) if needs_map else nn.Identity()
         self.temporal = TemporalModulator(self.model_dim, transformer_depth, transformer_heads, transformer_mlp_dim,
-                                          transformer_dropout, transformer_ffn_dropout)
+                                          transformer_dropout, transformer_ffn_dropout, transformer_layer_scale)
+        self.support_text_token = support_text_token  # False: supports pass the transformer without a text token
         use_text_loss = use_classification and classification_weight != 0
         self.video_text_loss = VideoTextLoss(classification_weight, cosine_eps) if use_text_loss else None
         # CLIP-FSAR's learnable `scale` (init 1). Only the video-text loss trains it; frozen otherwise so that
@@ -155,7 +159,9 @@ class PrototypeHead(FewShotHead):
             prototypes = class_means(support.cached[SUPPORT_TOKENS], support_labels, way)
         else:
             frames = self.frame_descriptors(support.encoded)
-            text_tokens = self.text_proj(terms.support_text.to(frames.dtype))  # [S, d]
+            text_tokens = None
+            if self.support_text_token:
+                text_tokens = self.text_proj(terms.support_text.to(frames.dtype))  # [S, d]
             prototypes = self.temporal.prototypes(frames, text_tokens, support_labels, way, self.merge_before)
         dists = self.matcher(queries, prototypes)  # [Q, WAY]
         logits = -dists if terms.extra_logits is None else terms.extra_logits - dists
@@ -184,8 +190,12 @@ class PrototypeHead(FewShotHead):
             raise RuntimeError("models/heads/prototype.py: per_video_outputs is for eval mode (trainable graph)")
         if class_names is None:
             return {QUERY_TOKENS: self.temporal(self.frame_descriptors(encoded))}
-        support_text = None if self.merge_before else self.fixed_support_text(class_names)
-        if support_text is None:
+        if self.merge_before:
             return {}
         frames = self.frame_descriptors(encoded)
+        if not self.support_text_token:
+            return {SUPPORT_TOKENS: self.temporal.modulate(frames, None)}
+        support_text = self.fixed_support_text(class_names)
+        if support_text is None:
+            return {}
         return {SUPPORT_TOKENS: self.temporal.modulate(frames, self.text_proj(support_text.to(frames.dtype)))}
