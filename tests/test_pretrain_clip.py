@@ -111,6 +111,42 @@ def test_checkpoint_loads_strictly_and_gives_the_same_embeddings(pretrained):
     assert json.loads(Path(summary_path(path)).read_text())["key"] == summary["key"]
 
 
+@pytest.fixture(scope="module")
+def world_root(tmp_path_factory) -> Path:
+    """The world WORLD describes, written once for this file (the frames the pretrained fixture learned from)."""
+    root = tmp_path_factory.mktemp("world")
+    make_world(str(root), classes=WORLD.classes, videos_per_class=WORLD.videos_per_class, frames=WORLD.frames,
+               size=WORLD.size, seed=WORLD.seed, distractors=WORLD.distractors)
+    return root
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_pretrained_clip_beats_training_from_scratch(pretrained, world_root, tmp_path, monkeypatch):
+    """CLIP-FSAR on the world, the same 30 training episodes and 60 fixed test episodes, from the pretrained
+    checkpoint vs from a random init. Measured (seed 0): 27.7 % vs 12.0 % (chance 20 %; from scratch this
+    budget matches appearance, which the world's fine-grained pairs share across classes)."""
+    from tiny_run import REPO
+
+    from runs.run import main
+
+    monkeypatch.chdir(REPO)
+    _, _, path = pretrained
+    results = {}
+    for name, init in (("scratch", ""), ("pretrained", path)):
+        results[name] = main(["--cfg", "configs/projects/CLIPFSAR/world/demo.yaml",
+                              "DATA.ANNO_DIR", str(world_root), "DATA.DATA_ROOT_DIR", str(world_root),
+                              "DATA.TRACK_DIR", str(world_root / "tracks"), "DATA.NUM_WORKERS", "0",
+                              "DATA.NUM_INPUT_FRAMES", "4", "SYNTHETIC.GENERATE", "False", "PRETRAIN.GENERATE", "False",
+                              "VIDEO.HEAD.PRETRAINED", init, "TRAIN.QUERY_PER_CLASS", "1",
+                              "TRAIN.NUM_TRAIN_TASKS", "30", "SOLVER.STEPS_ITER", "30", "TRAIN.VAL_FRE_ITER", "30",
+                              "TRAIN.NUM_VAL_TASKS", "5", "TRAIN.NUM_TEST_TASKS", "60",
+                              "OUTPUT_DIR", str(tmp_path / name)])
+    scratch, fine_tuned = results["scratch"], results["pretrained"]
+    assert scratch["episodes"] == fine_tuned["episodes"] == 60
+    assert fine_tuned["accuracy"] >= scratch["accuracy"] + 8, (scratch["accuracy"], fine_tuned["accuracy"])
+    assert fine_tuned["accuracy"] > 100 / 5 + 4  # above chance by a margin, not only above a weak baseline
+
+
 def _cfg(path: str, **changes):
     cfg = get_cfg()
     cfg.SYNTHETIC.KIND = "world"
