@@ -123,8 +123,7 @@ def world_root(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_fine_tuning_the_pretrained_clip_beats_training_from_scratch(pretrained, world_root, tmp_path, monkeypatch):
     """CLIP-FSAR on the world, the same 30 training episodes and 60 fixed test episodes, from the pretrained
-    checkpoint vs from a random init. Measured (seed 0): 27.7 % vs 12.0 % (chance 20 %; from scratch this
-    budget matches appearance, which the world's fine-grained pairs share across classes)."""
+    checkpoint vs from a random init. Measured (seed 0): 27.7 % vs 12.0 % (chance 20 %)."""
     from tiny_run import REPO
 
     from runs.run import main
