@@ -3,8 +3,10 @@ the recorded ones, a head state written before the move loads strictly and gives
 engine-facing contract (models/heads/base.py) holds for every registered head.
 
 tests/data/ was recorded by the code before the heads were split into parts (commit 0ba9c05, the same configs, episode
-and seeds); `python tests/test_head_contract.py` rewrites it
-from the current code (only do that for a deliberate change of the model's parameters)."""
+and seeds; the head state as per-tensor digests, converted from the checkpoint that code wrote);
+`python tests/test_head_contract.py` rewrites it from the current code (only do that for a deliberate change of the
+model's parameters)."""
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from utils.episode import Episode, build_episode
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
-KEYS_FILE, HEAD_FILE = DATA / "state_dict_keys.json", DATA / "pre_move_head_state.pt"
+KEYS_FILE, HEAD_FILE = DATA / "state_dict_keys.json", DATA / "pre_move_head_state.json"
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
 TINY = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", ""]  # as tests/test_configs.py builds
 DEMO = "configs/projects/MCDPFSAR/synthetic/demo.yaml"
@@ -101,9 +103,25 @@ def record() -> None:
     model, episode = demo_model()
     with torch.no_grad():
         model.vfam.gate.fill_(0.5)  # so the recorded logits depend on VFAM too (its gate starts at 0)
-    head_state = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.model.")}
-    torch.save({"config": DEMO, "overrides": DEMO_OVERRIDES, "seed": SEED, "head_state": head_state,
-                **outputs(model, episode)}, HEAD_FILE)
+    HEAD_FILE.write_text(json.dumps({"config": DEMO, "overrides": DEMO_OVERRIDES, "seed": SEED,
+                                     "head_state": digests(head_state(model)),
+                                     **as_lists(outputs(model, episode))}, indent=1, sort_keys=True) + "\n")
+
+
+def head_state(model: FewShotHead) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.model.")}
+
+
+def digests(state: dict[str, torch.Tensor]) -> dict[str, list]:
+    """Each tensor as [dtype, shape, sha1 of its bytes]: equal digests are the same tensor under the same name."""
+    return {k: [str(v.dtype), list(v.shape), hashlib.sha1(v.contiguous().numpy().tobytes()).hexdigest()]
+            for k, v in state.items()}
+
+
+def as_lists(outs: dict) -> dict:
+    """outputs() as JSON numbers (float32 values are exact in JSON's float64)."""
+    return {"eval_logits": outs["eval_logits"].tolist(), "train_logits": outs["train_logits"].tolist(),
+            "train_losses": {k: v.item() for k, v in outs["train_losses"].items()}}
 
 
 RECORDED = read_key_shapes()  # config path -> {state-dict key: shape}, recorded before the move
@@ -120,20 +138,24 @@ def test_state_dict_keys_and_shapes_are_the_recorded_ones(path):
 
 
 def test_head_state_from_before_the_move_loads_strictly_and_gives_the_recorded_outputs():
-    saved = torch.load(HEAD_FILE, weights_only=True)
+    """The pre-move code's seeded head state is recorded as per-tensor digests (not as a checkpoint file): the
+    current code must build exactly those tensors under exactly those names, so the pre-move checkpoint loads
+    strictly into it, and give the recorded outputs."""
+    saved = json.loads(HEAD_FILE.read_text())
     assert (saved["config"], saved["overrides"], saved["seed"]) == (DEMO, DEMO_OVERRIDES, SEED)
     model, episode = demo_model()
-    fresh_backbone = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.model.")}
-    model.load_state_dict({**fresh_backbone, **saved["head_state"]}, strict=True)
-    now = outputs(model, episode)
+    with torch.no_grad():
+        model.vfam.gate.fill_(0.5)  # as recorded (its gate starts at 0)
+    assert digests(head_state(model)) == saved["head_state"]
+    now = as_lists(outputs(model, episode))
     # Recorded on another machine: CPUs with other vector units round in other orders (seen: 2e-6 on logits of 8,
-    # 1-2 float32 ulps), so the comparison is float32's default closeness, not bit equality; weights loaded into
-    # the wrong places change the outputs by orders of magnitude more.
-    torch.testing.assert_close(now["eval_logits"], saved["eval_logits"])
-    torch.testing.assert_close(now["train_logits"], saved["train_logits"])
+    # 1-2 float32 ulps), so the comparison is float32's default closeness, not bit equality; weights in the wrong
+    # places change the outputs by orders of magnitude more.
+    for name in ("eval_logits", "train_logits"):
+        torch.testing.assert_close(torch.tensor(now[name]), torch.tensor(saved[name]), msg=name)
     assert now["train_losses"].keys() == saved["train_losses"].keys()
     for name, value in saved["train_losses"].items():
-        torch.testing.assert_close(now["train_losses"][name], value, msg=name)
+        torch.testing.assert_close(torch.tensor(now["train_losses"][name]), torch.tensor(value), msg=name)
 
 
 @pytest.mark.parametrize("name", sorted(HEAD_REGISTRY._obj_map))
