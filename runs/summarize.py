@@ -1,13 +1,16 @@
 """Gather the results.json of many runs into one ablation table (Markdown and CSV).
 
-`python runs/summarize.py RUNS_DIR [--out table]`: every run folder below RUNS_DIR that holds a results.json
-becomes a row; the config keys whose values differ between runs become columns, next to benchmark, shot and
-test accuracy ± 95% CI.
+`python runs/summarize.py RUNS_DIR [--out table] [--over RANDOM_SEED]`: every run folder below RUNS_DIR that holds
+a results.json becomes a row; the config keys whose values differ between runs become columns, next to benchmark,
+shot and test accuracy ± 95% CI. With `--over KEY` the runs that differ only in KEY (seeds, say) become one row: the
+mean accuracy over them ± the 95% CI of that mean (Student t over the runs), how many there are, their lowest and
+highest accuracy and the mean of their own per-episode CIs.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 import pandas as pd
@@ -81,8 +84,9 @@ def fill_defaults(runs: list[dict]) -> None:
         run["config"] = {**defaults, **run["config"]}
 
 
-def build_table(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: run name, benchmark, shot, differing config keys, accuracy and CI."""
+def build_table(runs: list[dict], over: str = "") -> pd.DataFrame:
+    """One row per run: run name, benchmark, shot, differing config keys, accuracy and CI; with `over`, one row per
+    group of runs that differ only in that key (`merge_over`)."""
     if not runs:
         raise ArgumentError("no readable results.json found")
     fill_defaults(runs)
@@ -99,7 +103,38 @@ def build_table(runs: list[dict]) -> pd.DataFrame:
         row["accuracy"] = f"{res['accuracy']:.2f} ± {res['ci95']:.2f}"
         row["episodes"] = res.get("episodes")
         rows.append(row)
+    if over:
+        rows = merge_over(rows, runs, over)
     return pd.DataFrame(rows).sort_values(["benchmark", "shot", "run"]).reset_index(drop=True)
+
+
+# Two-sided 95% Student t quantiles by degrees of freedom; beyond the table the normal 1.96.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def merge_over(rows: list[dict], runs: list[dict], key: str) -> list[dict]:
+    """Rows (one per run, in `runs` order) that differ only in config `key` merged: "accuracy" becomes the mean over
+    the group ± the 95% CI of that mean (t over the runs; none for one run), with `runs`, `min-max` and the group's
+    mean per-episode CI; the run name is the group's first (sorted) run name, `key` is dropped."""
+    if all(key not in run["config"] for run in runs):
+        raise ArgumentError(f"--over {key}: no run's config has that key")
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        ident = tuple(sorted((k, str(v)) for k, v in row.items() if k not in ("run", "accuracy", key)))
+        groups.setdefault(ident, []).append(i)
+    merged = []
+    for members in groups.values():
+        accs = [runs[i]["result"]["accuracy"] for i in members]
+        mean = statistics.fmean(accs)
+        half = T95.get(len(accs) - 1, 1.96) * statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else None
+        row = {k: v for k, v in rows[members[0]].items() if k not in (key, "accuracy")}
+        row["run"] = min(rows[i]["run"] for i in members)
+        row["accuracy"] = f"{mean:.2f} ± {half:.2f}" if half is not None else f"{mean:.2f}"
+        row["runs"] = len(accs)
+        row["min-max"] = f"{min(accs):.2f}-{max(accs):.2f}"
+        row["mean episode CI"] = f"{statistics.fmean(runs[i]['result']['ci95'] for i in members):.2f}"
+        merged.append(row)
+    return merged
 
 
 @entry_point
@@ -107,6 +142,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir")
     parser.add_argument("--out", default="", help="write OUT.md and OUT.csv (default: RUNS_DIR/summary)")
+    parser.add_argument("--over", default="", metavar="KEY",
+                        help="merge runs that differ only in this config key (e.g. RANDOM_SEED): mean ± 95%% CI")
     args = parser.parse_args(argv)
     runs, unreadable = load_runs(args.runs_dir)
     for line in unreadable:
@@ -114,7 +151,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if not runs:
         raise ArgumentError(f"{args.runs_dir}: no readable results.json below it"
                             + (f" ({len(unreadable)} unreadable, listed above)" if unreadable else ""))
-    table = build_table(runs)
+    table = build_table(runs, args.over)
     out = args.out or os.path.join(args.runs_dir, "summary")
     table.to_csv(out + ".csv", index=False)
     markdown = table.to_markdown(index=False)

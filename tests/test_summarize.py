@@ -1,6 +1,7 @@
 """Ablation table from many runs' results.json."""
 import json
 
+import pytest
 import yaml
 
 from runs.summarize import main
@@ -44,3 +45,27 @@ def test_keys_missing_from_older_runs_take_the_default(tmp_path):
     assert "TRAIN.CACHE_SIZE" not in table.columns  # the default, saved or not
     assert dict(zip(table["run"], table["VIDEO.HEAD.OTAM_LAMBDA"], strict=True)) == {"old": default_lambda,
                                                                                        "new": 0.1}
+
+
+def test_runs_differing_only_in_the_seed_merge_into_mean_and_ci_over_seeds(tmp_path):
+    def cfg(seed, vfam):
+        return {"DATA": {"DATASET": "Synthetic_few_shot"}, "VFAM": {"ENABLE": vfam}, "RANDOM_SEED": seed,
+                "OUTPUT_DIR": f"{vfam}{seed}"}
+    for seed, acc in enumerate([50.0, 52.0, 54.0]):
+        fake_run(tmp_path, f"vfam_s{seed}", cfg(seed, True), acc, 1.0 + seed)
+    fake_run(tmp_path, "plain_s0", cfg(0, False), 40.0, 2.0)
+    table = main([str(tmp_path), "--over", "RANDOM_SEED"])
+    assert list(table["run"]) == ["plain_s0", "vfam_s0"] and "RANDOM_SEED" not in table.columns
+    rows = table.set_index("run")
+    # mean 52, sample std 2, t(2) = 4.303: half-width 4.303 * 2 / sqrt(3) = 4.97
+    assert rows.loc["vfam_s0", "accuracy"] == "52.00 ± 4.97"
+    assert rows.loc["vfam_s0", "runs"] == 3 and rows.loc["vfam_s0", "min-max"] == "50.00-54.00"
+    assert rows.loc["vfam_s0", "mean episode CI"] == "2.00"
+    assert rows.loc["plain_s0", "accuracy"] == "40.00" and rows.loc["plain_s0", "runs"] == 1
+
+
+def test_merging_over_a_key_no_run_has_is_refused(tmp_path):
+    fake_run(tmp_path, "a", {"DATA": {"DATASET": "Synthetic_few_shot"}}, 50.0, 1.0)
+    with pytest.raises(SystemExit) as refused:
+        main([str(tmp_path), "--over", "NO.SUCH_KEY"])
+    assert refused.value.code != 0
