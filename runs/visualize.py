@@ -4,6 +4,9 @@ Commands:
   regions   a video's frames with AMCAP's Shapley regions, its salient regions for the best-matching class,
             and the class-name tokens each salient region aligns with:
             python runs/visualize.py regions --cfg <yaml> --video <mp4> --classes "a,b,c" --out regions.png
+  region-stats  on the synthetic world, how often the salient regions land on the acting entity (ground-truth
+            tracks) and their aligned tokens name it, query and support side, against chance:
+            python runs/visualize.py region-stats --cfg <world yaml> [--split test] [--videos N] [--json out.json]
   curves    a run's training loss and learning rate, and validation accuracy with its 95% CI, vs iteration:
             python runs/visualize.py curves --run <OUTPUT_DIR> [--out curves.png]
   episode   one episode's support and query frames with their track boxes, labelled with class and video id:
@@ -14,50 +17,37 @@ The curves and episode pictures are drawn by utils/plots.py (the engine calls wr
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 if __package__ in (None, ""):  # `python runs/visualize.py`: this repository's packages come first (a Hugging Face
     # `datasets` installed in the same environment must not shadow ours; see README, Layout)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import build_dataset  # noqa: E402
-from datasets.sampling import segment_indices  # noqa: E402
 from datasets.splits import read_class_names, split_files  # noqa: E402
-from datasets.transforms import ViewSampler, frames_to_tensor  # noqa: E402
-from datasets.video import build_video_source  # noqa: E402
-from models.amcap import AMCAP, build_class_text  # noqa: E402
 from models.clip import CLIPBackbone  # noqa: E402
+from runs.amcap_regions import (  # noqa: E402
+    SETTINGS,
+    analyse_video,
+    read_frames,
+    region_stats,
+    region_token_lines,
+    stats_table,
+)
 from runs.config import load_config  # noqa: E402
 from utils.config import CfgNode  # noqa: E402
 from utils.errors import ArgumentError, entry_point  # noqa: E402
-from utils.plots import draw_episode, unnormalise, write_curves  # noqa: E402
+from utils.plots import draw_episode, write_curves  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
-
-TOKENS_PER_REGION = 3  # aligned tokens listed beside each salient region
 
 
 # ---------------------------------------------------------------------------------------------- regions
-def read_frames(cfg: CfgNode, path: str, num_frames: int) -> tuple[np.ndarray, torch.Tensor, list[int]]:
-    """One video at segment centres as a test episode shows it to the model: the loader's reader and test view
-    (DATA.RESIZE_MODE, DATA.TEST_SCALE, centre crop of DATA.TEST_CROP_SIZE). Returns uint8 [T, crop, crop, 3]
-    frames to draw, the model's input [T, 3, crop, crop] (normalised as in an episode) and the frame indices."""
-    if not os.path.isfile(path):
-        raise ArgumentError(f"{path}: --video file not found")
-    data = cfg.DATA
-    view = ViewSampler(False, tuple(data.TRAIN_JITTER_SCALES), data.TEST_SCALE, data.TEST_CROP_SIZE, False,
-                       data.RESIZE_MODE)(torch.Generator())
-    video = build_video_source(False, decoder=data.DECODER).open(path, view.short_side)
-    indices = segment_indices(video.num_frames, num_frames, train=False, generator=None)
-    images = frames_to_tensor(video.frames(indices), view, data.MEAN, data.STD)
-    return unnormalise(images[None], data.MEAN, data.STD)[0], images, indices
-
-
 def episode_class_names(cfg: CfgNode, classes: str, split: str) -> list[str]:
     """`--classes "a,b,c"`, or every class name of `split` in DATA.ANNO_DIR."""
     if classes.strip():
@@ -69,41 +59,6 @@ def episode_class_names(cfg: CfgNode, classes: str, split: str) -> list[str]:
     if not names:
         raise ArgumentError("--classes: names no class")
     return names
-
-
-@torch.no_grad()
-def analyse_video(cfg: CfgNode, backbone: CLIPBackbone, images: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
-    """Backbone tokens and AMCAP's query-side regions (label-free anchor) of one video's images [T, 3, H, W]."""
-    tokens = backbone.encode_frames(images.to(backbone.device), dense=True)["tokens"][None]  # [1, T, h, w, D]
-    amcap = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width)).to(backbone.device).eval()
-    text = build_class_text(backbone, class_names, amcap.text_template, amcap.prompt_generator.n_ctx)
-    info = amcap.describe(tokens, text, None, amcap.coalitions(None))
-    best_class = int(info["anchor_weights"][0].mean(dim=0).argmax())
-    key_frames = amcap.key_frame_indices(images.shape[0]).tolist()
-    return {"info": info, "text": text, "best_class": best_class, "key_frames": key_frames,
-            "class_weights": info["anchor_weights"][0].mean(dim=0).cpu()}
-
-
-def _decode_token(token_id: int) -> str:
-    from open_clip.tokenizer import decode
-
-    return decode(torch.tensor([token_id])).strip()
-
-
-def region_token_lines(analysis: dict[str, Any], class_names: list[str]) -> list[tuple[int, str]]:
-    """(region slot, "S<k> ...: 'token' score, ...") for each salient region of the best class."""
-    info, text, c = analysis["info"], analysis["text"], analysis["best_class"]
-    lines = []
-    for k, (slot, ok) in enumerate(zip(info["selected"][0, c].tolist(), info["selected_valid"][0, c].tolist(),
-                                       strict=True)):
-        if not ok:
-            continue
-        row = info["scores"][0, c, slot].masked_fill(~text.name_mask[c], float("-inf"))
-        top = row.topk(min(TOKENS_PER_REGION, int(text.name_mask[c].sum())))
-        words = ", ".join(f"'{_decode_token(int(text.token_ids[c, pos]))}' {score:.2f}"
-                          for score, pos in zip(top.values.tolist(), top.indices.tolist(), strict=True))
-        lines.append((slot, f"S{k + 1} (region {slot + 1}): {words}"))
-    return lines
 
 
 def draw_regions(frames: np.ndarray, frame_indices: Sequence[int], analysis: dict[str, Any],
@@ -144,7 +99,7 @@ def draw_regions(frames: np.ndarray, frame_indices: Sequence[int], analysis: dic
         ax.axis("off")
     panel = fig.add_subplot(grid[:, cols])
     panel.axis("off")
-    weights = analysis["class_weights"]
+    weights = analysis["class_weights"]  # label-free anchor (query side)
     top_classes = weights.topk(min(5, len(class_names)))
     summary = [f"best class: {class_names[analysis['best_class']]}", "", "anchor weights:"]
     summary += [f"  {class_names[c]}: {w:.2f}" for w, c in zip(top_classes.values.tolist(),
@@ -188,6 +143,41 @@ def add_regions_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
     p.set_defaults(func=run_regions)
+
+
+# ---------------------------------------------------------------------------------------------- region-stats
+def run_region_stats(args: argparse.Namespace) -> int:
+    if args.videos < 0:
+        raise ArgumentError(f"--videos must be >= 0 (videos per class; 0 = all), got {args.videos}")
+    cfg = load_config(args.cfg or None, args.opts)
+    if not cfg.DATA.ANNO_DIR:
+        raise ArgumentError("region-stats: set DATA.ANNO_DIR (the world's split lists and meta.json)")
+    if cfg.DATA.FRAMES_FOLDER:
+        raise ArgumentError("region-stats reads video files; DATA.FRAMES_FOLDER True is not supported")
+    result = {"config": args.cfg, "overrides": list(args.opts), **region_stats(cfg, args.split, args.videos)}
+    a = cfg.AMCAP
+    print(f"region-stats: {result['videos']} {args.split} videos, {len(result['classes'])} classes; AMCAP GRID "
+          f"{a.GRID} NUM_REGIONS {a.NUM_REGIONS} TOP_K {a.TOP_K} MERGE_THRESHOLD {a.MERGE_THRESHOLD} "
+          f"REGION_SCORE {a.REGION_SCORE}")
+    print(stats_table(result["settings"], len(result["classes"])))
+    print("regions per video (partition / kept / salient): " + "; ".join(
+        f"{s} " + " / ".join(f"{v:.2f}" for v in result["regions_per_video"][s].values()) for s in SETTINGS))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_region_stats_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("region-stats", help="do AMCAP's salient regions land on the synthetic world's actor")
+    p.add_argument("--cfg", default="", help="config YAML of a synthetic world (DATA.ANNO_DIR holds its meta.json)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to measure")
+    p.add_argument("--videos", type=int, default=0, help="first N videos of each class (0 = all)")
+    p.add_argument("--json", default="", help="also write the measures to this JSON file")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    p.set_defaults(func=run_region_stats)
 
 
 # ---------------------------------------------------------------------------------------------- curves, episode
@@ -245,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runs/visualize.py", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add_regions_parser(commands)
+    add_region_stats_parser(commands)
     add_curves_parser(commands)
     add_episode_parser(commands)
     return parser

@@ -9,7 +9,7 @@ import torch
 
 from datasets.transforms import ViewParams, frames_to_tensor
 from datasets.video import build_video_source
-from runs import visualize
+from runs import amcap_regions, visualize
 from runs.config import load_config
 
 # The tiny backbone takes 64-px images: the configs' 224-px crops go with it (build_model checks they agree).
@@ -49,7 +49,7 @@ def test_frames_are_segment_centres_in_the_loaders_test_view(tmp_path):
     video = tmp_path / "clip.mp4"
     _write_video(video, frames=16)
     cfg = load_config(None, [*TINY, "DATA.TEST_SCALE", "64", "DATA.TRAIN_JITTER_SCALES", "[64, 64]"])
-    frames, images, indices = visualize.read_frames(cfg, str(video), 8)
+    frames, images, indices = amcap_regions.read_frames(cfg, str(video), 8)
     assert frames.shape == (8, 64, 64, 3) and images.shape == (8, 3, 64, 64)
     assert indices == [1, 3, 5, 7, 9, 11, 13, 15]
     # The model sees what a test episode of this video holds: the loader's squash view and normalisation.
