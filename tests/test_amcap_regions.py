@@ -1,4 +1,5 @@
 """Regions from interactions (models/amcap/regions.py): partition, kept masks, features, salient selection."""
+import pytest
 import torch
 
 from models.amcap.regions import (
@@ -33,6 +34,16 @@ def test_union_find_merges_exactly_the_positive_pairs():
     inter = torch.tensor([[0.3 if tuple(p) in positive else -0.1 for p in pairs.tolist()]])
     labels = partition_cells(inter, pairs, 9)
     assert labels.tolist() == [[0, 0, 0, 1, 2, 3, 1, 4, 5]]
+
+
+def test_merging_on_redundancy_joins_exactly_the_pairs_below_minus_the_threshold():
+    pairs = grid_adjacent_pairs(3)
+    redundant = {(0, 1), (1, 2), (3, 6)}
+    inter = torch.tensor([[-0.3 if tuple(p) in redundant else 0.1 for p in pairs.tolist()]])
+    assert partition_cells(inter, pairs, 9, 0.0, "redundancy").tolist() == [[0, 0, 0, 1, 2, 3, 1, 4, 5]]
+    assert partition_cells(inter, pairs, 9, 0.5, "redundancy").tolist() == [list(range(9))]  # -0.3 > -0.5
+    with pytest.raises(ValueError, match="AMCAP.MERGE_ON"):
+        partition_cells(inter, pairs, 9, 0.0, "both")
 
 
 def test_random_partitions_cover_every_cell_once_with_connected_regions():

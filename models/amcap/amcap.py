@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from models.amcap.prompts import ClassText, PromptGenerator, build_class_text, encode_prompts
 from models.amcap.regions import (
+    MERGE_RULES,
     REGION_SCORES,
     aligned_tokens,
     attention_scores,
@@ -49,6 +50,11 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.KEY_FRAMES = 2  # frames (segment centres of the clip) on which interactions are computed
     _A.EMPTY_VALUE = "zero"  # v(empty coalition): "zero" or "singleton_mean" (mean single-cell value)
     _A.MERGE_THRESHOLD = 0.0  # adjacent cells merge when their interaction (mean over key frames) exceeds this
+    # Which interactions join adjacent cells: "synergy" (> MERGE_THRESHOLD; docs/design.md §6 step 5) or
+    # "redundancy" (< -MERGE_THRESHOLD). Under the cosine game two cells of one object that both match the anchor
+    # substitute for each other (negative interaction), so synergy splits objects and joins background; measured
+    # with `runs/visualize.py region-stats` on the world (README, AMCAP on the world).
+    _A.MERGE_ON = "synergy"
     _A.REGION_SCORE = "value"  # rank regions by "value" (cosine with the anchor) or "interaction" (cohesion)
     _A.NUM_REGIONS = 4  # regions kept per video
     _A.TOP_K = 2  # salient regions per (video, class) passed to the prompt generator
@@ -63,6 +69,7 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.SEED = 0  # seeds the coalitions when the caller passes no generator
     rules("AMCAP", GRID=POSITIVE, NUM_COALITIONS=POSITIVE, KEY_FRAMES=POSITIVE,
           EMPTY_VALUE=one_of("zero", "singleton_mean"), REGION_SCORE=one_of("value", "interaction"),
+          MERGE_ON=one_of(*MERGE_RULES),
           NUM_REGIONS=POSITIVE, TOP_K=POSITIVE, N_CTX=POSITIVE, NUM_HEADS=POSITIVE, ANCHOR_TEMPERATURE=POSITIVE,
           TOKEN_TEMPERATURE=POSITIVE, ALIGN_LOSS_WEIGHT=NON_NEGATIVE, SEED=NON_NEGATIVE)
 
@@ -82,7 +89,7 @@ class AMCAP(nn.Module):
     def __init__(self, embed_dim: int, text_width: int, grid: int = 4, num_coalitions: int = 64,
                  key_frames: int = 2, num_regions: int = 4, top_k: int = 2, n_ctx: int = 4,
                  per_class: bool = True, anchor_temperature: float = 0.07, align_loss_weight: float = 0.0,
-                 exact: bool = False, num_heads: int = 4, merge_threshold: float = 0.0,
+                 exact: bool = False, num_heads: int = 4, merge_threshold: float = 0.0, merge_on: str = "synergy",
                  region_score: str = "value", support_class_anchor: bool = True, token_temperature: float = 0.07,
                  text_template: str = "a photo of {}.", seed: int = 0, empty_value: str = "zero",
                  text_cache: ClassTextCache | None = None):
@@ -102,6 +109,9 @@ class AMCAP(nn.Module):
         self.per_class, self.support_class_anchor = per_class, support_class_anchor
         self.anchor_temperature, self.token_temperature = anchor_temperature, token_temperature
         self.align_loss_weight, self.merge_threshold = align_loss_weight, merge_threshold
+        if merge_on not in MERGE_RULES:
+            raise ValueError(f"models/amcap/amcap.py: AMCAP.MERGE_ON must be one of {MERGE_RULES}, got '{merge_on}'")
+        self.merge_on = merge_on
         self.region_score, self.text_template, self.seed = region_score, text_template, seed
         self.empty_value = empty_value
         self.prompt_generator = PromptGenerator(embed_dim, text_width, n_ctx=n_ctx, num_heads=num_heads)
@@ -130,7 +140,7 @@ class AMCAP(nn.Module):
                     key_frames=a.KEY_FRAMES, num_regions=a.NUM_REGIONS, top_k=a.TOP_K, n_ctx=a.N_CTX,
                     per_class=a.PER_CLASS, anchor_temperature=a.ANCHOR_TEMPERATURE,
                     align_loss_weight=a.ALIGN_LOSS_WEIGHT, exact=a.EXACT, num_heads=a.NUM_HEADS,
-                    merge_threshold=a.MERGE_THRESHOLD, region_score=a.REGION_SCORE,
+                    merge_threshold=a.MERGE_THRESHOLD, merge_on=a.MERGE_ON, region_score=a.REGION_SCORE,
                     support_class_anchor=a.SUPPORT_CLASS_ANCHOR, token_temperature=a.TOKEN_TEMPERATURE,
                     text_template=a.TEXT_TEMPLATE, seed=a.SEED, empty_value=a.EMPTY_VALUE)
 
@@ -172,7 +182,7 @@ class AMCAP(nn.Module):
         inter = cosine_game_interactions(cell_sums, anchor.reshape(v * k, d), self.pairs, masks, weights,
                                          self.empty_value)
         inter = inter.reshape(v, k, -1).mean(dim=1).float()  # [V, P]
-        labels = partition_cells(inter, self.pairs, self.grid * self.grid, self.merge_threshold)
+        labels = partition_cells(inter, self.pairs, self.grid * self.grid, self.merge_threshold, self.merge_on)
         if self.region_score == "value":
             slot_scores = region_values(labels, cell_sums.reshape(v, k, *cell_sums.shape[1:]), anchor)
         else:

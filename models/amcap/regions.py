@@ -30,9 +30,18 @@ class Regions:
     scores: Tensor  # [V, R] ranking score (-inf for unused slots)
 
 
-def partition_cells(interactions: Tensor, pairs: Tensor, num_cells: int, threshold: float = 0.0) -> Tensor:
-    """Union-find over adjacent pairs with interaction > threshold: interactions [V, P] -> labels [V, n] long."""
-    merge = (interactions > threshold).cpu().tolist()
+MERGE_RULES = ("synergy", "redundancy")
+
+
+def partition_cells(interactions: Tensor, pairs: Tensor, num_cells: int, threshold: float = 0.0,
+                    merge_on: str = "synergy") -> Tensor:
+    """Union-find over adjacent pairs: interactions [V, P] -> labels [V, n] long. "synergy" joins pairs with
+    interaction > threshold; "redundancy" joins pairs with interaction < -threshold (cells that substitute for each
+    other, as two cells of one object matching the anchor do under a cosine game)."""
+    if merge_on not in MERGE_RULES:
+        raise ValueError(f"models/amcap/regions.py: AMCAP.MERGE_ON must be one of {MERGE_RULES}, got '{merge_on}'")
+    joined = interactions > threshold if merge_on == "synergy" else interactions < -threshold
+    merge = joined.cpu().tolist()
     pair_list = pairs.tolist()
     labels = []
     for row in merge:
