@@ -45,9 +45,15 @@ def _digest(root: Path, skip_videos: bool = False) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> tuple[CLIPBackbone, dict, str]:
-    """The tiny CLIP pretrained once for this file: (model, summary, checkpoint path)."""
+    """The tiny CLIP pretrained once for this file: (model, summary, checkpoint path). Two threads while it trains,
+    then the process's own count again: later tests compare in-process runs with subprocesses, which start with the
+    environment's count (OMP_NUM_THREADS), and a different count changes float reductions."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    backbone, summary = train_and_evaluate(WORLD, PRETRAIN)
+    try:
+        backbone, summary = train_and_evaluate(WORLD, PRETRAIN)
+    finally:
+        torch.set_num_threads(threads)
     path = str(tmp_path_factory.mktemp("pretrain") / "clip.pt")
     write_pretrained(backbone, summary, path)
     return backbone, summary, path
