@@ -4,7 +4,10 @@
 a results.json becomes a row; the config keys whose values differ between runs become columns, next to benchmark,
 shot and test accuracy ± 95% CI. With `--over KEY` the runs that differ only in KEY (seeds, say) become one row: the
 mean accuracy over them ± the 95% CI of that mean (Student t over the runs), how many there are, their lowest and
-highest accuracy and the mean of their own per-episode CIs.
+highest accuracy and the mean of their own per-episode CIs. With `--paired KEY=VALUE[,KEY=VALUE...]` each run is
+also compared with its baseline, the run whose config is the same but for those keys set to those values (same seed,
+hence the same test episodes): the mean per-episode accuracy difference ± 1.96 standard errors, pooled over the
+merged runs.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import argparse
 import os
 import statistics
 import sys
+from typing import Any
 
 import pandas as pd
 import simplejson as json
@@ -84,16 +88,63 @@ def fill_defaults(runs: list[dict]) -> None:
         run["config"] = {**defaults, **run["config"]}
 
 
-def build_table(runs: list[dict], over: str = "") -> pd.DataFrame:
+def parse_paired(spec: str) -> dict[str, Any]:
+    """`KEY=VALUE[,KEY=VALUE...]` -> {KEY: VALUE parsed as YAML (False, 0.5, a string)}."""
+    pairs = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ArgumentError(f"--paired {spec!r}: expected KEY=VALUE[,KEY=VALUE...], got {item!r}")
+        pairs[key.strip()] = yaml.safe_load(value)
+    if not pairs:
+        raise ArgumentError(f"--paired {spec!r}: names no KEY=VALUE")
+    return pairs
+
+
+def paired_differences(runs: list[dict], keys: list[str], baseline: dict[str, Any]) -> list[list[float] | None]:
+    """Per run, its per-episode accuracies minus its baseline's (the run equal on `keys` once `baseline` is
+    applied); None where there is no such run or no per-episode accuracies. The baseline's own entry is zeros."""
+    unknown = [k for k in baseline if all(k not in run["config"] for run in runs)]
+    if unknown:
+        raise ArgumentError(f"--paired: no run's config has the key {unknown[0]}")
+
+    def ident(cfg: dict) -> tuple:
+        return tuple(repr(cfg.get(k)) for k in keys)
+
+    by_ident = {ident(run["config"]): run for run in runs}
+    out = []
+    for run in runs:
+        base = by_ident.get(ident({**run["config"], **baseline}))
+        mine, theirs = run["result"].get("episode_accuracies"), (base or {}).get("result", {}).get("episode_accuracies")
+        if base is None or not mine or not theirs:
+            out.append(None)
+        elif len(mine) != len(theirs):
+            raise ArgumentError(f"{run['path']}: {len(mine)} test episodes, its --paired baseline {base['path']} "
+                                f"{len(theirs)}; paired differences need the same episodes")
+        else:
+            out.append([a - b for a, b in zip(mine, theirs, strict=True)])
+    return out
+
+
+def paired_cell(diffs: list[float] | None) -> str:
+    if not diffs:
+        return "-"
+    half = 1.96 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return f"{statistics.fmean(diffs):+.2f} ± {half:.2f}"
+
+
+def build_table(runs: list[dict], over: str = "", paired: str = "") -> pd.DataFrame:
     """One row per run: run name, benchmark, shot, differing config keys, accuracy and CI; with `over`, one row per
-    group of runs that differ only in that key (`merge_over`)."""
+    group of runs that differ only in that key (`merge_over`); with `paired`, the difference to each run's baseline
+    (`paired_differences`)."""
     if not runs:
         raise ArgumentError("no readable results.json found")
     fill_defaults(runs)
     keys = sorted({k for run in runs for k in run["config"]} - IGNORED_KEYS)
     differing = [k for k in keys if len({run["config"].get(k) for run in runs}) > 1]
+    diffs = paired_differences(runs, differing, parse_paired(paired)) if paired else [None] * len(runs)
     rows = []
-    for run in runs:
+    for run, diff in zip(runs, diffs, strict=True):
         cfg, res = run["config"], run["result"]
         row = {"run": os.path.basename(os.path.dirname(run["path"])),
                "benchmark": cfg.get("DATA.DATASET", "?"),
@@ -102,9 +153,14 @@ def build_table(runs: list[dict], over: str = "") -> pd.DataFrame:
         row.update({k: cfg.get(k) for k in differing if k not in ("DATA.DATASET", "VIDEO.HEAD.NAME")})
         row["accuracy"] = f"{res['accuracy']:.2f} ± {res['ci95']:.2f}"
         row["episodes"] = res.get("episodes")
+        if paired:
+            row["_diffs"] = diff
         rows.append(row)
     if over:
         rows = merge_over(rows, runs, over)
+    if paired:
+        for row in rows:
+            row[f"paired vs {paired}"] = paired_cell(row.pop("_diffs"))
     return pd.DataFrame(rows).sort_values(["benchmark", "shot", "run"]).reset_index(drop=True)
 
 
@@ -120,7 +176,7 @@ def merge_over(rows: list[dict], runs: list[dict], key: str) -> list[dict]:
         raise ArgumentError(f"--over {key}: no run's config has that key")
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
-        ident = tuple(sorted((k, str(v)) for k, v in row.items() if k not in ("run", "accuracy", key)))
+        ident = tuple(sorted((k, str(v)) for k, v in row.items() if k not in ("run", "accuracy", "_diffs", key)))
         groups.setdefault(ident, []).append(i)
     merged = []
     for members in groups.values():
@@ -133,6 +189,9 @@ def merge_over(rows: list[dict], runs: list[dict], key: str) -> list[dict]:
         row["runs"] = len(accs)
         row["min-max"] = f"{min(accs):.2f}-{max(accs):.2f}"
         row["mean episode CI"] = f"{statistics.fmean(runs[i]['result']['ci95'] for i in members):.2f}"
+        if "_diffs" in row:  # pooled over the group's runs, when every one has a baseline
+            parts = [rows[i]["_diffs"] for i in members]
+            row["_diffs"] = None if any(p is None for p in parts) else [d for p in parts for d in p]
         merged.append(row)
     return merged
 
@@ -144,6 +203,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--out", default="", help="write OUT.md and OUT.csv (default: RUNS_DIR/summary)")
     parser.add_argument("--over", default="", metavar="KEY",
                         help="merge runs that differ only in this config key (e.g. RANDOM_SEED): mean ± 95%% CI")
+    parser.add_argument("--paired", default="", metavar="KEY=VALUE[,...]",
+                        help="compare each run episode by episode with the run that has these values instead")
     args = parser.parse_args(argv)
     runs, unreadable = load_runs(args.runs_dir)
     for line in unreadable:
@@ -151,7 +212,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if not runs:
         raise ArgumentError(f"{args.runs_dir}: no readable results.json below it"
                             + (f" ({len(unreadable)} unreadable, listed above)" if unreadable else ""))
-    table = build_table(runs, args.over)
+    table = build_table(runs, args.over, args.paired)
     out = args.out or os.path.join(args.runs_dir, "summary")
     table.to_csv(out + ".csv", index=False)
     markdown = table.to_markdown(index=False)

@@ -7,11 +7,13 @@ import yaml
 from runs.summarize import main
 
 
-def fake_run(root, name, cfg, acc, ci):
+def fake_run(root, name, cfg, acc, ci, episode_accuracies=None):
     folder = root / name
     folder.mkdir(parents=True)
-    (folder / "results.json").write_text(json.dumps({"accuracy": acc, "ci95": ci, "episodes": 100,
-                                                     "config": yaml.safe_dump(cfg)}))
+    result = {"accuracy": acc, "ci95": ci, "episodes": 100, "config": yaml.safe_dump(cfg)}
+    if episode_accuracies is not None:
+        result["episode_accuracies"] = episode_accuracies
+    (folder / "results.json").write_text(json.dumps(result))
 
 
 def test_summary_table_has_differing_keys_and_accuracy(tmp_path):
@@ -69,3 +71,28 @@ def test_merging_over_a_key_no_run_has_is_refused(tmp_path):
     with pytest.raises(SystemExit) as refused:
         main([str(tmp_path), "--over", "NO.SUCH_KEY"])
     assert refused.value.code != 0
+
+
+def test_paired_differences_compare_each_run_with_its_baseline_on_the_same_episodes_pooled_over_seeds(tmp_path):
+    def cfg(seed, vfam):
+        return {"DATA": {"DATASET": "Synthetic_few_shot"}, "VFAM": {"ENABLE": vfam}, "RANDOM_SEED": seed}
+    episodes = {(0, False): [20.0, 40.0], (0, True): [40.0, 40.0], (1, False): [60.0, 20.0], (1, True): [60.0, 60.0]}
+    for (seed, vfam), accs in episodes.items():
+        fake_run(tmp_path, f"{'vfam' if vfam else 'base'}_s{seed}", cfg(seed, vfam), sum(accs) / 2, 1.0, accs)
+    table = main([str(tmp_path), "--over", "RANDOM_SEED", "--paired", "VFAM.ENABLE=False"]).set_index("run")
+    column = "paired vs VFAM.ENABLE=False"
+    # differences 20, 0, 0, 40: mean 15, sample std 19.15, 1.96 * 19.15 / 2 = 18.77
+    assert table.loc["vfam_s0", column] == "+15.00 ± 18.77"
+    assert table.loc["base_s0", column] == "+0.00 ± 0.00"
+    per_run = main([str(tmp_path), "--paired", "VFAM.ENABLE=False"]).set_index("run")
+    assert per_run.loc["vfam_s1", column] == "+20.00 ± 39.20"  # differences 0, 40
+
+
+def test_paired_refuses_a_malformed_spec_and_different_episode_counts(tmp_path):
+    base = {"DATA": {"DATASET": "Synthetic_few_shot"}, "VFAM": {"ENABLE": False}}
+    fake_run(tmp_path, "base", base, 50.0, 1.0, [50.0, 50.0])
+    fake_run(tmp_path, "vfam", {**base, "VFAM": {"ENABLE": True}}, 50.0, 1.0, [50.0])
+    for spec in ("VFAM.ENABLE", "VFAM.ENABLE=False"):
+        with pytest.raises(SystemExit) as refused:
+            main([str(tmp_path), "--paired", spec])
+        assert refused.value.code != 0
