@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from datasets.sampling import segment_indices
 from datasets.splits import VideoEntry, load_split
@@ -22,6 +23,7 @@ from datasets.tracks import TrackFile, boxes_at_frames, check_track_matches, loa
 from datasets.transforms import ViewParams, ViewSampler, frames_to_tensor, transform_boxes
 from datasets.video import OpenedVideo, build_video_source
 from models.amcap import AMCAP, build_class_text
+from models.amcap.shapley import cell_index_map
 from models.clip import CLIPBackbone
 from utils.config import CfgNode
 from utils.errors import ArgumentError
@@ -71,7 +73,8 @@ def analyse_video(cfg: CfgNode, backbone: CLIPBackbone, images: torch.Tensor, cl
     anchor's best class) or, with `label`, support side (that class's text as anchor when
     AMCAP.SUPPORT_CLASS_ANCHOR, and that class's salient regions). `best_class` is the class whose salient
     regions are read."""
-    tokens = backbone.encode_frames(images.to(backbone.device), dense=True)["tokens"][None]  # [1, T, h, w, D]
+    encoded = backbone.encode_frames(images.to(backbone.device), dense=True)
+    tokens = encoded["tokens"][None]  # [1, T, h, w, D]
     amcap = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width)).to(backbone.device).eval()
     text = build_class_text(backbone, class_names, amcap.text_template, amcap.prompt_generator.n_ctx)
     labels = None
@@ -81,8 +84,12 @@ def analyse_video(cfg: CfgNode, backbone: CLIPBackbone, images: torch.Tensor, cl
     class_weights = None if info["anchor_weights"] is None else info["anchor_weights"][0].mean(dim=0).cpu()
     best_class = int(class_weights.argmax()) if label is None else label
     key_frames = amcap.key_frame_indices(images.shape[0]).tolist()
+    # For comparison with the label-free anchor: the class text closest to CLIP's global embedding (frame mean).
+    video = F.normalize(F.normalize(encoded["global"].float(), dim=-1).mean(dim=0), dim=0)
+    global_best = int((F.normalize(text.features.float(), dim=-1) @ video).argmax())
     return {"info": info, "text": text, "best_class": best_class, "key_frames": key_frames,
-            "class_weights": class_weights}
+            "class_weights": class_weights, "global_best_class": global_best, "grid": amcap.grid,
+            "pairs": amcap.pairs.cpu()}
 
 
 def _decode_token(token_id: int) -> str:
@@ -122,7 +129,7 @@ SETTINGS = ("query", "support")
 MEASURES = ("actor_hit", "actor_cover", "target_hit", "distractor_hit", "salient_area", "kept_hit", "kept_cover",
             "kept_area", "cover_chance", "area_chance", "token_names_actor", "token_names_actor_on_hit",
             "token_names_actor_on_miss", "token_names_verb", "token_chance_actor", "token_chance_verb",
-            "anchor_correct")
+            "anchor_correct", "global_anchor_correct")
 # The table's rows and the measure (or number) each is compared with.
 # A random set of cells covers on average the share of the actor that it covers of the grid (its area); regions
 # partition the grid, so a random choice of as many kept regions as were selected covers `cover_chance`.
@@ -130,7 +137,7 @@ TABLE_ROWS = (("actor_hit", "kept_hit"), ("actor_cover", "cover_chance"), ("kept
               ("kept_cover", "kept_area"), ("salient_area", ""), ("target_hit", ""), ("distractor_hit", ""),
               ("token_names_actor", "token_chance_actor"), ("token_names_actor_on_hit", "token_chance_actor"),
               ("token_names_actor_on_miss", "token_chance_actor"), ("token_names_verb", "token_chance_verb"),
-              ("anchor_correct", "1/C"))
+              ("anchor_correct", "1/C"), ("global_anchor_correct", "1/C"))
 
 
 def read_world_catalogue(anno_dir: str) -> dict[str, dict]:
@@ -245,8 +252,30 @@ def setting_stats(analysis: dict[str, Any], cells: dict[str, np.ndarray], record
         "token_chance_verb": _fraction([k == "verb" for k in name_kinds]),
         # the label-free anchor's best class (none where the support side's anchor is its class text)
         "anchor_correct": nan if weights is None else float(int(weights.argmax()) == true_class),
+        # the same question asked of CLIP's global embedding instead of the mean patch token (query side only)
+        "global_anchor_correct": nan if weights is None else float(analysis["global_best_class"] == true_class),
     }
     return stats, words
+
+
+PAIR_KINDS = ("actor-actor", "actor-background", "background-background")
+
+
+def pair_interactions(analysis: dict[str, Any], cells: dict[str, np.ndarray], actor: str) -> dict[str, list[float]]:
+    """The Shapley interactions (mean over key frames) of adjacent grid-cell pairs by kind: a cell is "actor" when
+    an actor token lies in it on a key frame, "background" when no entity's token does (other pairs are left out)."""
+    tokens_hw = next(iter(cells.values())).shape[1:]
+    cell_of = cell_index_map(*tokens_hw, analysis["grid"]).numpy()  # [h, w] -> grid cell
+    actor_cells = set(cell_of[cells[actor].any(axis=0)].tolist())
+    entity_cells = set(cell_of[np.any([c.any(axis=0) for c in cells.values()], axis=0)].tolist())
+    out: dict[str, list[float]] = {kind: [] for kind in PAIR_KINDS}
+    for (i, j), value in zip(analysis["pairs"].tolist(), analysis["info"]["interactions"][0].tolist(), strict=True):
+        kinds = sorted("actor" if c in actor_cells else "background" if c not in entity_cells else "other"
+                       for c in (i, j))
+        kind = "-".join(kinds)
+        if kind in out:
+            out[kind].append(value)
+    return out
 
 
 def region_counts(analysis: dict[str, Any]) -> dict[str, int]:
@@ -306,8 +335,9 @@ def video_track_file(cfg: CfgNode, entry: VideoEntry, video: OpenedVideo) -> Tra
 
 
 def measure_video(cfg: CfgNode, backbone: CLIPBackbone, entry: VideoEntry, record: dict, class_names: list[str],
-                  entity_words: set[str]) -> dict[str, tuple[dict[str, float], list[str], dict[str, int]]]:
-    """Setting -> (MEASURES, the salient regions' top words, region counts) of one video of the split."""
+                  entity_words: set[str]) -> dict[str, tuple]:
+    """Setting -> (MEASURES, the salient regions' top words, region counts, pair interactions by kind) of one video
+    of the split."""
     clip = read_test_clip(cfg, entry.video_path(cfg.DATA.DATA_ROOT_DIR, cfg.DATA.VIDEO_EXT), cfg.DATA.NUM_INPUT_FRAMES)
     track_file = video_track_file(cfg, entry, clip.video)
     out = {}
@@ -321,7 +351,7 @@ def measure_video(cfg: CfgNode, backbone: CLIPBackbone, entry: VideoEntry, recor
             raise ArgumentError(f"{track_path(cfg.DATA.TRACK_DIR, entry.video_id)}: no track labelled "
                                 f"{record['actor']!r} (the actor of {record['name']!r})")
         stats, words = setting_stats(analysis, cells, record, entity_words, entry.class_id)
-        out[setting] = (stats, words, region_counts(analysis))
+        out[setting] = (stats, words, region_counts(analysis), pair_interactions(analysis, cells, record["actor"]))
     return out
 
 
@@ -349,4 +379,13 @@ def region_stats(cfg: CfgNode, split: str, videos_per_class: int) -> dict[str, A
             "top_words": {s: dict(sum((Counter(m[s][1]) for _, m in measured), Counter()).most_common())
                           for s in SETTINGS},
             "regions_per_video": {s: {k: float(np.mean([m[s][2][k] for _, m in measured]))
-                                      for k in ("partition", "kept", "salient")} for s in SETTINGS}}
+                                      for k in ("partition", "kept", "salient")} for s in SETTINGS},
+            "pair_interactions": {s: {kind: interaction_summary([v for _, m in measured for v in m[s][3][kind]])
+                                      for kind in PAIR_KINDS} for s in SETTINGS}}
+
+
+def interaction_summary(values: list[float]) -> dict[str, float | int | None]:
+    """Mean interaction, share above 0 and count of one kind of pair."""
+    if not values:
+        return {"mean": None, "positive": None, "n": 0}
+    return {"mean": float(np.mean(values)), "positive": float(np.mean(np.array(values) > 0)), "n": len(values)}

@@ -162,6 +162,10 @@ def run_region_stats(args: argparse.Namespace) -> int:
     print(stats_table(result["settings"], len(result["classes"])))
     print("regions per video (partition / kept / salient): " + "; ".join(
         f"{s} " + " / ".join(f"{v:.2f}" for v in result["regions_per_video"][s].values()) for s in SETTINGS))
+    for setting in SETTINGS:
+        print(f"{setting} side, adjacent-cell interactions (mean, share > 0, pairs): " + "; ".join(
+            f"{kind} " + ("-" if v["n"] == 0 else f"{v['mean']:+.4f}, {v['positive']:.2f}, {v['n']}")
+            for kind, v in result["pair_interactions"][setting].items()))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:

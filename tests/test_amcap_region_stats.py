@@ -46,6 +46,12 @@ def test_region_stats_writes_every_measure_per_setting_as_a_fraction(world, tmp_
             assert entry["mean"] is None or 0.0 <= entry["mean"] <= 1.0, (setting, name, entry)
     assert saved["settings"]["query"]["anchor_correct"]["n"] == saved["videos"]
     assert saved["settings"]["support"]["anchor_correct"]["n"] == 0  # the support side is told its class
+    assert saved["settings"]["query"]["global_anchor_correct"]["n"] == saved["videos"]
+    for setting in amcap_regions.SETTINGS:  # every adjacent pair of the 4 x 4 grid is counted at most once
+        kinds = saved["pair_interactions"][setting]
+        assert set(kinds) == set(amcap_regions.PAIR_KINDS)
+        assert 0 < sum(v["n"] for v in kinds.values()) <= 24 * saved["videos"]
+        assert all(v["positive"] is None or 0.0 <= v["positive"] <= 1.0 for v in kinds.values())
 
 
 def test_hit_and_cover_of_planted_regions_and_box():
