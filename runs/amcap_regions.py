@@ -23,6 +23,7 @@ from datasets.tracks import TrackFile, boxes_at_frames, check_track_matches, loa
 from datasets.transforms import ViewParams, ViewSampler, frames_to_tensor, transform_boxes
 from datasets.video import OpenedVideo, build_video_source
 from models.amcap import AMCAP, build_class_text
+from models.amcap.prompts import ClassText
 from models.amcap.shapley import cell_index_map
 from models.clip import CLIPBackbone
 from utils.config import CfgNode
@@ -66,30 +67,53 @@ def read_frames(cfg: CfgNode, path: str, num_frames: int) -> tuple[np.ndarray, t
     return clip.frames, clip.images, clip.indices
 
 
-@torch.no_grad()
-def analyse_video(cfg: CfgNode, backbone: CLIPBackbone, images: torch.Tensor, class_names: list[str],
-                  label: int | None = None) -> dict[str, Any]:
-    """Backbone tokens and AMCAP's regions of one video's images [T, 3, H, W]: query side (label-free anchor, the
-    anchor's best class) or, with `label`, support side (that class's text as anchor when
-    AMCAP.SUPPORT_CLASS_ANCHOR, and that class's salient regions). `best_class` is the class whose salient
-    regions are read."""
-    encoded = backbone.encode_frames(images.to(backbone.device), dense=True)
-    tokens = encoded["tokens"][None]  # [1, T, h, w, D]
+@dataclass
+class RegionContext:
+    """What every video's analysis shares: AMCAP built from the config (its region steps have no learned
+    parameters) and the class texts of the episode's names, encoded once."""
+
+    amcap: AMCAP
+    text: ClassText  # the class texts of `class_names`
+    class_names: list[str]
+
+
+def region_context(cfg: CfgNode, backbone: CLIPBackbone, class_names: list[str]) -> RegionContext:
     amcap = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width)).to(backbone.device).eval()
     text = build_class_text(backbone, class_names, amcap.text_template, amcap.prompt_generator.n_ctx)
+    return RegionContext(amcap, text, list(class_names))
+
+
+@torch.no_grad()
+def encode_clip(backbone: CLIPBackbone, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One backbone pass over a video's images [T, 3, H, W]: "tokens" [T, h, w, D] and "global" [T, D]."""
+    return backbone.encode_frames(images.to(backbone.device), dense=True)
+
+
+@torch.no_grad()
+def analyse_encoded(context: RegionContext, encoded: dict[str, torch.Tensor],
+                    label: int | None = None) -> dict[str, Any]:
+    """AMCAP's regions of one encoded video: query side (label-free anchor, the anchor's best class) or, with
+    `label`, support side (that class's text as anchor when AMCAP.SUPPORT_CLASS_ANCHOR, and that class's salient
+    regions). `best_class` is the class whose salient regions are read."""
+    amcap, text = context.amcap, context.text
     labels = None
     if label is not None and amcap.support_class_anchor:
-        labels = torch.tensor([label], device=backbone.device)
-    info = amcap.describe(tokens, text, labels, amcap.coalitions(None))
+        labels = torch.tensor([label], device=encoded["tokens"].device)
+    info = amcap.describe(encoded["tokens"][None], text, labels, amcap.coalitions(None))
     class_weights = None if info["anchor_weights"] is None else info["anchor_weights"][0].mean(dim=0).cpu()
     best_class = int(class_weights.argmax()) if label is None else label
-    key_frames = amcap.key_frame_indices(images.shape[0]).tolist()
+    key_frames = amcap.key_frame_indices(encoded["tokens"].shape[0]).tolist()
     # For comparison with the label-free anchor: the class text closest to CLIP's global embedding (frame mean).
     video = F.normalize(F.normalize(encoded["global"].float(), dim=-1).mean(dim=0), dim=0)
     global_best = int((F.normalize(text.features.float(), dim=-1) @ video).argmax())
     return {"info": info, "text": text, "best_class": best_class, "key_frames": key_frames,
-            "class_weights": class_weights, "global_best_class": global_best, "grid": amcap.grid,
-            "pairs": amcap.pairs.cpu()}
+            "class_weights": class_weights, "global_best_class": global_best}
+
+
+def analyse_video(cfg: CfgNode, backbone: CLIPBackbone, images: torch.Tensor, class_names: list[str],
+                  label: int | None = None) -> dict[str, Any]:
+    """`analyse_encoded` of one video's images [T, 3, H, W] against `class_names` (one picture's worth)."""
+    return analyse_encoded(region_context(cfg, backbone, class_names), encode_clip(backbone, images), label)
 
 
 def _decode_token(token_id: int) -> str:
@@ -261,15 +285,16 @@ def setting_stats(analysis: dict[str, Any], cells: dict[str, np.ndarray], record
 PAIR_KINDS = ("actor-actor", "actor-background", "background-background")
 
 
-def pair_interactions(analysis: dict[str, Any], cells: dict[str, np.ndarray], actor: str) -> dict[str, list[float]]:
+def pair_interactions(analysis: dict[str, Any], amcap: AMCAP, cells: dict[str, np.ndarray],
+                      actor: str) -> dict[str, list[float]]:
     """The Shapley interactions (mean over key frames) of adjacent grid-cell pairs by kind: a cell is "actor" when
     an actor token lies in it on a key frame, "background" when no entity's token does (other pairs are left out)."""
     tokens_hw = next(iter(cells.values())).shape[1:]
-    cell_of = cell_index_map(*tokens_hw, analysis["grid"]).numpy()  # [h, w] -> grid cell
+    cell_of = cell_index_map(*tokens_hw, amcap.grid).numpy()  # [h, w] -> grid cell
     actor_cells = set(cell_of[cells[actor].any(axis=0)].tolist())
     entity_cells = set(cell_of[np.any([c.any(axis=0) for c in cells.values()], axis=0)].tolist())
     out: dict[str, list[float]] = {kind: [] for kind in PAIR_KINDS}
-    for (i, j), value in zip(analysis["pairs"].tolist(), analysis["info"]["interactions"][0].tolist(), strict=True):
+    for (i, j), value in zip(amcap.pairs.tolist(), analysis["info"]["interactions"][0].tolist(), strict=True):
         kinds = sorted("actor" if c in actor_cells else "background" if c not in entity_cells else "other"
                        for c in (i, j))
         kind = "-".join(kinds)
@@ -334,24 +359,25 @@ def video_track_file(cfg: CfgNode, entry: VideoEntry, video: OpenedVideo) -> Tra
     return track_file
 
 
-def measure_video(cfg: CfgNode, backbone: CLIPBackbone, entry: VideoEntry, record: dict, class_names: list[str],
+def measure_video(cfg: CfgNode, backbone: CLIPBackbone, context: RegionContext, entry: VideoEntry, record: dict,
                   entity_words: set[str]) -> dict[str, tuple]:
     """Setting -> (MEASURES, the salient regions' top words, region counts, pair interactions by kind) of one video
-    of the split."""
+    of the split; the video is decoded and encoded once for both settings."""
     clip = read_test_clip(cfg, entry.video_path(cfg.DATA.DATA_ROOT_DIR, cfg.DATA.VIDEO_EXT), cfg.DATA.NUM_INPUT_FRAMES)
     track_file = video_track_file(cfg, entry, clip.video)
+    encoded = encode_clip(backbone, clip.images)
+    key_frames = context.amcap.key_frame_indices(len(clip.indices)).tolist()  # the same for both settings
+    cells = entity_cells(track_file, [clip.indices[k] for k in key_frames], clip.view, clip.video.size,
+                         tuple(encoded["tokens"].shape[1:3]))
+    if record["actor"] not in cells:
+        raise ArgumentError(f"{track_path(cfg.DATA.TRACK_DIR, entry.video_id)}: no track labelled "
+                            f"{record['actor']!r} (the actor of {record['name']!r})")
     out = {}
     for setting in SETTINGS:
-        analysis = analyse_video(cfg, backbone, clip.images, class_names,
-                                 None if setting == "query" else entry.class_id)
-        frame_numbers = [clip.indices[k] for k in analysis["key_frames"]]
-        token_hw = tuple(analysis["info"]["regions"].token_masks.shape[-2:])
-        cells = entity_cells(track_file, frame_numbers, clip.view, clip.video.size, token_hw)
-        if record["actor"] not in cells:
-            raise ArgumentError(f"{track_path(cfg.DATA.TRACK_DIR, entry.video_id)}: no track labelled "
-                                f"{record['actor']!r} (the actor of {record['name']!r})")
+        analysis = analyse_encoded(context, encoded, None if setting == "query" else entry.class_id)
         stats, words = setting_stats(analysis, cells, record, entity_words, entry.class_id)
-        out[setting] = (stats, words, region_counts(analysis), pair_interactions(analysis, cells, record["actor"]))
+        out[setting] = (stats, words, region_counts(analysis),
+                        pair_interactions(analysis, context.amcap, cells, record["actor"]))
     return out
 
 
@@ -366,7 +392,8 @@ def region_stats(cfg: CfgNode, split: str, videos_per_class: int) -> dict[str, A
     entity_words = {w for r in catalogue.values() for e in r["entities"] for w in (e["colour"], e["shape"])}
     seed_everything(cfg.RANDOM_SEED)
     backbone = CLIPBackbone(**CLIPBackbone.from_config(cfg)).eval()
-    measured = [(entry, measure_video(cfg, backbone, entry, catalogue[class_names[entry.class_id]], class_names,
+    context = region_context(cfg, backbone, class_names)
+    measured = [(entry, measure_video(cfg, backbone, context, entry, catalogue[class_names[entry.class_id]],
                                       entity_words)) for entry in entries]
 
     def rows(setting: str, class_id: int | None = None) -> list[dict[str, float]]:

@@ -157,8 +157,8 @@ def run_region_stats(args: argparse.Namespace) -> int:
     result = {"config": args.cfg, "overrides": list(args.opts), **region_stats(cfg, args.split, args.videos)}
     a = cfg.AMCAP
     print(f"region-stats: {result['videos']} {args.split} videos, {len(result['classes'])} classes; AMCAP GRID "
-          f"{a.GRID} NUM_REGIONS {a.NUM_REGIONS} TOP_K {a.TOP_K} MERGE_THRESHOLD {a.MERGE_THRESHOLD} "
-          f"REGION_SCORE {a.REGION_SCORE}")
+          f"{a.GRID} NUM_REGIONS {a.NUM_REGIONS} TOP_K {a.TOP_K} MERGE_ON {a.MERGE_ON} MERGE_THRESHOLD "
+          f"{a.MERGE_THRESHOLD} REGION_SCORE {a.REGION_SCORE}")
     print(stats_table(result["settings"], len(result["classes"])))
     print("regions per video (partition / kept / salient): " + "; ".join(
         f"{s} " + " / ".join(f"{v:.2f}" for v in result["regions_per_video"][s].values()) for s in SETTINGS))
