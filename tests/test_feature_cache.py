@@ -12,8 +12,10 @@ MCDP = ("VIDEO.HEAD.NAME", "MCDP_FSAR", "AMCAP.ENABLE", "True", "AMCAP.NUM_COALI
 
 @pytest.mark.parametrize("extra", [(), (*MCDP, "VFAM.ENABLE", "True"),
                                    (*MCDP, "VIDEO.HEAD.SUPPORT_TEXT_TOKEN", "False",
-                                    "VIDEO.HEAD.TRANSFORMER_LAYER_SCALE", "0.3")],
-                         ids=["clipfsar", "mcdp", "mcdp-no-support-text"])
+                                    "VIDEO.HEAD.TRANSFORMER_LAYER_SCALE", "0.3"),
+                                   ("VIDEO.HEAD.FRAME_MOTION", "difference"),
+                                   ("VIDEO.HEAD.FRAME_MOTION", "pixel_difference")],
+                         ids=["clipfsar", "mcdp", "mcdp-no-support-text", "clipfsar-motion", "clipfsar-pixel-motion"])
 def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path, extra):
     opts = tiny_opts(synthetic_root, tmp_path, "DATA.TRACK_DIR", str(synthetic_root / "tracks"), *extra)
     results = {}
@@ -32,7 +34,8 @@ def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path, extra):
     assert cache["hits"] + cache["misses"] == 12 * 10
     # the per-video head outputs were used: queries always, supports only where their text token is fixed or absent
     assert cache["query_outputs"] > 0
-    assert (cache["support_outputs"] > 0) == (not extra or "VIDEO.HEAD.SUPPORT_TEXT_TOKEN" in extra)
+    mcdp = extra[:1] == ("VIDEO.HEAD.NAME",)
+    assert (cache["support_outputs"] > 0) == (not mcdp or "VIDEO.HEAD.SUPPORT_TEXT_TOKEN" in extra)
 
 
 def test_frozen_backbone_training_cache_matches_plain_training(synthetic_root, tmp_path):

@@ -7,6 +7,7 @@ from models.build import HEAD_REGISTRY, build_model
 from models.clip import CLIPBackbone
 from models.heads.base import VideoFeatures
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR, TemporalBlock, class_means, lineage_cosine
+from models.heads.parts import with_motion
 from models.otam import otam_distance
 from runs.config import load_config
 from utils.config import ConfigError
@@ -44,6 +45,9 @@ def episode() -> Episode:
     dict(frame_feature="patch_map", merge_before=True),
     dict(frame_feature="patch_map", proj_dim=64, single_direct=True, transformer_depth=2),
     dict(frame_feature="patch_map", support_text_token=False, transformer_layer_scale=0.0),
+    dict(frame_feature="global", frame_motion="difference"),
+    dict(frame_feature="patch_map", frame_motion="difference", proj_dim=64),
+    dict(frame_feature="global", frame_motion="pixel_difference"),
 ])
 def test_forward_backward_returns_logits_and_losses(episode, options):
     head = make_head(**options).train()
@@ -199,6 +203,8 @@ def test_invalid_options_are_rejected():
     backbone = CLIPBackbone("FSAR-Tiny-ViT")
     with pytest.raises(ValueError, match="FRAME_FEATURE"):
         CNN_OTAM_CLIPFSAR(backbone=backbone, frame_feature="cls")
+    with pytest.raises(ValueError, match="FRAME_MOTION"):
+        CNN_OTAM_CLIPFSAR(backbone=backbone, frame_motion="flow")
     with pytest.raises(ValueError, match="PROMPT_TEMPLATE"):
         CNN_OTAM_CLIPFSAR(backbone=backbone, prompt_template="a photo")
     with pytest.raises(ValueError, match="TRANSFORMER_HEADS"):
@@ -349,3 +355,48 @@ def test_without_support_text_tokens_the_class_names_do_not_reach_the_prototypes
     with torch.no_grad():
         assert not torch.allclose(lineage(episode)["logits"], lineage(renamed)["logits"])
     assert isinstance(plain.text_proj, torch.nn.Identity)  # no text map without text tokens
+
+
+def test_frame_motion_appends_each_frames_change_to_the_next():
+    frames = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3) ** 2
+    out = with_motion(frames)
+    assert out.shape == (2, 4, 6)
+    assert torch.equal(out[..., :3], frames)
+    torch.testing.assert_close(out[:, :3, 3:], frames[:, 1:] - frames[:, :-1])
+    torch.testing.assert_close(out[:, 3, 3:], frames[:, 3] - frames[:, 2])  # the last frame repeats the change
+    assert torch.equal(with_motion(frames[:, :1])[..., 3:], torch.zeros(2, 1, 3))  # one frame: no change
+
+
+def test_frame_motion_difference_feeds_the_transformer_the_motion_descriptor(episode):
+    head = make_head(frame_feature="patch_map", frame_motion="difference").eval()
+    plain = make_head(frame_feature="patch_map").eval()  # same seed: the same backbone weights
+    assert head.model_dim == 2 * plain.model_dim
+    with torch.no_grad():
+        encoded = head.encode_videos(episode.target_set)
+        torch.testing.assert_close(head.frame_descriptors(encoded), with_motion(plain.frame_descriptors(encoded)))
+        # the same frames in reverse order: identical static halves per frame, the motion halves change sign
+        reverse = head.frame_descriptors({**encoded, "frames": encoded["frames"].flip(1)})
+        forward = head.frame_descriptors(encoded)
+        torch.testing.assert_close(reverse[:, 1:-1, :plain.model_dim], forward.flip(1)[:, 1:-1, :plain.model_dim])
+        torch.testing.assert_close(reverse[:, 1:-1, plain.model_dim:],
+                                   -forward.flip(1)[:, 2:, plain.model_dim:])
+    assert not isinstance(head.text_proj, torch.nn.Identity)  # text is mapped to the wider descriptor
+
+
+def test_frame_motion_pixel_difference_encodes_each_frames_pixel_change_to_the_next(episode):
+    head = make_head(frame_motion="pixel_difference").eval()
+    plain = make_head().eval()  # same seed: the same backbone weights
+    videos = episode.target_set
+    with torch.no_grad():
+        pixels = plain.backbone.normalise(videos)
+        change = pixels[:, 1:] - pixels[:, :-1]
+        expected = plain.frame_encoder.encode(plain.backbone, None, torch.cat([change, change[:, -1:]], dim=1),
+                                              None, None)
+        encoded = head.encode_videos(videos)
+        torch.testing.assert_close(encoded["frames"], expected["frames"])
+        torch.testing.assert_close(encoded["video_text"], expected["video_text"])
+        # a still video has no change: every frame encodes as the blank (zero) image
+        still = head.encode_videos(videos[:, :1].expand_as(videos).contiguous())["frames"]
+        blank = plain.frame_encoder.encode(plain.backbone, None, torch.zeros_like(pixels[:, :1]), None, None)
+        torch.testing.assert_close(still, blank["frames"].expand_as(still))
+    assert head.model_dim == plain.model_dim  # the same width: the change replaces the frame

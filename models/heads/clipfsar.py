@@ -21,6 +21,7 @@ from models.clip import CLIPBackbone
 from models.heads.base import VideoFeatures
 from models.heads.parts import (  # noqa: F401  (re-exported: the lineage's names for its head's pieces)
     FRAME_FEATURES,
+    FRAME_MOTIONS,
     TemporalBlock,
     class_means,
     cosine_logits,
@@ -29,7 +30,7 @@ from models.heads.parts import (  # noqa: F401  (re-exported: the lineage's name
 from models.heads.prototype import ClassTerms, PrototypeHead
 from models.text_cache import ClassTextCache
 from models.vfam import VFAM
-from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, Rule, rules, section
+from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, Rule, one_of, rules, section
 from utils.episode import Episode
 
 
@@ -37,6 +38,12 @@ def add_clipfsar_config(cfg: CfgNode) -> None:
     _H = section(section(cfg, "VIDEO"), "HEAD")
     _H.FRAME_FEATURE = "global"  # frame descriptor: global (CLIP image embedding) or patch_map (centred pooled tokens)
     _H.PATCH_POOL = 2  # patch_map: tokens average-pooled to PATCH_POOL x PATCH_POOL cells (descriptor D*P*P)
+    # Motion in the frame descriptors. CLIP-FSAR: none (each frame encoded alone; its temporal transformer has no
+    # positional encoding, so it cannot tell a frame's neighbours). difference: each descriptor concatenated with
+    # its change to the next frame (twice the width). pixel_difference: the tower encodes each frame's pixel change
+    # to the next instead of the frame (TSN's RGB difference). The last frame repeats the previous change. For
+    # towers trained from scratch (README "Where we differ").
+    _H.FRAME_MOTION = "none"
     _H.PROJ_DIM = 0  # >0: learned linear map of frame descriptors (and text) to this width before the transformer
     _H.TRANSFORMER_HEADS = 8  # attention heads of the temporal transformer (CLIP-FSAR: 8, fixed in its code)
     _H.TRANSFORMER_MLP_DIM = 2048  # hidden width of its feed-forward layers (CLIP-FSAR: 2048 for RN50 and ViT-B/16)
@@ -58,9 +65,9 @@ def add_clipfsar_config(cfg: CfgNode) -> None:
     _H.COSINE_EPS = 0.01
     _H.PROMPT_TEMPLATE = "a photo of {}"  # text prompt; {} is replaced by the class name
     _H.OTAM_LAMBDA = 0.5  # OTAM soft-minimum temperature
-    rules("VIDEO.HEAD", PATCH_POOL=POSITIVE, PROJ_DIM=NON_NEGATIVE, TRANSFORMER_HEADS=POSITIVE,
-          TRANSFORMER_MLP_DIM=POSITIVE, TRANSFORMER_DROPOUT=PROBABILITY, TRANSFORMER_FFN_DROPOUT=PROBABILITY,
-          TRANSFORMER_LAYER_SCALE=PROBABILITY,
+    rules("VIDEO.HEAD", FRAME_MOTION=one_of(*FRAME_MOTIONS), PATCH_POOL=POSITIVE, PROJ_DIM=NON_NEGATIVE,
+          TRANSFORMER_HEADS=POSITIVE, TRANSFORMER_MLP_DIM=POSITIVE, TRANSFORMER_DROPOUT=PROBABILITY,
+          TRANSFORMER_FFN_DROPOUT=PROBABILITY, TRANSFORMER_LAYER_SCALE=PROBABILITY,
           COSINE_EPS=NON_NEGATIVE, OTAM_LAMBDA=POSITIVE)
     _T = section(cfg, "TRAIN")
     # Temporal transformer blocks, shared by queries and text-modulated supports. The only depth key, under
@@ -90,7 +97,7 @@ def clipfsar_parts_from_config(cfg: CfgNode, text_cache: ClassTextCache | None =
         out_dim = dim * head.PATCH_POOL ** 2 if head.FRAME_FEATURE == "patch_map" else dim
         vfam = VFAM(**VFAM.from_config(cfg, dim, out_dim))
     return dict(
-        backbone=backbone, vfam=vfam, frame_feature=head.FRAME_FEATURE,
+        backbone=backbone, vfam=vfam, frame_feature=head.FRAME_FEATURE, frame_motion=head.FRAME_MOTION,
         patch_pool=head.PATCH_POOL, proj_dim=head.PROJ_DIM, transformer_depth=train.TRANSFORMER_DEPTH,
         transformer_heads=head.TRANSFORMER_HEADS, transformer_mlp_dim=head.TRANSFORMER_MLP_DIM,
         transformer_dropout=head.TRANSFORMER_DROPOUT, transformer_ffn_dropout=head.TRANSFORMER_FFN_DROPOUT,

@@ -20,6 +20,7 @@ from models.vfam import VFAM
 from utils.config import ConfigError
 
 FRAME_FEATURES = ("global", "patch_map")
+FRAME_MOTIONS = ("none", "difference", "pixel_difference")
 
 
 # ---------------------------------------------------------------------------------------------- shared math
@@ -47,6 +48,15 @@ def lineage_cosine(x: Tensor, y: Tensor, eps: float, equation: str = "nd,md->nm"
         x_dims, y_dims = (term[:-1] for term in inputs.split(","))  # the operands' dims without the contracted one
         norms = torch.einsum(f"{x_dims},{y_dims}->{output}", x.norm(dim=-1), y.norm(dim=-1))
         return torch.einsum(equation, x, y) / (norms + eps)
+
+
+def with_motion(frames: Tensor) -> Tensor:
+    """[B,T,d] descriptors -> [B,T,2d]: each one with its change to the next frame (the last frame repeats the
+    previous change; a one-frame video has none)."""
+    change = frames[:, 1:] - frames[:, :-1]  # [B, T-1, d]
+    if change.shape[1] == 0:
+        return torch.cat([frames, torch.zeros_like(frames)], dim=-1)
+    return torch.cat([frames, torch.cat([change, change[:, -1:]], dim=1)], dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------- temporal modulator
@@ -136,6 +146,7 @@ class FrameEncoder:
     frame_feature: str = "global"
     patch_pool: int = 2
     keep_tokens: bool = False
+    pixel_change: bool = False  # encode each frame's pixel change to the next instead of the frame (RGB difference)
 
     def __post_init__(self) -> None:
         if self.frame_feature not in FRAME_FEATURES:
@@ -149,6 +160,9 @@ class FrameEncoder:
                box_mask: Tensor | None) -> dict[str, Tensor]:
         """One backbone call over normalised videos [B,T,3,H,W]; every video is encoded on its own."""
         num_videos, num_frames = videos.shape[:2]
+        if self.pixel_change and num_frames > 1:
+            change = videos[:, 1:] - videos[:, :-1]
+            videos = torch.cat([change, change[:, -1:]], dim=1)
         dense = self.frame_feature == "patch_map" or self.keep_tokens
         if vfam is not None:
             out = vfam.encode(backbone, videos, boxes, box_mask, dense=dense)

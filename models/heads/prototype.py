@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from models.clip import CLIPBackbone
 from models.heads.base import FewShotHead, VideoFeatures
 from models.heads.parts import (
+    FRAME_MOTIONS,
     ClassTextSource,
     FrameEncoder,
     OTAMMatcher,
@@ -27,6 +28,7 @@ from models.heads.parts import (
     TextEvalRule,
     VideoTextLoss,
     class_means,
+    with_motion,
 )
 from models.text_cache import ClassTextCache
 from models.vfam import VFAM
@@ -53,7 +55,8 @@ def _clear_text_cache_after_load(module: PrototypeHead, incompatible_keys: Any) 
 class PrototypeHead(FewShotHead):
     supports_feature_cache = True  # every video is encoded on its own (FrameEncoder)
 
-    def __init__(self, *, backbone: CLIPBackbone, frame_feature: str = "global", patch_pool: int = 2,
+    def __init__(self, *, backbone: CLIPBackbone, frame_feature: str = "global", frame_motion: str = "none",
+                 patch_pool: int = 2,
                  proj_dim: int = 0, transformer_depth: int = 1, transformer_heads: int = 8,
                  transformer_mlp_dim: int = 2048, transformer_dropout: float = 0.2,
                  transformer_ffn_dropout: float = 0.05, transformer_layer_scale: float = 1.0,
@@ -65,19 +68,24 @@ class PrototypeHead(FewShotHead):
                  keep_tokens: bool = False, text_cache: ClassTextCache | None = None):
         super().__init__()
         self.backbone = backbone
-        self.frame_encoder = FrameEncoder(frame_feature, patch_pool, keep_tokens)
+        self.frame_encoder = FrameEncoder(frame_feature, patch_pool, keep_tokens, frame_motion == "pixel_difference")
         self.class_text = ClassTextSource(prompt_template, text_cache)
         self.matcher = OTAMMatcher(otam_lambda, cosine_eps, bidirectional=not single_direct)
         self.text_eval = TextEvalRule(eval_text, combine, text_coff)
         self.merge_before = merge_before
-        descriptor_dim = self.frame_encoder.descriptor_dim(backbone.embed_dim)
+        if frame_motion not in FRAME_MOTIONS:
+            raise ValueError(f"models/heads/prototype.py: VIDEO.HEAD.FRAME_MOTION must be one of {FRAME_MOTIONS}, "
+                             f"got '{frame_motion}'")
+        self.frame_motion = frame_motion
+        widen = 2 if frame_motion == "difference" else 1  # the descriptor and its change
+        descriptor_dim = self.frame_encoder.descriptor_dim(backbone.embed_dim) * widen
         self.model_dim = proj_dim if proj_dim > 0 else descriptor_dim
         self.frame_proj = nn.Linear(descriptor_dim, proj_dim) if proj_dim > 0 else nn.Identity()
         self.vfam = vfam  # VFAM.ENABLE: tracked-entity context fused into the descriptors; its gate starts at 0
         # CLIP-FSAR feeds the raw text embedding (same joint space as the global frame embedding). Any other
         # descriptor needs a learned map; a text vector tiled over cells would be erased by the centring.
         # Without support text tokens (SUPPORT_TEXT_TOKEN False) there is no text to map.
-        lineage_text = frame_feature == "global" and proj_dim <= 0
+        lineage_text = frame_feature == "global" and frame_motion == "none" and proj_dim <= 0
         needs_map = support_text_token and not lineage_text
         self.text_proj = nn.Linear(backbone.embed_dim, self.model_dim) if needs_map else nn.Identity()
         self.temporal = TemporalModulator(self.model_dim, transformer_depth, transformer_heads, transformer_mlp_dim,
@@ -128,10 +136,13 @@ class PrototypeHead(FewShotHead):
 
     # ------------------------------------------------------------------ the shared flow
     def frame_descriptors(self, encoded: dict[str, Tensor]) -> Tensor:
-        """[B,T,d] transformer inputs: descriptors with VFAM's entity context fused in, then projected."""
+        """[B,T,d] transformer inputs: descriptors with VFAM's entity context fused in, with their change to the next
+        frame (FRAME_MOTION difference), then projected."""
         frames = encoded["frames"]
         if self.vfam is not None:
             frames = self.vfam(encoded["frame_global"], frames, encoded["entity_feats"], encoded["entity_mask"])
+        if self.frame_motion == "difference":
+            frames = with_motion(frames)
         return self.frame_proj(frames)
 
     def forward(self, episode: Episode, features: tuple[VideoFeatures, VideoFeatures] | None = None) -> dict[str, Any]:
