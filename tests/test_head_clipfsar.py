@@ -399,4 +399,6 @@ def test_frame_motion_pixel_difference_encodes_each_frames_pixel_change_to_the_n
         still = head.encode_videos(videos[:, :1].expand_as(videos).contiguous())["frames"]
         blank = plain.frame_encoder.encode(plain.backbone, None, torch.zeros_like(pixels[:, :1]), None, None)
         torch.testing.assert_close(still, blank["frames"].expand_as(still))
+        # nor has a one-frame video (as FRAME_MOTION difference gives it a zero change)
+        torch.testing.assert_close(head.encode_videos(videos[:, :1])["frames"], blank["frames"])
     assert head.model_dim == plain.model_dim  # the same width: the change replaces the frame

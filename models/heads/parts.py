@@ -50,13 +50,18 @@ def lineage_cosine(x: Tensor, y: Tensor, eps: float, equation: str = "nd,md->nm"
         return torch.einsum(equation, x, y) / (norms + eps)
 
 
-def with_motion(frames: Tensor) -> Tensor:
-    """[B,T,d] descriptors -> [B,T,2d]: each one with its change to the next frame (the last frame repeats the
-    previous change; a one-frame video has none)."""
-    change = frames[:, 1:] - frames[:, :-1]  # [B, T-1, d]
+def change_to_next(x: Tensor) -> Tensor:
+    """[B,T,...] -> [B,T,...]: each frame's change to the next frame (the last frame repeats the previous change; a
+    one-frame video has none: zeros). Descriptors (FRAME_MOTION difference) or pixels (pixel_difference)."""
+    change = x[:, 1:] - x[:, :-1]
     if change.shape[1] == 0:
-        return torch.cat([frames, torch.zeros_like(frames)], dim=-1)
-    return torch.cat([frames, torch.cat([change, change[:, -1:]], dim=1)], dim=-1)
+        return torch.zeros_like(x)
+    return torch.cat([change, change[:, -1:]], dim=1)
+
+
+def with_motion(frames: Tensor) -> Tensor:
+    """[B,T,d] descriptors -> [B,T,2d]: each one with its change to the next frame."""
+    return torch.cat([frames, change_to_next(frames)], dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------- temporal modulator
@@ -160,9 +165,8 @@ class FrameEncoder:
                box_mask: Tensor | None) -> dict[str, Tensor]:
         """One backbone call over normalised videos [B,T,3,H,W]; every video is encoded on its own."""
         num_videos, num_frames = videos.shape[:2]
-        if self.pixel_change and num_frames > 1:
-            change = videos[:, 1:] - videos[:, :-1]
-            videos = torch.cat([change, change[:, -1:]], dim=1)
+        if self.pixel_change:
+            videos = change_to_next(videos)
         dense = self.frame_feature == "patch_map" or self.keep_tokens
         if vfam is not None:
             out = vfam.encode(backbone, videos, boxes, box_mask, dense=dense)

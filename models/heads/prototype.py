@@ -68,14 +68,14 @@ class PrototypeHead(FewShotHead):
                  keep_tokens: bool = False, text_cache: ClassTextCache | None = None):
         super().__init__()
         self.backbone = backbone
+        if frame_motion not in FRAME_MOTIONS:
+            raise ValueError(f"models/heads/prototype.py: VIDEO.HEAD.FRAME_MOTION must be one of {FRAME_MOTIONS}, "
+                             f"got '{frame_motion}'")
         self.frame_encoder = FrameEncoder(frame_feature, patch_pool, keep_tokens, frame_motion == "pixel_difference")
         self.class_text = ClassTextSource(prompt_template, text_cache)
         self.matcher = OTAMMatcher(otam_lambda, cosine_eps, bidirectional=not single_direct)
         self.text_eval = TextEvalRule(eval_text, combine, text_coff)
         self.merge_before = merge_before
-        if frame_motion not in FRAME_MOTIONS:
-            raise ValueError(f"models/heads/prototype.py: VIDEO.HEAD.FRAME_MOTION must be one of {FRAME_MOTIONS}, "
-                             f"got '{frame_motion}'")
         self.frame_motion = frame_motion
         widen = 2 if frame_motion == "difference" else 1  # the descriptor and its change
         descriptor_dim = self.frame_encoder.descriptor_dim(backbone.embed_dim) * widen
