@@ -12,6 +12,7 @@ from typing import Any, Container, Sequence
 import torch
 
 from datasets.build import CLIP_MEAN, CLIP_STD, DATASET_REGISTRY
+from datasets.frame_cache import with_frame_cache
 from datasets.prepared import squash_prepared_scale
 from datasets.sampling import EpisodeSampler, FrameSampler
 from datasets.splits import Split, VideoEntry, load_split
@@ -82,7 +83,8 @@ class FewShotDataset(torch.utils.data.Dataset):
         train = split == "train"
         # Random val/test frames never reach training episodes (DETERMINISTIC_TRAIN views stay fixed for its cache).
         frames = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, not train and data.TEST_FRAMES == "random")
-        source = build_video_source(data.FRAMES_FOLDER, min_frames=data.MIN_VIDEO_FRAMES, decoder=data.DECODER)
+        source = with_frame_cache(build_video_source(data.FRAMES_FOLDER, min_frames=data.MIN_VIDEO_FRAMES,
+                                                     decoder=data.DECODER), data.FRAME_CACHE_MB)
         tracks = TrackReader(data.TRACK_DIR, cfg.VFAM.MAX_ENTITIES) if data.TRACK_DIR else None
         return dict(split=loaded, episode_indices=episode_indices, sampler=sampler, views=cls.view_sampler(cfg, split),
                     source=source, frames=frames, tracks=tracks, seed=cfg.RANDOM_SEED, data_root=data.DATA_ROOT_DIR,

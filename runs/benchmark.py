@@ -4,6 +4,7 @@
                 episodes/s per core, disk per video
     train-step  one training iteration of a config per variant (fp32, bf16, checkpointing, or KEY VALUE sets):
                 median time, peak memory (each variant in a fresh process), MFU on known GPUs
+    frame-cache training episodes loaded per CPU second with and without DATA.FRAME_CACHE_MB (and equal episodes)
     eval        test episodes/s with and without the per-video feature cache (and equal accuracies)
     otam        OTAM forward+backward: vectorised vs per-cell loop (and equal values)
     flops       per-module FLOPs (fvcore) and trainable parameters of a config
@@ -303,6 +304,39 @@ def add_data_parser(subparsers) -> None:
     p.set_defaults(func=bench_data)
 
 
+def bench_frame_cache(args: argparse.Namespace) -> dict:
+    """Training episodes of a config loaded with and without DATA.FRAME_CACHE_MB, 0 workers (CPU seconds of one
+    core), each repeat from an empty cache over new episodes, so the first draws' misses are in the number."""
+    import torch
+
+    from datasets import DATASET_REGISTRY, build_dataset
+    from runs.config import load_config
+
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    variants = {"decode every time": 0, f"frame cache {args.cache_mb} MiB": args.cache_mb}
+    cfgs = {name: load_config(args.cfg, [*args.opts, "DATA.FRAME_CACHE_MB", str(mb)]) for name, mb in variants.items()}
+    DATASET_REGISTRY.get(cfgs["decode every time"].DATA.DATASET, "DATA.DATASET").prepare(cfgs["decode every time"])
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    first: dict[str, list] = {}
+    for r in range(args.repeats):
+        for name, cfg in cfgs.items():  # side by side, alternating
+            dataset = build_dataset(cfg, "train", range(r * args.episodes, (r + 1) * args.episodes))
+            start = time.process_time()
+            episodes = [dataset[i] for i in range(len(dataset))]
+            seconds[name].append(time.process_time() - start)
+            if r == 0:
+                first[name] = episodes[:5]
+    plain, cached = (first[name] for name in variants)
+    same = all(torch.equal(a.support_set, b.support_set) and torch.equal(a.target_set, b.target_set)
+               for a, b in zip(plain, cached, strict=True))
+    rates = {name: args.episodes / statistics.median(s) for name, s in seconds.items()}
+    base = rates["decode every time"]
+    rows = [{"variant": name, "episodes_per_cpu_s": rate, "x_decode_every_time": rate / base}
+            for name, rate in rates.items()]
+    return {"benchmark": "frame-cache", "cfg": args.cfg, "episodes": args.episodes, "repeats": args.repeats,
+            "identical_episodes": same, "rows": rows}
+
+
 def report(bench: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Namespace], dict]:
     """Run a model benchmark, print its rows as a table and write its JSON."""
     def run(args: argparse.Namespace) -> dict:
@@ -344,6 +378,12 @@ def add_model_parsers(subparsers) -> None:
     p.add_argument("--flops", action="store_true")
     p.add_argument("--child-json", required=True)
     p.set_defaults(func=bm.train_step_child)
+    p = subparsers.add_parser("frame-cache", help="training episodes loaded per CPU second with and without the "
+                              "decoded-frame cache")
+    common(p, 3)
+    p.add_argument("--episodes", type=positive_int, default=100, help="episodes per repeat (a fresh cache each)")
+    p.add_argument("--cache-mb", type=positive_int, default=256, help="DATA.FRAME_CACHE_MB of the cached variant")
+    p.set_defaults(func=report(bench_frame_cache))
     p = subparsers.add_parser("eval", help="test episodes/s with and without the feature cache")
     common(p, 1)
     p.add_argument("--episodes", type=positive_int, default=300)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from datasets.build import add_data_config
+from datasets.frame_cache import add_frame_cache_config
 from datasets.synthetic import add_synthetic_config
 from datasets.video import add_video_config
 from models.amcap.amcap import add_amcap_config
@@ -26,6 +27,7 @@ from utils.solver import add_solver_config
 CONFIG_HOOKS = (
     add_data_config,  # DATA (and the episode shape TRAIN.WAY/SHOT/QUERY_PER_CLASS, VFAM.MAX_ENTITIES)
     add_video_config,  # DATA.DECODER
+    add_frame_cache_config,  # DATA.FRAME_CACHE_MB
     add_synthetic_config,  # SYNTHETIC
     add_model_build_config,  # VIDEO.HEAD.NAME
     add_amcap_config,  # AMCAP
