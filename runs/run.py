@@ -197,6 +197,13 @@ def check_run_config(cfg: CfgNode) -> None:
     if cfg.DATA.TEST_FRAMES == "random" and cfg.TEST.FEATURE_CACHE:
         raise ConfigError("DATA.TEST_FRAMES random: the feature cache would keep one draw of frames per video for "
                           "every episode (set TEST.FEATURE_CACHE False with it)")
+    if cfg.TRAIN.VIDEO_TEXT_TARGETS == "orthogonal":
+        uses_text = [k for k, on in (("TRAIN.EVAL_TEXT", cfg.TRAIN.EVAL_TEXT), ("TRAIN.COMBINE", cfg.TRAIN.COMBINE),
+                                     ("AMCAP.ENABLE", cfg.AMCAP.ENABLE)) if on]
+        if uses_text:
+            raise ConfigError(f"TRAIN.VIDEO_TEXT_TARGETS orthogonal: {', '.join(uses_text)} needs video embeddings "
+                              f"trained towards the class texts (set TRAIN.VIDEO_TEXT_TARGETS class_text or turn "
+                              f"{' and '.join(uses_text)} off)")
     check_train_config(cfg)
 
 

@@ -7,9 +7,10 @@ from models.build import HEAD_REGISTRY, build_model
 from models.clip import CLIPBackbone
 from models.heads.base import VideoFeatures
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR, TemporalBlock, class_means, lineage_cosine
-from models.heads.parts import with_motion
+from models.heads.parts import class_codes, with_motion
 from models.otam import otam_distance
 from runs.config import load_config
+from runs.run import check_run_config
 from utils.config import ConfigError
 from utils.episode import Episode, build_episode
 
@@ -209,6 +210,8 @@ def test_invalid_options_are_rejected():
         CNN_OTAM_CLIPFSAR(backbone=backbone, prompt_template="a photo")
     with pytest.raises(ValueError, match="TRANSFORMER_HEADS"):
         CNN_OTAM_CLIPFSAR(backbone=backbone, transformer_heads=7)
+    with pytest.raises(ValueError, match="VIDEO_TEXT_TARGETS"):
+        CNN_OTAM_CLIPFSAR(backbone=backbone, video_text_targets="random")
 
 
 # ---------------------------------------------------------------------------------------------- lineage equations
@@ -402,3 +405,38 @@ def test_frame_motion_pixel_difference_encodes_each_frames_pixel_change_to_the_n
         # nor has a one-frame video (as FRAME_MOTION difference gives it a zero change)
         torch.testing.assert_close(head.encode_videos(videos[:, :1])["frames"], blank["frames"])
     assert head.model_dim == plain.model_dim  # the same width: the change replaces the frame
+
+
+# ---------------------------------------------------------------------------------------------- video-text targets
+def test_class_codes_are_orthonormal_seeded_and_unit_beyond_the_width():
+    codes = class_codes(12, 64)
+    torch.testing.assert_close(codes @ codes.t(), torch.eye(12), atol=1e-5, rtol=0)
+    torch.testing.assert_close(class_codes(12, 64), codes, atol=0, rtol=0)  # the same on every call and process
+    assert not torch.allclose(class_codes(12, 64, seed=1), codes)
+    wide = class_codes(80, 64)  # more classes than dimensions: unit codes, no longer orthogonal
+    torch.testing.assert_close(wide.norm(dim=1), torch.ones(80))
+
+
+def test_orthogonal_targets_replace_the_class_texts_in_the_video_text_loss(episode):
+    losses = {}
+    for targets in ("class_text", "orthogonal"):
+        head = make_head(frame_feature="global", video_text_targets=targets).train()
+        with torch.no_grad():
+            head.text_logit_scale.fill_(3.0)
+            feats = head.encode_videos(torch.cat([episode.support_set, episode.target_set]))
+            support, target = VideoFeatures(feats).split(episode.support_set.shape[0])
+            losses[targets] = head.losses(torch.zeros(WAY * QUERY, WAY), support, target, episode)["video_text_ce"]
+    video = feats["video_text"].mean(1)
+    codes = class_codes(len(SPLIT_CLASSES), video.shape[1])  # one per class of the split, by its split index
+    cos = video @ codes.t() / (video.norm(dim=-1)[:, None] + 0.01)
+    labels = torch.cat([episode.real_support_labels, episode.real_target_labels])
+    torch.testing.assert_close(losses["orthogonal"], torch.nn.functional.cross_entropy(3.0 * cos, labels))
+    assert not torch.allclose(losses["orthogonal"], losses["class_text"])
+
+
+@pytest.mark.parametrize("key", ["TRAIN.EVAL_TEXT", "TRAIN.COMBINE", "AMCAP.ENABLE"])
+def test_orthogonal_targets_refuse_what_needs_video_embeddings_trained_towards_class_texts(key):
+    check_run_config(load_config(None, ["TRAIN.VIDEO_TEXT_TARGETS", "orthogonal"]))
+    cfg = load_config(None, ["TRAIN.VIDEO_TEXT_TARGETS", "orthogonal", key, "True"])
+    with pytest.raises(ConfigError, match=rf"TRAIN\.VIDEO_TEXT_TARGETS orthogonal: {key}"):
+        check_run_config(cfg)

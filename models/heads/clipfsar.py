@@ -22,6 +22,7 @@ from models.heads.base import VideoFeatures
 from models.heads.parts import (  # noqa: F401  (re-exported: the lineage's names for its head's pieces)
     FRAME_FEATURES,
     FRAME_MOTIONS,
+    VIDEO_TEXT_TARGETS,
     TemporalBlock,
     class_means,
     cosine_logits,
@@ -76,6 +77,12 @@ def add_clipfsar_config(cfg: CfgNode) -> None:
     _T.TRANSFORMER_DEPTH = 1
     _T.USE_CLASSIFICATION = True  # add the video-text loss over all classes of the split
     _T.USE_CLASSIFICATION_VALUE = 1.0  # its weight (CLIP-FSAR configs use 1.5 to 3.0)
+    # What the video-text loss pulls each video's embedding towards. CLIP-FSAR: class_text (its class's prompt
+    # through the text encoder). orthogonal: one fixed orthonormal code per class of the split (seeded; random unit
+    # codes when the split has more classes than the embedding has dimensions). For text towers that carry no
+    # meaning: there order-swapped class names encode to near-identical texts (cosine 0.97-0.99), so the loss
+    # cannot separate the fine-grained pairs (README "Where we differ"). Needs EVAL_TEXT, COMBINE and AMCAP off.
+    _T.VIDEO_TEXT_TARGETS = "class_text"
     _T.MERGE_BEFORE = False  # average shots per class before the temporal transformer (else after)
     _T.SINGLE_DIRECT = False  # OTAM query->support only (else bidirectional)
     _T.EVAL_TEXT = False  # test time: classify queries by video-text similarity only
@@ -84,7 +91,8 @@ def add_clipfsar_config(cfg: CfgNode) -> None:
     # check turns TEXT_COFF 0 into its default 0.9; write 0.9 for that.)
     _T.TEXT_COFF = 0.9
     rules("TRAIN", TRANSFORMER_DEPTH=Rule("> 0 (CLIP-FSAR reads 0 as 1; write 1)", lambda v: v > 0),
-          USE_CLASSIFICATION_VALUE=NON_NEGATIVE, TEXT_COFF=PROBABILITY)
+          USE_CLASSIFICATION_VALUE=NON_NEGATIVE, VIDEO_TEXT_TARGETS=one_of(*VIDEO_TEXT_TARGETS),
+          TEXT_COFF=PROBABILITY)
 
 
 def clipfsar_parts_from_config(cfg: CfgNode, text_cache: ClassTextCache | None = None) -> dict[str, Any]:
@@ -105,6 +113,7 @@ def clipfsar_parts_from_config(cfg: CfgNode, text_cache: ClassTextCache | None =
         cosine_eps=head.COSINE_EPS,
         prompt_template=head.PROMPT_TEMPLATE, otam_lambda=head.OTAM_LAMBDA,
         use_classification=train.USE_CLASSIFICATION, classification_weight=train.USE_CLASSIFICATION_VALUE,
+        video_text_targets=train.VIDEO_TEXT_TARGETS,
         merge_before=train.MERGE_BEFORE, single_direct=train.SINGLE_DIRECT, eval_text=train.EVAL_TEXT,
         combine=train.COMBINE, text_coff=train.TEXT_COFF, text_cache=text_cache)
 

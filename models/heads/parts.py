@@ -21,6 +21,7 @@ from utils.config import ConfigError
 
 FRAME_FEATURES = ("global", "patch_map")
 FRAME_MOTIONS = ("none", "difference", "pixel_difference")
+VIDEO_TEXT_TARGETS = ("class_text", "orthogonal")
 
 
 # ---------------------------------------------------------------------------------------------- shared math
@@ -240,6 +241,18 @@ class VideoTextLoss:
         else:
             cos = lineage_cosine(video_text, class_text, self.cosine_eps, "nd,ncd->nc")
         return self.weight * F.cross_entropy(scale * cos, real_labels.long())
+
+
+def class_codes(num_classes: int, dim: int, seed: int = 0) -> Tensor:
+    """[N, D] fixed unit codes, one per class (TRAIN.VIDEO_TEXT_TARGETS orthogonal): orthonormal when N <= D,
+    random unit vectors otherwise; the same on every process and run for the same (N, D, seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(dim, num_classes, generator=generator, dtype=torch.float64)
+    if num_classes <= dim:
+        codes = torch.linalg.qr(gaussian).Q.T  # [N, D] orthonormal rows
+    else:
+        codes = F.normalize(gaussian.T, dim=1)
+    return codes.float().contiguous()
 
 
 @dataclass

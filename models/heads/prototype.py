@@ -21,12 +21,14 @@ from models.clip import CLIPBackbone
 from models.heads.base import FewShotHead, VideoFeatures
 from models.heads.parts import (
     FRAME_MOTIONS,
+    VIDEO_TEXT_TARGETS,
     ClassTextSource,
     FrameEncoder,
     OTAMMatcher,
     TemporalModulator,
     TextEvalRule,
     VideoTextLoss,
+    class_codes,
     class_means,
     with_motion,
 )
@@ -63,8 +65,8 @@ class PrototypeHead(FewShotHead):
                  support_text_token: bool = True, cosine_eps: float = 0.01,
                  prompt_template: str = "a photo of {}", otam_lambda: float = 0.5,
                  use_classification: bool = True, classification_weight: float = 1.0,
-                 merge_before: bool = False, single_direct: bool = False, eval_text: bool = False,
-                 combine: bool = False, text_coff: float = 0.9, vfam: VFAM | None = None,
+                 video_text_targets: str = "class_text", merge_before: bool = False, single_direct: bool = False,
+                 eval_text: bool = False, combine: bool = False, text_coff: float = 0.9, vfam: VFAM | None = None,
                  keep_tokens: bool = False, text_cache: ClassTextCache | None = None):
         super().__init__()
         self.backbone = backbone
@@ -93,6 +95,11 @@ class PrototypeHead(FewShotHead):
         self.support_text_token = support_text_token  # False: supports pass the transformer without a text token
         use_text_loss = use_classification and classification_weight != 0
         self.video_text_loss = VideoTextLoss(classification_weight, cosine_eps) if use_text_loss else None
+        if video_text_targets not in VIDEO_TEXT_TARGETS:
+            raise ValueError(f"models/heads/prototype.py: TRAIN.VIDEO_TEXT_TARGETS must be one of "
+                             f"{VIDEO_TEXT_TARGETS}, got '{video_text_targets}'")
+        self.video_text_targets = video_text_targets  # class_text (CLIP-FSAR) or orthogonal per-class codes
+        self._class_codes: dict[tuple[int, int], Tensor] = {}
         # CLIP-FSAR's learnable `scale` (init 1). Only the video-text loss trains it; frozen otherwise so that
         # no trainable parameter goes without a gradient.
         self.text_logit_scale = nn.Parameter(torch.ones(()), requires_grad=use_text_loss)
@@ -185,11 +192,21 @@ class PrototypeHead(FewShotHead):
         if self.video_text_loss is not None:
             video_text = torch.cat([support.encoded["video_text"], query.encoded["video_text"]]).float().mean(1)
             class_text = video_class_text
-            if class_text is None:
+            if self.video_text_targets == "orthogonal":
+                class_text = self.split_class_codes(len(episode.split_class_names), video_text.shape[1])
+            elif class_text is None:
                 class_text = self.class_text_features(episode.split_class_names)  # [N_split, D]
             real_labels = torch.cat([episode.real_support_labels, episode.real_target_labels])
             losses["video_text_ce"] = self.video_text_loss(self.text_logit_scale, video_text, class_text, real_labels)
         return losses
+
+    def split_class_codes(self, num_classes: int, dim: int) -> Tensor:
+        """[N_split, D] the video-text loss's fixed per-class codes (TRAIN.VIDEO_TEXT_TARGETS orthogonal), indexed
+        by the split's class index like the class texts they replace."""
+        key = (num_classes, dim)
+        if key not in self._class_codes:
+            self._class_codes[key] = class_codes(num_classes, dim).to(self.text_logit_scale.device)
+        return self._class_codes[key]
 
     # ------------------------------------------------------------------ per-video outputs (eval feature cache)
     @torch.no_grad()
