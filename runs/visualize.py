@@ -9,6 +9,9 @@ Commands:
             python runs/visualize.py region-stats --cfg <world yaml> [--split test] [--videos N] [--json out.json]
   curves    a run's training loss and learning rate, and validation accuracy with its 95% CI, vs iteration:
             python runs/visualize.py curves --run <OUTPUT_DIR> [--out curves.png]
+  text-similarity  how alike the class texts are (cosine of "a photo of {name}" through the text tower; a tower
+            that encodes two classes alike cannot tell them apart through text), closest pairs first:
+            python runs/visualize.py text-similarity --cfg <yaml> [--split train] [--checkpoint PTH] [KEY VALUE ...]
   episode   one episode's support and query frames with their track boxes, labelled with class and video id:
             python runs/visualize.py episode --cfg <yaml> [--split test] [--index 0] [--out PNG] [KEY VALUE ...]
 
@@ -24,6 +27,7 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 if __package__ in (None, ""):  # `python runs/visualize.py`: this repository's packages come first (a Hugging Face
     # `datasets` installed in the same environment must not shadow ours; see README, Layout)
@@ -234,6 +238,53 @@ def add_episode_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_episode)
 
 
+# ---------------------------------------------------------------------------------------------- text-similarity
+def class_text_similarity(cfg: CfgNode, names: list[str], checkpoint: str = "") -> torch.Tensor:
+    """[N, N] cosines of the class texts the head would use: the head of `cfg` with the weights of `checkpoint`
+    (a run's text tower, exactly), or, without one, with the tower VIDEO.HEAD.PRETRAINED builds (seeded)."""
+    from models import build_model
+    from runs.train_net_few_shot import load_weights_for_test
+
+    seed_everything(cfg.RANDOM_SEED)
+    model = build_model(cfg).eval()
+    if checkpoint:
+        load_weights_for_test(model, checkpoint)
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(model.class_text_features(names).float(), dim=1)
+    return text @ text.t()
+
+
+def run_text_similarity(args: argparse.Namespace) -> int:
+    if args.top <= 0:
+        raise ArgumentError(f"--top must be > 0, got {args.top}")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise ArgumentError(f"{args.checkpoint}: --checkpoint file not found")
+    cfg = load_config(args.cfg or None, args.opts)
+    names = episode_class_names(cfg, args.classes, args.split)
+    if len(names) < 2:
+        raise ArgumentError(f"--classes: names {len(names)} class; similarity needs two or more")
+    cosine = class_text_similarity(cfg, names, args.checkpoint)
+    pairs = sorted(((cosine[i, j].item(), i, j) for i in range(len(names)) for j in range(i + 1, len(names))),
+                   reverse=True)
+    values = [c for c, _, _ in pairs]
+    print(f"{len(names)} classes, {len(pairs)} pairs: class-text cosine mean {sum(values) / len(values):.3f}, "
+          f"min {values[-1]:.3f}, max {values[0]:.3f}; closest pairs:")
+    for c, i, j in pairs[:args.top]:
+        print(f"  {c:.3f}  {names[i]}  |  {names[j]}")
+    return 0
+
+
+def add_text_similarity_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("text-similarity", help="cosines between the class texts, closest pairs first")
+    p.add_argument("--cfg", default="", help="config YAML (defaults plus KEY VALUE pairs when omitted)")
+    p.add_argument("--classes", default="", help='comma-separated class names, e.g. "a,b,c"')
+    p.add_argument("--split", default="train", help="without --classes: use this split's names from DATA.ANNO_DIR")
+    p.add_argument("--checkpoint", default="", help="a run's checkpoint (its text tower); default: the config's")
+    p.add_argument("--top", type=int, default=10, help="closest pairs to list")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    p.set_defaults(func=run_text_similarity)
+
+
 # ---------------------------------------------------------------------------------------------- dispatcher
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runs/visualize.py", description=__doc__.splitlines()[0])
@@ -241,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_regions_parser(commands)
     add_region_stats_parser(commands)
     add_curves_parser(commands)
+    add_text_similarity_parser(commands)
     add_episode_parser(commands)
     return parser
 

@@ -1,4 +1,5 @@
-"""`runs/visualize.py curves` and `episode`: run pictures from metrics.jsonl and episode grids with track boxes."""
+"""`runs/visualize.py curves`, `episode` and `text-similarity`: run pictures from metrics.jsonl, episode grids with
+track boxes, and the class texts' cosines."""
 import json
 from pathlib import Path
 
@@ -7,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from models.build import build_model
 from runs import visualize
 from runs.config import load_config
 from utils import plots
 from utils.episode import Episode
-from utils.errors import RunFolderError
+from utils.errors import ArgumentError, RunFolderError
 
 
 def _write_metrics(run: Path, records: list[dict]) -> None:
@@ -128,3 +130,49 @@ def test_episode_without_tracks_draws_frames_only(tmp_path):
     assert all(r["boxes"] is None for r in rows)
     image = _open_png(Path(plots.draw_episode(episode, mean, std, str(tmp_path / "e.png"))))
     assert _not_blank(image)
+
+
+# ---------------------------------------------------------------------------------------------- text-similarity
+TINY_HEAD = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", "", "DATA.TRAIN_CROP_SIZE", "64",
+             "DATA.TEST_CROP_SIZE", "64", "VIDEO.HEAD.TRANSFORMER_MLP_DIM", "256"]
+
+
+def test_text_similarity_reads_the_checkpoints_text_tower_and_lists_the_closest_pairs_first(synthetic_root, tmp_path,
+                                                                                           capsys):
+    opts = [*TINY_HEAD, "DATA.ANNO_DIR", str(synthetic_root)]
+    cfg = load_config(None, opts)
+    names = visualize.episode_class_names(cfg, "", "train")
+    fresh = visualize.class_text_similarity(cfg, names)
+    model = build_model(cfg)
+    with torch.no_grad():  # another text tower than the config builds
+        model.backbone.model.token_embedding.weight.normal_(generator=torch.Generator().manual_seed(1))
+    text = torch.nn.functional.normalize(model.class_text_features(names).float(), dim=1)
+    expected = text @ text.t()
+    path = tmp_path / "run.pth"
+    torch.save({"model": model.state_dict()}, path)
+    loaded = visualize.class_text_similarity(cfg, names, str(path))
+    torch.testing.assert_close(loaded, expected)
+    assert not torch.allclose(loaded, fresh, atol=1e-3)
+
+    assert visualize.main(["text-similarity", "--checkpoint", str(path), "--top", "2", *opts]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pairs = len(names) * (len(names) - 1) // 2
+    assert lines[0].startswith(f"{len(names)} classes, {pairs} pairs") and len(lines) == 3
+    upper = torch.triu(expected, diagonal=1) - torch.tril(torch.ones_like(expected)) * 2  # only pairs i < j count
+    i, j = divmod(int(upper.argmax()), len(names))
+    assert lines[1].split()[0] == f"{expected[i, j].item():.3f}"
+    assert f"{names[i]}  |  {names[j]}" in lines[1]
+    assert float(lines[1].split()[0]) >= float(lines[2].split()[0])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--classes", "only one"], "similarity needs two or more"),
+    (["--top", "0"], "--top must be > 0"),
+    (["--checkpoint", "nowhere.pth"], "nowhere.pth: --checkpoint file not found"),
+])
+def test_text_similarity_refuses_bad_arguments_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as err:
+        visualize.main(["text-similarity", *argv, *TINY_HEAD])
+    assert err.value.code == ArgumentError.exit_code
+    printed = capsys.readouterr().err
+    assert printed.startswith("error: ") and message in printed and printed.count("\n") == 1
