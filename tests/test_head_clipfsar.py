@@ -411,7 +411,7 @@ def test_frame_motion_pixel_difference_encodes_each_frames_pixel_change_to_the_n
 def test_class_codes_are_orthonormal_seeded_and_unit_beyond_the_width():
     codes = class_codes(12, 64)
     torch.testing.assert_close(codes @ codes.t(), torch.eye(12), atol=1e-5, rtol=0)
-    torch.testing.assert_close(class_codes(12, 64), codes, atol=0, rtol=0)  # the same on every call and process
+    torch.testing.assert_close(class_codes(12, 64), codes, atol=0, rtol=0)  # a fresh seeded generator each call
     assert not torch.allclose(class_codes(12, 64, seed=1), codes)
     wide = class_codes(80, 64)  # more classes than dimensions: unit codes, no longer orthogonal
     torch.testing.assert_close(wide.norm(dim=1), torch.ones(80))

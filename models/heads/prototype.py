@@ -99,7 +99,6 @@ class PrototypeHead(FewShotHead):
             raise ValueError(f"models/heads/prototype.py: TRAIN.VIDEO_TEXT_TARGETS must be one of "
                              f"{VIDEO_TEXT_TARGETS}, got '{video_text_targets}'")
         self.video_text_targets = video_text_targets  # class_text (CLIP-FSAR) or orthogonal per-class codes
-        self._class_codes: dict[tuple[int, int], Tensor] = {}
         # CLIP-FSAR's learnable `scale` (init 1). Only the video-text loss trains it; frozen otherwise so that
         # no trainable parameter goes without a gradient.
         self.text_logit_scale = nn.Parameter(torch.ones(()), requires_grad=use_text_loss)
@@ -192,21 +191,13 @@ class PrototypeHead(FewShotHead):
         if self.video_text_loss is not None:
             video_text = torch.cat([support.encoded["video_text"], query.encoded["video_text"]]).float().mean(1)
             class_text = video_class_text
-            if self.video_text_targets == "orthogonal":
-                class_text = self.split_class_codes(len(episode.split_class_names), video_text.shape[1])
+            if self.video_text_targets == "orthogonal":  # one code per split class, by split index (a QR of N x D)
+                class_text = class_codes(len(episode.split_class_names), video_text.shape[1]).to(video_text.device)
             elif class_text is None:
                 class_text = self.class_text_features(episode.split_class_names)  # [N_split, D]
             real_labels = torch.cat([episode.real_support_labels, episode.real_target_labels])
             losses["video_text_ce"] = self.video_text_loss(self.text_logit_scale, video_text, class_text, real_labels)
         return losses
-
-    def split_class_codes(self, num_classes: int, dim: int) -> Tensor:
-        """[N_split, D] the video-text loss's fixed per-class codes (TRAIN.VIDEO_TEXT_TARGETS orthogonal), indexed
-        by the split's class index like the class texts they replace."""
-        key = (num_classes, dim)
-        if key not in self._class_codes:
-            self._class_codes[key] = class_codes(num_classes, dim).to(self.text_logit_scale.device)
-        return self._class_codes[key]
 
     # ------------------------------------------------------------------ per-video outputs (eval feature cache)
     @torch.no_grad()
