@@ -22,13 +22,17 @@ setup(
         "tqdm",
         "psutil",
         "fvcore",
-        "av",
+        # >= 17.0: VideoReformatter.reformat(threads=...), which datasets/video.py:rgb24 uses to keep frame conversion
+        # safe across fork (PyAV 18.1.1's shared converter hung forked loader workers). Tested: 18.1.1 (the suite),
+        # 17.1.0 and 18.0.0 (the decoder, loader-worker and prepare tests), 18.1.0 (the fork check by hand).
+        "av>=17.0",
         "tensorboard",
         "matplotlib",
         "trackers",
     ],
     extras_require={
-        "test": ["pytest", "ruff", "shapiq"],
+        # pytest-timeout bounds every test (pytest.ini): a hung test fails with every thread's stack.
+        "test": ["pytest", "pytest-timeout", "ruff", "shapiq"],
         "yolo": ["ultralytics"],
         "torchcodec": ["torchcodec"],  # DATA.DECODER torchcodec; needs FFmpeg's shared libraries on the system
     },

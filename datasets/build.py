@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datasets.loader_watch import DecodingStatus
 from utils.config import (
     NON_NEGATIVE,
     PATH,
@@ -67,13 +68,17 @@ def add_data_config(cfg: CfgNode) -> None:
     _D.TRACK_DIR = ""  # folder of <video id>.json track files; "" = no boxes in the episode
     _D.DETERMINISTIC_TRAIN = False  # train episodes use test-style views (centre frames and crop, no flip/jitter)
     _D.NUM_WORKERS = 2  # DataLoader worker processes (persistent); 0 decodes in the main process
+    # Seconds the main process waits for the next episode from its workers before it stops them and names the video
+    # a worker is stuck on (datasets/loader_watch.py); 0 waits forever (torch's default, the lineage's).
+    _D.LOADER_TIMEOUT = 300.0
     _D.PIN_MEMORY = True  # pin episode tensors when CUDA is available
     # VFAM's entity slots are read here, where the episode boxes are built.
     section(cfg, "VFAM").MAX_ENTITIES = 4  # entity slots per frame (top tracks by length x area x score)
     rules("DATA", DATA_ROOT_DIR=PATH, ANNO_DIR=PATH, TRACK_DIR=PATH,
           TRAIN_JITTER_SCALES=both(length(2), each(POSITIVE)), TRAIN_CROP_SIZE=POSITIVE, TEST_SCALE=POSITIVE,
           TEST_CROP_SIZE=POSITIVE, MEAN=length(3),
-          STD=both(length(3), each(POSITIVE)), MIN_VIDEO_FRAMES=POSITIVE, NUM_WORKERS=NON_NEGATIVE)
+          STD=both(length(3), each(POSITIVE)), MIN_VIDEO_FRAMES=POSITIVE, NUM_WORKERS=NON_NEGATIVE,
+          LOADER_TIMEOUT=NON_NEGATIVE)
     rules("VFAM", MAX_ENTITIES=POSITIVE)
     rules("DATA", NUM_INPUT_FRAMES=POSITIVE, FRAME_SAMPLING=one_of("segment", "clip"), SAMPLING_RATE=POSITIVE,
           TEST_FRAMES=one_of("centre", "random"), RESIZE_MODE=one_of("squash", "short_side"),
@@ -132,16 +137,20 @@ def build_loader(cfg: CfgNode, split: str, episode_indices: Sequence[int], video
     """One Episode (utils/episode.py) per item, in the order of `episode_indices` (batch_size=None: no collation).
 
     `skip_videos` (a container of video ids, e.g. models.feature_cache.VideoFeatureCache) is consulted while
-    loading, so it forces loading in this process (workers would see a stale copy).
+    loading, so it forces loading in this process (workers would see a stale copy). Iterate it with
+    `datasets.loader_watch.episodes` (the engine's `worker_episodes` does) to have a stalled worker named.
     """
     dataset = build_dataset(cfg, split, episode_indices, video_source, skip_videos)
     workers = cfg.DATA.NUM_WORKERS if len(dataset) > 0 and skip_videos is None else 0
+    if workers > 0:
+        dataset.decoding = DecodingStatus(workers)
     return DataLoader(
         dataset,
         batch_size=None,
         shuffle=False,
         num_workers=workers,
         persistent_workers=workers > 0,
+        timeout=float(cfg.DATA.LOADER_TIMEOUT) if workers > 0 else 0,
         pin_memory=cfg.DATA.PIN_MEMORY and torch.cuda.is_available(),
         worker_init_fn=_WorkerInit(cfg.RANDOM_SEED, split) if workers > 0 else None,
         generator=torch.Generator().manual_seed(episode_seed(cfg.RANDOM_SEED, f"{split}/loader", 0)),

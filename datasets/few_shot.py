@@ -13,6 +13,7 @@ import torch
 
 from datasets.build import CLIP_MEAN, CLIP_STD, DATASET_REGISTRY
 from datasets.frame_cache import with_frame_cache
+from datasets.loader_watch import DecodingStatus
 from datasets.prepared import squash_prepared_scale
 from datasets.sampling import EpisodeSampler, FrameSampler
 from datasets.splits import Split, VideoEntry, load_split
@@ -71,6 +72,7 @@ class FewShotDataset(torch.utils.data.Dataset):
         self.pixel_dtype = torch.uint8 if exact else torch.float32
         # Videos whose features the consumer already holds (models/feature_cache.py): not decoded, slot = None.
         self.skip_videos = skip_videos
+        self.decoding: DecodingStatus | None = None  # what each loader worker decodes now (build_loader sets it)
 
     @classmethod
     def from_config(cls, cfg, split: str, episode_indices: Sequence[int]) -> dict[str, Any]:
@@ -200,6 +202,16 @@ class FewShotDataset(torch.utils.data.Dataset):
     def _load_video(self, entry: VideoEntry, view: ViewParams, generator: torch.Generator,
                     out: torch.Tensor) -> Clip:
         path = entry.video_path(self.data_root, self.video_ext, self.frames_folder)
+        if self.decoding is not None:
+            self.decoding.set(path)
+        try:
+            return self._decode_clip(entry, path, view, generator, out)
+        finally:
+            if self.decoding is not None:
+                self.decoding.clear()
+
+    def _decode_clip(self, entry: VideoEntry, path: str, view: ViewParams, generator: torch.Generator,
+                     out: torch.Tensor) -> Clip:
         video = self.source.open(path, view.short_side)
         # The clip window assumes the video runs at the lineage's target frame rate (exact for every K-100 clip,
         # see clip_indices); the readers do not report a frame rate yet.

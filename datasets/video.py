@@ -17,6 +17,7 @@ import importlib.util
 import io
 import os
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -165,6 +166,27 @@ def _log_once(key, message: str, *args) -> None:
 # ---------------------------------------------------------------------------------------------
 # PyAV: the exact reference
 
+_REFORMATTER = threading.local()  # .owner = (pid, VideoReformatter): one per thread of each process
+
+
+def rgb24(frame, width: int | None = None, height: int | None = None, interpolation: str | None = None) -> np.ndarray:
+    """A decoded PyAV frame as uint8 RGB [h, w, 3] (optionally resized by swscale), safe across fork.
+
+    PyAV 18.1.1 keeps one swscale context per thread for every `frame.to_ndarray(format=...)`, with FFmpeg's
+    automatic slice threads; a forked child (a DataLoader or pool worker) inherits that context without its threads
+    and its first conversion waits forever. Ours is owned by one process and thread and runs single-threaded (the
+    workers already use the cores), so a child creates its own and nothing it inherits holds a thread pool
+    (tests/test_decoders.py decodes in the main process, then in forked loader workers).
+    """
+    from av.video.reformatter import VideoReformatter
+
+    owner = getattr(_REFORMATTER, "owner", None)
+    if owner is None or owner[0] != os.getpid():
+        owner = _REFORMATTER.owner = (os.getpid(), VideoReformatter())
+    return owner[1].reformat(frame, width=width, height=height, format="rgb24", interpolation=interpolation,
+                             threads=1).to_ndarray()
+
+
 
 class _IndexMismatch(Exception):
     """Decoded frames disagree with the packet index: decode sequentially instead."""
@@ -244,9 +266,6 @@ class _PyAVVideo(OpenedVideo):
         # upscale (tests/test_data_tracks.py), while at the original size it equals decord.
         return resize_frames(np.stack([found[i] for i in indices]), self.size)
 
-    def _rgb(self, frame) -> np.ndarray:
-        return frame.to_ndarray(format="rgb24")
-
     def _decode_seeking(self, wanted: list[int]) -> dict[int, np.ndarray]:
         """Seek to the key frame before each wanted frame unless decoding on reaches it sooner."""
         pts, keys = self.index.pts, self.index.key_pts
@@ -270,7 +289,7 @@ class _PyAVVideo(OpenedVideo):
                     raise _IndexMismatch(f"decoded timestamp {frame.pts} is not in the packet index")
                 last = int(frame.pts)
                 if k in wanted_set and k not in found:
-                    found[k] = self._rgb(frame)
+                    found[k] = rgb24(frame)
                 if last >= target:
                     break
             if i not in found:
@@ -288,7 +307,7 @@ class _PyAVVideo(OpenedVideo):
             stream.codec_context.thread_count = self.stream.codec_context.thread_count
             for k, frame in enumerate(container.decode(stream)):
                 if k in wanted_set:
-                    found[k] = self._rgb(frame)
+                    found[k] = rgb24(frame)
                 if k >= wanted[-1]:
                     break
         if len(found) != len(wanted_set):

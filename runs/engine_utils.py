@@ -10,6 +10,7 @@ from typing import Iterator
 
 import torch
 
+from datasets.loader_watch import episodes
 from utils.config import CfgNode
 
 logger = logging.getLogger("fsar.engine")
@@ -117,7 +118,7 @@ def worker_episodes(loader: torch.utils.data.DataLoader) -> Iterator:
     multiprocessing would then wait forever for workers that ignore its SIGTERM."""
     iterator = iter(workers_ignore_stop_signals(loader))
     try:
-        yield iterator
+        yield episodes(loader, iterator)  # a worker silent for DATA.LOADER_TIMEOUT: LoaderStalledError
     finally:
         shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-process iterator only
         if shutdown is not None:

@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # `python runs/prepare_videos.py`: this repositor
 
 from datasets.prepared import PreparedForm, read_prepared_form, write_prepared_form  # noqa: E402
 from datasets.splits import SPLITS, parse_split_file, split_files  # noqa: E402
-from datasets.video import BadVideoError, resized_size  # noqa: E402
+from datasets.video import BadVideoError, resized_size, rgb24  # noqa: E402
 from utils.cli import non_negative_int, positive_int  # noqa: E402
 from utils.errors import ArgumentError, entry_point  # noqa: E402
 
@@ -113,9 +113,9 @@ def _decoded_frames(source: str, short_side: int, even: bool, squash: int = 0):
         fps = stream.average_rate or 25
         for frame in container.decode(stream):
             if squash:
-                yield squashed(frame.to_ndarray(format="rgb24"), squash), (squash, squash), fps
+                yield squashed(rgb24(frame), squash), (squash, squash), fps
             else:
-                yield frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA"), size, fps
+                yield rgb24(frame, width=size[0], height=size[1], interpolation="AREA"), size, fps
 
 
 def squashed(rgb, side: int):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from tiny_run import REPO, refused, tiny_argv
 
+from datasets.loader_watch import LoaderStalledError
 from datasets.splits import SplitError
 from datasets.tracks import TrackFileError
 from datasets.video import BadVideoError
@@ -26,7 +27,8 @@ from utils.errors import (
 )
 
 FAMILY_CODES = {ArgumentError: 2, ConfigError: 3, SplitError: 4, BadVideoError: 5, TrackFileError: 6,
-                CheckpointError: 7, RunFolderError: 9, PreemptedError: 10, DivergedError: 11}
+                CheckpointError: 7, RunFolderError: 9, PreemptedError: 10, DivergedError: 11,
+                LoaderStalledError: 12}
 
 
 def test_each_family_has_its_own_exit_code():

@@ -50,7 +50,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
 
     wait_for(past_first_checkpoint, 240, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=30)
     killed_at = load_checkpoint(str(last))["iteration"]
     assert 4 <= killed_at < 16
     resumed = run_py(["--resume", *tiny_argv(synthetic_root, killed, *opts)])
@@ -84,11 +84,13 @@ def test_sigkill_during_checkpoint_write_keeps_previous_loadable(tmp_path):
     for delay in (0.3, 0.55, 0.8):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=REPO)
         time.sleep(delay)
+        deadline = time.time() + 60
         while not path.exists():
+            assert time.time() < deadline and proc.poll() is None, "the writer never wrote its first checkpoint"
             time.sleep(0.02)
         time.sleep(delay / 3)
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=30)
         state = load_checkpoint(str(path))
         assert torch.all(state["weights"] == float(state["iteration"]))
 

@@ -123,7 +123,7 @@ def test_second_job_is_refused_while_the_first_runs_and_a_killed_holders_lock_is
                         rf"job to end or use another OUTPUT_DIR\)", line), line
 
     first.send_signal(signal.SIGKILL)
-    first.wait()
+    first.wait(timeout=30)
     assert json.loads((out / "run.lock").read_text())["pid"] == first.pid  # left behind by the killed holder
     at = load_checkpoint(str(last))["iteration"]
     resumed = subprocess.run([sys.executable, str(REPO / "runs" / "run.py"), "--resume",
