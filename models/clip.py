@@ -15,6 +15,7 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.factory import load_state_dict
 from open_clip.model import resize_pos_embed
 from open_clip.modified_resnet import ModifiedResNet
@@ -34,6 +35,7 @@ MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 FINETUNE_POLICIES = ("full", "frozen", "last_n")
+DENSE_TOKENS = ("output", "value")
 # Keys that only OpenAI's released checkpoints carry (TorchScript attributes saved into the state dict).
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -45,9 +47,16 @@ def add_clip_backbone_config(cfg: CfgNode) -> None:
     _H.FINETUNE = "full"  # image tower policy: full (CLIP-FSAR), frozen, or last_n
     _H.FINETUNE_LAST_N = 0  # with FINETUNE last_n: number of trainable last blocks (ViT blocks / RN bottlenecks)
     _H.TRAIN_TEXT_ENCODER = False  # train the text tower too (CLIP-FSAR keeps it frozen; disables the text cache)
+    # Dense patch tokens (AMCAP's regions, VFAM's RoI entities; CLIP-FSAR reads none). output: the last block's
+    # patch tokens through ln_post/proj, which CLIP never aligned with text; value: the last attention block's value
+    # path (ln_1, value projection, out_proj; no attention mixing, residual or MLP, as MaskCLIP/ClearCLIP) through
+    # ln_post/proj, far better aligned (README, AMCAP on the world). ResNet towers use their attention pool's value
+    # path either way.
+    _H.DENSE_TOKENS = "output"
     _T = section(cfg, "TRAIN")
     _T.GRAD_CHECKPOINT = False  # activation checkpointing of the CLIP image blocks (less memory, ~30% more time)
-    rules("VIDEO.HEAD", PRETRAINED=PATH, FINETUNE=one_of("full", "frozen", "last_n"), FINETUNE_LAST_N=NON_NEGATIVE)
+    rules("VIDEO.HEAD", PRETRAINED=PATH, FINETUNE=one_of("full", "frozen", "last_n"), FINETUNE_LAST_N=NON_NEGATIVE,
+          DENSE_TOKENS=one_of(*DENSE_TOKENS))
 
 
 def open_clip_name(name: str) -> str:
@@ -111,11 +120,15 @@ class CLIPBackbone(nn.Module):
     """open_clip CLIP model with the frame/text encoders the FSAR heads need."""
 
     def __init__(self, name: str, pretrained: str = "", finetune: str = "full", finetune_last_n: int = 0,
-                 grad_checkpoint: bool = False, train_text: bool = False):
+                 grad_checkpoint: bool = False, train_text: bool = False, dense_tokens: str = "output"):
         super().__init__()
         if finetune not in FINETUNE_POLICIES:
             raise ValueError(f"models/clip.py: VIDEO.HEAD.FINETUNE must be one of {FINETUNE_POLICIES}, "
                              f"got '{finetune}'")
+        if dense_tokens not in DENSE_TOKENS:
+            raise ValueError(f"models/clip.py: VIDEO.HEAD.DENSE_TOKENS must be one of {DENSE_TOKENS}, "
+                             f"got '{dense_tokens}'")
+        self.dense_tokens = dense_tokens
         self.name = name
         self.model = _create_model(name, pretrained)
         if not isinstance(self.model, open_clip.CLIP):
@@ -155,7 +168,7 @@ class CLIPBackbone(nn.Module):
         head = cfg.VIDEO.HEAD
         return dict(name=head.BACKBONE_NAME, pretrained=head.PRETRAINED, finetune=head.FINETUNE,
                     finetune_last_n=head.FINETUNE_LAST_N, grad_checkpoint=cfg.TRAIN.GRAD_CHECKPOINT,
-                    train_text=head.TRAIN_TEXT_ENCODER)
+                    train_text=head.TRAIN_TEXT_ENCODER, dense_tokens=head.DENSE_TOKENS)
 
     # ------------------------------------------------------------------ trainability
     def _visual_blocks(self) -> list[nn.Module]:
@@ -225,12 +238,22 @@ class CLIPBackbone(nn.Module):
                              f"{tuple(images.shape[-2:])} (set the data crop size to the model's image size)")
         h, w = self.grid_size
         if self.is_vit:
-            x = visual.transformer(visual._embeds(images))  # [N, 1+h*w, width]
+            value_path = dense and self.dense_tokens == "value"
+            last_input: list[Tensor] = []
+            hook = visual.transformer.resblocks[-1].register_forward_pre_hook(
+                lambda block, args: last_input.append(args[0])) if value_path else None
+            try:
+                x = visual.transformer(visual._embeds(images))  # [N, 1+h*w, width]
+            finally:
+                if hook is not None:
+                    hook.remove()
             pooled, tokens = visual._pool(x)  # tokens went through ln_post unless it is applied after pooling
             out = {"global": pooled @ visual.proj}
+            if value_path:
+                tokens = visual.ln_post(self._value_path(last_input[0])[:, 1:])  # the patch tokens, not the class
+            elif dense and visual.final_ln_after_pool:
+                tokens = visual.ln_post(tokens)
             if dense:
-                if visual.final_ln_after_pool:
-                    tokens = visual.ln_post(tokens)
                 out["tokens"] = (tokens @ visual.proj).reshape(images.shape[0], h, w, -1)  # [N, h, w, D]
             return out
         x = images.to(visual.conv1.weight.dtype)
@@ -243,6 +266,43 @@ class CLIPBackbone(nn.Module):
             # Value path only: each cell attends to itself, which is what the pool's output is for one token.
             out["tokens"] = pool.c_proj(pool.v_proj(grid)).reshape(images.shape[0], h, w, -1)
         return out
+
+    def encode_masked(self, images: Tensor, keep: Tensor) -> Tensor:
+        """CLIP embeddings [N, D] of images [N,3,H,W] that see only the patches `keep` [N, h, w] (bool).
+
+        ViT: the hidden patches are dropped (the class token and the visible patches, positions kept, go through
+        the transformer alone); ResNet: their pixels are set to the normalised mean (0). AMCAP's masked regions."""
+        visual = self.model.visual
+        if keep.shape[1:] != self.grid_size:
+            raise ValueError(f"models/clip.py: keep masks {tuple(keep.shape[1:])} do not match the patch grid "
+                             f"{self.grid_size}")
+        if not self.is_vit:
+            scale = (images.shape[-2] // keep.shape[1], images.shape[-1] // keep.shape[2])
+            pixels = keep.repeat_interleave(scale[0], 1).repeat_interleave(scale[1], 2)[:, None]
+            return self.encode_frames(images * pixels.to(images.dtype))["global"]
+        x = visual._embeds(images)  # [N, 1+h*w, width]
+        keep = keep.flatten(1)
+        counts = keep.sum(dim=1)
+        out = x.new_empty(x.shape[0], self.embed_dim)
+        for count in counts.unique().tolist():  # images with as many visible patches run as one batch
+            rows = (counts == count).nonzero().flatten()
+            patches = keep[rows].nonzero()[:, 1].reshape(len(rows), count) + 1  # positions after the class token
+            seq = torch.cat([x[rows, :1], x[rows[:, None], patches]], dim=1)  # [G, 1+count, width]
+            out[rows] = visual._pool(visual.transformer(seq))[0] @ visual.proj
+        return out
+
+    def _value_path(self, x: Tensor) -> Tensor:
+        """The last ViT block's attention branch with every token attending only to itself: ln_1, the value
+        projection, out_proj and the branch's layer scale ([N, L, width] block input -> [N, L, width])."""
+        transformer = self.model.visual.transformer
+        block = transformer.resblocks[-1]
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)  # LND -> NLD
+        attn = block.attn
+        width = attn.embed_dim
+        bias = None if attn.in_proj_bias is None else attn.in_proj_bias[2 * width:]
+        value = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width:], bias)
+        return block.ls_1(attn.out_proj(value))
 
     # ------------------------------------------------------------------ text side
     def tokenize(self, texts: list[str]) -> Tensor:

@@ -75,18 +75,21 @@ class RegionContext:
     amcap: AMCAP
     text: ClassText  # the class texts of `class_names`
     class_names: list[str]
+    backbone: CLIPBackbone  # the tower (AMCAP.REGION_FEATURE masked encodes parts of the key frames)
 
 
 def region_context(cfg: CfgNode, backbone: CLIPBackbone, class_names: list[str]) -> RegionContext:
     amcap = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width)).to(backbone.device).eval()
     text = build_class_text(backbone, class_names, amcap.text_template, amcap.prompt_generator.n_ctx)
-    return RegionContext(amcap, text, list(class_names))
+    return RegionContext(amcap, text, list(class_names), backbone)
 
 
 @torch.no_grad()
 def encode_clip(backbone: CLIPBackbone, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One backbone pass over a video's images [T, 3, H, W]: "tokens" [T, h, w, D] and "global" [T, D]."""
-    return backbone.encode_frames(images.to(backbone.device), dense=True)
+    """One backbone pass over a video's images [T, 3, H, W]: "tokens" [T, h, w, D], "global" [T, D] and the
+    "images" themselves (AMCAP.REGION_FEATURE masked encodes parts of them)."""
+    images = images.to(backbone.device)
+    return {**backbone.encode_frames(images, dense=True), "images": images}
 
 
 @torch.no_grad()
@@ -99,7 +102,8 @@ def analyse_encoded(context: RegionContext, encoded: dict[str, torch.Tensor],
     labels = None
     if label is not None and amcap.support_class_anchor:
         labels = torch.tensor([label], device=encoded["tokens"].device)
-    info = amcap.describe(encoded["tokens"][None], text, labels, amcap.coalitions(None))
+    tokens = amcap.video_tokens(encoded["tokens"][None], encoded["global"][None], encoded["images"][None])
+    info = amcap.describe(tokens, text, labels, amcap.coalitions(None), context.backbone)
     class_weights = None if info["anchor_weights"] is None else info["anchor_weights"][0].mean(dim=0).cpu()
     best_class = int(class_weights.argmax()) if label is None else label
     key_frames = amcap.key_frame_indices(encoded["tokens"].shape[0]).tolist()

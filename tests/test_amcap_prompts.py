@@ -157,3 +157,61 @@ def test_bad_settings_fail_with_the_key_name(backbone):
         _module(backbone, region_score="size")
     with pytest.raises(ValueError, match="AMCAP.NUM_HEADS"):
         _module(backbone, num_heads=3)
+
+
+@pytest.fixture(scope="module")
+def episode_videos(backbone) -> dict[str, torch.Tensor]:
+    """Random support videos' tower input [S, T, 3, 64, 64] with their dense tokens and CLIP embeddings."""
+    gen = torch.Generator().manual_seed(4)
+    images = torch.randn(WAY * SHOT, FRAMES, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        out = backbone.encode_frames(images.flatten(0, 1), dense=True)
+    return {"images": images, "tokens": out["tokens"].reshape(WAY * SHOT, FRAMES, 8, 8, -1),
+            "global": out["global"].reshape(WAY * SHOT, FRAMES, -1)}
+
+
+def test_masked_regions_are_valued_and_described_by_the_towers_embedding_of_the_region_alone(backbone,
+                                                                                             episode_videos):
+    """AMCAP.REGION_FEATURE masked: each kept region's feature is the mean over key frames of the CLIP embedding
+    of the key frame with only that region's patches visible, and regions are ranked by its cosine with the anchor
+    (computed here region by region with encode_masked)."""
+    module = _module(backbone, region_feature="masked", num_regions=3)
+    v = episode_videos
+    tokens = module.video_tokens(v["tokens"], v["global"], v["images"])
+    assert tokens.key_images.shape == (WAY * SHOT, 2, 3, 64, 64)
+    text = module.class_text(backbone, NAMES)
+    labels = _support_labels()
+    with torch.no_grad():
+        info = module.describe(tokens, text, labels, module.coalitions(None), backbone)
+    regions = info["regions"]
+    anchor = torch.nn.functional.normalize(text.features.float(), dim=-1)[labels]  # [S, D]
+    for video in range(WAY * SHOT):
+        partition = regions.labels[video]
+        values, features = {}, {}
+        for slot in partition.unique().tolist():
+            keep = (partition == slot)[torch.arange(64) // 16 * 4 + torch.arange(64) % 8 // 2].reshape(8, 8)
+            with torch.no_grad():
+                emb = backbone.encode_masked(tokens.key_images[video], keep.expand(2, -1, -1))  # [K, D]
+            values[slot] = torch.nn.functional.cosine_similarity(emb, anchor[video][None]).mean()
+            features[slot] = emb.mean(dim=0)
+        best = sorted(values, key=lambda s: -float(values[s]))[:3]
+        assert regions.slots[video][regions.valid[video]].tolist() == best
+        for r, slot in enumerate(best):
+            torch.testing.assert_close(info["features"][video, r], features[slot], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="REGION_FEATURE masked needs the backbone"):
+        module.describe(module.video_tokens(v["tokens"]), text, labels, module.coalitions(None), backbone)
+
+
+def test_global_query_anchor_is_the_soft_maximum_around_the_key_frames_clip_embedding(backbone, episode_videos):
+    module = _module(backbone, query_anchor="global")
+    v = episode_videos
+    tokens = module.video_tokens(v["tokens"], v["global"])
+    text = module.class_text(backbone, NAMES)
+    anchor, weights = module._anchors(tokens, text, None)
+    expected, expected_weights = module.label_free_anchor(v["global"][:, [2, 6]], text.features.float(), 0.07)
+    torch.testing.assert_close(anchor, expected)
+    torch.testing.assert_close(weights, expected_weights)
+    with pytest.raises(ValueError, match="QUERY_ANCHOR global needs"):
+        module._anchors(module.video_tokens(v["tokens"]), text, None)
+    with pytest.raises(ValueError, match="AMCAP.QUERY_ANCHOR must be one of"):
+        _module(backbone, query_anchor="cls")

@@ -50,9 +50,9 @@ def test_unknown_backbone_name_lists_known_models():
 def test_config_maps_to_constructor_arguments():
     cfg = load_config(None, ["VIDEO.HEAD.BACKBONE_NAME", TINY, "VIDEO.HEAD.PRETRAINED", "",
                              "VIDEO.HEAD.FINETUNE", "last_n", "VIDEO.HEAD.FINETUNE_LAST_N", "2",
-                             "TRAIN.GRAD_CHECKPOINT", "True"])
+                             "TRAIN.GRAD_CHECKPOINT", "True", "VIDEO.HEAD.DENSE_TOKENS", "value"])
     assert CLIPBackbone.from_config(cfg) == dict(name=TINY, pretrained="", finetune="last_n", finetune_last_n=2,
-                                                 grad_checkpoint=True, train_text=False)
+                                                 grad_checkpoint=True, train_text=False, dense_tokens="value")
 
 
 def test_vit_properties_and_dense_tokens(tiny):
@@ -69,6 +69,62 @@ def test_vit_properties_and_dense_tokens(tiny):
         tiny.model.visual.output_tokens = False
         torch.testing.assert_close(out["tokens"], (tokens @ tiny.model.visual.proj).reshape(3, 8, 8, 64))
         assert set(tiny.encode_frames(images)) == {"global"}
+
+
+def test_value_path_dense_tokens_equal_the_last_blocks_value_branch_by_hand(tiny):
+    """VIDEO.HEAD.DENSE_TOKENS value: ln_1, the value rows of in_proj, out_proj (no attention mixing, residual or
+    MLP), then ln_post and proj; the global embedding is unchanged."""
+    images, visual = frames(), tiny.model.visual
+    block = visual.transformer.resblocks[-1]
+    width = block.attn.embed_dim
+    with torch.no_grad():
+        x = visual._embeds(images)
+        for earlier in visual.transformer.resblocks[:-1]:
+            x = earlier(x)
+        value = block.ln_1(x) @ block.attn.in_proj_weight[2 * width:].T + block.attn.in_proj_bias[2 * width:]
+        expected = (visual.ln_post(block.attn.out_proj(value)[:, 1:]) @ visual.proj).reshape(3, 8, 8, 64)
+        tiny.dense_tokens = "value"
+        try:
+            out = tiny.encode_frames(images, dense=True)
+        finally:
+            tiny.dense_tokens = "output"
+        output_path = tiny.encode_frames(images, dense=True)
+    torch.testing.assert_close(out["tokens"], expected)
+    torch.testing.assert_close(out["global"], output_path["global"])
+    assert not torch.allclose(out["tokens"], output_path["tokens"])
+    with pytest.raises(ValueError, match="VIDEO.HEAD.DENSE_TOKENS must be one of"):
+        CLIPBackbone(TINY, dense_tokens="values")
+
+
+def test_masked_embedding_equals_the_tower_run_on_the_visible_patches_alone(tiny):
+    """encode_masked on a ViT: exactly the embedding of the class token plus the kept patches (positions kept),
+    computed here by dropping the others; everything visible is the ordinary embedding."""
+    images, visual = frames(), tiny.model.visual
+    keep = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.6
+    keep[2] = False  # nothing visible: the class token alone
+    with torch.no_grad():
+        got = tiny.encode_masked(images, keep)
+        expected = []
+        for i in range(3):
+            kept = torch.cat([torch.zeros(1, dtype=torch.long), 1 + keep[i].flatten().nonzero().flatten()])
+            expected.append(visual._pool(visual.transformer(visual._embeds(images[i:i + 1])[:, kept]))[0]
+                            @ visual.proj)
+        everything = tiny.encode_masked(images, torch.ones(3, 8, 8, dtype=torch.bool))
+        plain = tiny.encode_frames(images)["global"]
+    torch.testing.assert_close(got, torch.cat(expected))
+    torch.testing.assert_close(everything, plain)
+    with pytest.raises(ValueError, match="do not match the patch grid"):
+        tiny.encode_masked(images, keep[:, :4])
+
+
+def test_masked_embedding_on_a_resnet_hides_the_pixels_of_hidden_cells(tiny_rn):
+    images = frames()
+    keep = torch.tensor([[True, False], [False, True]]).expand(3, -1, -1)
+    pixels = images.clone()
+    pixels[:, :, :32, 32:] = 0  # the normalised mean
+    pixels[:, :, 32:, :32] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_rn.encode_masked(images, keep), tiny_rn.encode_frames(pixels)["global"])
 
 
 def test_wrong_image_size_names_the_model_size(tiny):

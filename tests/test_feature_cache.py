@@ -13,9 +13,12 @@ MCDP = ("VIDEO.HEAD.NAME", "MCDP_FSAR", "AMCAP.ENABLE", "True", "AMCAP.NUM_COALI
 @pytest.mark.parametrize("extra", [(), (*MCDP, "VFAM.ENABLE", "True"),
                                    (*MCDP, "VIDEO.HEAD.SUPPORT_TEXT_TOKEN", "False",
                                     "VIDEO.HEAD.TRANSFORMER_LAYER_SCALE", "0.3"),
+                                   (*MCDP, "AMCAP.REGION_FEATURE", "masked", "AMCAP.QUERY_ANCHOR", "global",
+                                    "VIDEO.HEAD.DENSE_TOKENS", "value"),
                                    ("VIDEO.HEAD.FRAME_MOTION", "difference"),
                                    ("VIDEO.HEAD.FRAME_MOTION", "pixel_difference")],
-                         ids=["clipfsar", "mcdp", "mcdp-no-support-text", "clipfsar-motion", "clipfsar-pixel-motion"])
+                         ids=["clipfsar", "mcdp", "mcdp-no-support-text", "mcdp-masked-regions", "clipfsar-motion",
+                              "clipfsar-pixel-motion"])
 def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path, extra):
     opts = tiny_opts(synthetic_root, tmp_path, "DATA.TRACK_DIR", str(synthetic_root / "tracks"), *extra)
     results = {}

@@ -9,8 +9,9 @@ own class text.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +24,17 @@ from models.amcap.regions import (
     aligned_tokens,
     attention_scores,
     keep_top_regions,
+    masked_region_values,
     partition_cells,
     region_features,
     region_interactions,
     region_values,
     select_salient,
+    slot_masks,
 )
 from models.amcap.shapley import (
     EMPTY_VALUES,
+    cell_index_map,
     cosine_game_interactions,
     enumerate_coalitions,
     grid_adjacent_pairs,
@@ -39,6 +43,9 @@ from models.amcap.shapley import (
 )
 from models.text_cache import ClassTextCache
 from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, one_of, rules, section
+
+QUERY_ANCHORS = ("mean_token", "global")
+REGION_FEATURES = ("tokens", "masked")
 
 
 def add_amcap_config(cfg: CfgNode) -> None:
@@ -56,6 +63,12 @@ def add_amcap_config(cfg: CfgNode) -> None:
     # with `runs/visualize.py region-stats` on the world (README, AMCAP on the world).
     _A.MERGE_ON = "synergy"
     _A.REGION_SCORE = "value"  # rank regions by "value" (cosine with the anchor) or "interaction" (cohesion)
+    # What a region is to the rest of AMCAP (its value for ranking, its feature for saliency, alignment and the
+    # prompt): "tokens", the mean of its dense tokens over all frames (docs/design.md §6); "masked", the CLIP
+    # embedding of each key frame with only the region's patches visible (models/clip.py:encode_masked), averaged
+    # over key frames: in CLIP's joint space, where the class texts are (README, AMCAP on the world). Costs one
+    # image-tower pass per (region of the partition, key frame) and keeps the key frames' images per video.
+    _A.REGION_FEATURE = "tokens"
     _A.NUM_REGIONS = 4  # regions kept per video
     _A.TOP_K = 2  # salient regions per (video, class) passed to the prompt generator
     _A.N_CTX = 4  # generated context embeddings per prompt
@@ -63,6 +76,9 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.PER_CLASS = True  # support text per class (context averaged over shots) instead of per support video
     _A.SUPPORT_CLASS_ANCHOR = True  # supports use their class text as Shapley anchor (else the label-free one)
     _A.ANCHOR_TEMPERATURE = 0.07  # softmax temperature of the label-free anchor over class texts
+    # What the label-free anchor compares with the class texts: "mean_token" (the key frame's mean dense token) or
+    # "global" (the key frame's CLIP embedding, the one pretraining aligned with text; README, AMCAP on the world).
+    _A.QUERY_ANCHOR = "mean_token"
     _A.TOKEN_TEMPERATURE = 0.07  # softmax temperature of region -> text-token alignment
     _A.ALIGN_LOSS_WEIGHT = 0.0  # weight of the support region / class-token alignment loss (0 = off)
     _A.TEXT_TEMPLATE = "a photo of {}."  # class text for anchors and the tokens regions align to
@@ -71,6 +87,7 @@ def add_amcap_config(cfg: CfgNode) -> None:
           EMPTY_VALUE=one_of("zero", "singleton_mean"), REGION_SCORE=one_of("value", "interaction"),
           MERGE_ON=one_of(*MERGE_RULES),
           NUM_REGIONS=POSITIVE, TOP_K=POSITIVE, N_CTX=POSITIVE, NUM_HEADS=POSITIVE, ANCHOR_TEMPERATURE=POSITIVE,
+          QUERY_ANCHOR=one_of(*QUERY_ANCHORS), REGION_FEATURE=one_of(*REGION_FEATURES),
           TOKEN_TEMPERATURE=POSITIVE, ALIGN_LOSS_WEIGHT=NON_NEGATIVE, SEED=NON_NEGATIVE)
 
 
@@ -81,6 +98,8 @@ class VideoTokens:
     matters where per-video features are cached or kept for the backward pass."""
     key: Tensor  # [V, K, h, w, D] the key frames' tokens (Shapley regions and their anchors)
     mean: Tensor  # [V, h, w, D] the tokens' mean over all frames (region features)
+    key_global: Tensor | None = None  # [V, K, D] the key frames' CLIP embeddings (AMCAP.QUERY_ANCHOR global)
+    key_images: Tensor | None = None  # [V, K, 3, H, W] the key frames' tower input (AMCAP.REGION_FEATURE masked)
 
 
 class AMCAP(nn.Module):
@@ -92,8 +111,17 @@ class AMCAP(nn.Module):
                  exact: bool = False, num_heads: int = 4, merge_threshold: float = 0.0, merge_on: str = "synergy",
                  region_score: str = "value", support_class_anchor: bool = True, token_temperature: float = 0.07,
                  text_template: str = "a photo of {}.", seed: int = 0, empty_value: str = "zero",
+                 query_anchor: str = "mean_token", region_feature: str = "tokens",
                  text_cache: ClassTextCache | None = None):
         super().__init__()
+        if region_feature not in REGION_FEATURES:
+            raise ValueError(f"models/amcap/amcap.py: AMCAP.REGION_FEATURE must be one of {REGION_FEATURES}, "
+                             f"got '{region_feature}'")
+        self.region_feature = region_feature
+        if query_anchor not in QUERY_ANCHORS:
+            raise ValueError(f"models/amcap/amcap.py: AMCAP.QUERY_ANCHOR must be one of {QUERY_ANCHORS}, "
+                             f"got '{query_anchor}'")
+        self.query_anchor = query_anchor
         if empty_value not in EMPTY_VALUES:
             raise ValueError(f"models/amcap/amcap.py: AMCAP.EMPTY_VALUE must be one of {EMPTY_VALUES}, "
                              f"got '{empty_value}'")
@@ -142,7 +170,8 @@ class AMCAP(nn.Module):
                     align_loss_weight=a.ALIGN_LOSS_WEIGHT, exact=a.EXACT, num_heads=a.NUM_HEADS,
                     merge_threshold=a.MERGE_THRESHOLD, merge_on=a.MERGE_ON, region_score=a.REGION_SCORE,
                     support_class_anchor=a.SUPPORT_CLASS_ANCHOR, token_temperature=a.TOKEN_TEMPERATURE,
-                    text_template=a.TEXT_TEMPLATE, seed=a.SEED, empty_value=a.EMPTY_VALUE)
+                    text_template=a.TEXT_TEMPLATE, seed=a.SEED, empty_value=a.EMPTY_VALUE,
+                    query_anchor=a.QUERY_ANCHOR, region_feature=a.REGION_FEATURE)
 
     # ------------------------------------------------------------------ steps 2-5 (regions, no gradient)
     def key_frame_indices(self, num_frames: int) -> Tensor:
@@ -150,10 +179,15 @@ class AMCAP(nn.Module):
         k = min(self.key_frames, num_frames)
         return ((torch.arange(k) * 2 + 1) * num_frames) // (2 * k)
 
-    def video_tokens(self, tokens: Tensor) -> VideoTokens:
-        """Dense tokens [V, T, h, w, D] -> the key frames' tokens and the mean over all T frames."""
+    def video_tokens(self, tokens: Tensor, frame_global: Tensor | None = None,
+                     images: Tensor | None = None) -> VideoTokens:
+        """Dense tokens [V, T, h, w, D] (and the frames' CLIP embeddings [V, T, D], their tower input
+        [V, T, 3, H, W]) -> the key frames' tokens (embeddings, images) and the mean token over all T frames."""
         frames = self.key_frame_indices(tokens.shape[1]).to(tokens.device)
-        return VideoTokens(key=tokens[:, frames], mean=tokens.mean(dim=1))
+        key_global = None if frame_global is None else frame_global[:, frames]
+        key_images = None if images is None or self.region_feature != "masked" else images[:, frames]
+        return VideoTokens(key=tokens[:, frames], mean=tokens.mean(dim=1), key_global=key_global,
+                           key_images=key_images)
 
     def coalitions(self, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """One coalition set per episode, shared by all videos so no video's result depends on another's."""
@@ -171,9 +205,24 @@ class AMCAP(nn.Module):
         weights = (F.normalize(frame_feats, dim=-1) @ texts.T / temperature).softmax(dim=-1)  # [..., C]
         return weights @ texts, weights
 
+    def masked_slot_features(self, backbone, key_images: Tensor, labels: Tensor, token_hw: tuple[int, int]) -> Tensor:
+        """CLIP embeddings of each key frame with only one partition slot's patches visible: key images
+        [V, K, 3, H, W], labels [V, n] -> [V, K, n_slots, D] (zeros for unused slots)."""
+        v, k = key_images.shape[:2]
+        slots = slot_masks(labels)  # [V, n_slots, n]
+        video, slot = slots.any(dim=-1).nonzero(as_tuple=True)  # the used slots
+        keep = slots[video, slot][:, cell_index_map(*token_hw, self.grid).to(labels.device)]  # [U, h, w]
+        images = key_images[video].flatten(0, 1)  # [U*K, 3, H, W]
+        emb = backbone.encode_masked(images, keep.repeat_interleave(k, dim=0)).reshape(len(video), k, -1)
+        out = emb.new_zeros(v, k, slots.shape[1], emb.shape[-1])
+        out[video, :, slot] = emb
+        return out
+
     @torch.no_grad()
-    def find_regions(self, key_tokens: Tensor, anchor: Tensor, coalitions: tuple[Tensor, Tensor]) -> dict[str, Any]:
-        """Key-frame tokens [V, K, h, w, D] and their anchors [V, K, D] -> kept regions and interactions."""
+    def find_regions(self, key_tokens: Tensor, anchor: Tensor, coalitions: tuple[Tensor, Tensor],
+                     masked: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
+        """Key-frame tokens [V, K, h, w, D] and their anchors [V, K, D] -> kept regions and interactions; with
+        `masked` (labels -> the slots' masked embeddings [V, K, n_slots, D]) regions are valued by those."""
         v, k, h, w, d = key_tokens.shape
         key = key_tokens.float()
         anchor = anchor.float()
@@ -183,32 +232,58 @@ class AMCAP(nn.Module):
                                          self.empty_value)
         inter = inter.reshape(v, k, -1).mean(dim=1).float()  # [V, P]
         labels = partition_cells(inter, self.pairs, self.grid * self.grid, self.merge_threshold, self.merge_on)
-        if self.region_score == "value":
+        slot_feats = None
+        if masked is not None:
+            slot_feats = masked(labels)  # [V, K, n_slots, D]
+        if slot_feats is not None and self.region_score == "value":
+            slot_scores = masked_region_values(labels, slot_feats, anchor)
+        elif self.region_score == "value":
             slot_scores = region_values(labels, cell_sums.reshape(v, k, *cell_sums.shape[1:]), anchor)
         else:
             slot_scores = region_interactions(labels, inter, self.pairs)
         regions = keep_top_regions(labels, slot_scores, self.num_regions, self.grid, (h, w))
-        return {"regions": regions, "interactions": inter}
+        found = {"regions": regions, "interactions": inter}
+        if slot_feats is not None:  # the kept slots' features, mean over key frames [V, R, D]
+            kept = regions.slots.clamp_min(0)
+            feats = slot_feats.mean(dim=1).gather(1, kept[..., None].expand(-1, -1, slot_feats.shape[-1]))
+            found["features"] = feats * regions.valid[..., None].to(feats.dtype)
+        return found
 
-    def _anchors(self, key_tokens: Tensor, text: ClassText, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Shapley anchors [V, K, D] on the key frames: class text of `labels`, else the label-free soft maximum."""
-        key_means = key_tokens.detach().float().mean(dim=(2, 3))  # [V, K, D]
+    def _anchors(self, tokens: VideoTokens, text: ClassText, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Shapley anchors [V, K, D] on the key frames: class text of `labels`, else the label-free soft maximum of
+        the class texts around the key frame's mean token or CLIP embedding (AMCAP.QUERY_ANCHOR)."""
+        frame = tokens.key.detach().float().mean(dim=(2, 3))  # [V, K, D]
         class_feats = text.features.detach().float()
         if labels is not None:
-            return F.normalize(class_feats, dim=-1)[labels][:, None].expand_as(key_means), None
-        return self.label_free_anchor(key_means, class_feats, self.anchor_temperature)
+            return F.normalize(class_feats, dim=-1)[labels][:, None].expand_as(frame), None
+        if self.query_anchor == "global":
+            if tokens.key_global is None:
+                raise ValueError("models/amcap/amcap.py: AMCAP.QUERY_ANCHOR global needs the key frames' CLIP "
+                                 "embeddings (VideoTokens.key_global)")
+            frame = tokens.key_global.detach().float()
+        return self.label_free_anchor(frame, class_feats, self.anchor_temperature)
 
     # ------------------------------------------------------------------ steps 5-7 (differentiable)
     def describe(self, tokens: Tensor | VideoTokens, text: ClassText, labels: Tensor | None,
-                 coalitions: tuple[Tensor, Tensor]) -> dict[str, Any]:
+                 coalitions: tuple[Tensor, Tensor], backbone=None) -> dict[str, Any]:
         """Regions, region features and per-class salient regions of a set of videos (dense tokens [V, T, h, w, D]
-        or their `video_tokens` summary)."""
+        or their `video_tokens` summary); REGION_FEATURE masked needs the `backbone` and the key frames' images."""
         if not isinstance(tokens, VideoTokens):
             tokens = self.video_tokens(tokens)
-        anchor, anchor_weights = self._anchors(tokens.key, text, labels)
-        found = self.find_regions(tokens.key, anchor, coalitions)
+        anchor, anchor_weights = self._anchors(tokens, text, labels)
+        masked = None
+        if self.region_feature == "masked":
+            if backbone is None or tokens.key_images is None:
+                raise ValueError("models/amcap/amcap.py: AMCAP.REGION_FEATURE masked needs the backbone and the key "
+                                 "frames' images (VideoTokens.key_images)")
+            hw = tuple(tokens.key.shape[2:4])
+            masked = functools.partial(self.masked_slot_features, backbone, tokens.key_images, token_hw=hw)
+        found = self.find_regions(tokens.key, anchor, coalitions, masked)
         regions = found["regions"]
-        feats = region_features(tokens.mean[:, None], regions.token_masks)  # [V, R, D], mean over all frames
+        if "features" in found:
+            feats = found["features"].to(tokens.mean.dtype)  # [V, R, D] masked embeddings (no gradient)
+        else:
+            feats = region_features(tokens.mean[:, None], regions.token_masks)  # [V, R, D], mean over all frames
         scores = attention_scores(feats, text.token_features)  # [V, C, R, L]
         selected, saliency, selected_valid = select_salient(scores, regions.valid, text.name_mask, self.top_k)
         tokens_aligned, top_token = aligned_tokens(scores, selected, text.token_features, text.name_mask,
@@ -257,8 +332,8 @@ class AMCAP(nn.Module):
         text = self.class_text(backbone, class_names)
         coalitions = self.coalitions(generator)
         support = self.describe(support_tokens, text, support_labels if self.support_class_anchor else None,
-                                coalitions)
-        query = self.describe(query_tokens, text, None, coalitions)
+                                coalitions, backbone)
+        query = self.describe(query_tokens, text, None, coalitions, backbone)
         if self.per_class:
             counts = torch.bincount(support_labels, minlength=way)
             if bool((counts == 0).any()):

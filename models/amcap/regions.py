@@ -28,6 +28,7 @@ class Regions:
     token_masks: Tensor  # [V, R, h, w] bool: the same on the token grid
     valid: Tensor  # [V, R] bool
     scores: Tensor  # [V, R] ranking score (-inf for unused slots)
+    slots: Tensor  # [V, R] long: the partition slot (region id in `labels`) of each kept region, -1 if unused
 
 
 MERGE_RULES = ("synergy", "redundancy")
@@ -64,7 +65,7 @@ def partition_cells(interactions: Tensor, pairs: Tensor, num_cells: int, thresho
     return torch.tensor(labels, dtype=torch.long, device=interactions.device)
 
 
-def _slot_masks(labels: Tensor) -> Tensor:
+def slot_masks(labels: Tensor) -> Tensor:
     """labels [V, n] -> [V, n_slots=n, n] bool: slot l holds the cells labelled l (empty for unused ids)."""
     n = labels.shape[1]
     return labels[:, None, :] == torch.arange(n, device=labels.device)[None, :, None]
@@ -75,10 +76,17 @@ def region_values(labels: Tensor, key_cell_sums: Tensor, anchor: Tensor) -> Tens
 
     The mean over key frames of cos(mean token of the region, anchor); -inf for unused slots.
     """
-    slots = _slot_masks(labels)
+    slots = slot_masks(labels)
     feats = torch.einsum("vln,vknd->vkld", slots.to(key_cell_sums.dtype), key_cell_sums)
     cos = torch.einsum("vkld,vkd->vkl", F.normalize(feats, dim=-1), F.normalize(anchor, dim=-1)).mean(dim=1)
     return cos.masked_fill(~slots.any(dim=-1), float("-inf"))
+
+
+def masked_region_values(labels: Tensor, slot_feats: Tensor, anchor: Tensor) -> Tensor:
+    """Value of every region slot as the mean over key frames of cos(the frame's CLIP embedding with only the
+    region visible, anchor): labels [V,n], slot_feats [V,K,n_slots,D], anchor [V,K,D] -> [V, n_slots]."""
+    cos = torch.einsum("vkld,vkd->vkl", F.normalize(slot_feats, dim=-1), F.normalize(anchor, dim=-1)).mean(dim=1)
+    return cos.masked_fill(~slot_masks(labels).any(dim=-1), float("-inf"))
 
 
 def region_interactions(labels: Tensor, interactions: Tensor, pairs: Tensor) -> Tensor:
@@ -88,7 +96,7 @@ def region_interactions(labels: Tensor, interactions: Tensor, pairs: Tensor) -> 
     inside = torch.where(li == lj, interactions, torch.zeros_like(interactions))
     total = torch.zeros(labels.shape[0], n, dtype=interactions.dtype, device=labels.device)
     total.scatter_add_(1, li, inside)
-    return total.masked_fill(~_slot_masks(labels).any(dim=-1), float("-inf"))
+    return total.masked_fill(~slot_masks(labels).any(dim=-1), float("-inf"))
 
 
 def keep_top_regions(labels: Tensor, slot_scores: Tensor, num_regions: int, grid: int, token_hw: tuple[int, int]
@@ -97,17 +105,20 @@ def keep_top_regions(labels: Tensor, slot_scores: Tensor, num_regions: int, grid
     n = labels.shape[1]
     k = min(num_regions, n)
     scores, slots = slot_scores.topk(k, dim=1)  # [V, k]
-    cell_masks = _slot_masks(labels).gather(1, slots[..., None].expand(-1, -1, n))  # [V, k, n]
+    cell_masks = slot_masks(labels).gather(1, slots[..., None].expand(-1, -1, n))  # [V, k, n]
     valid = torch.isfinite(scores)
     cell_masks = cell_masks & valid[..., None]
+    slots = slots.masked_fill(~valid, -1)
     if k < num_regions:  # pad so every batch has exactly num_regions slots
         pad = num_regions - k
         cell_masks = F.pad(cell_masks, (0, 0, 0, pad), value=False)
         valid = F.pad(valid, (0, pad), value=False)
         scores = F.pad(scores, (0, pad), value=float("-inf"))
+        slots = F.pad(slots, (0, pad), value=-1)
     cells = cell_index_map(*token_hw, grid).to(labels.device)  # [h, w]
     token_masks = cell_masks[:, :, cells]  # [V, R, h, w]
-    return Regions(labels=labels, cell_masks=cell_masks, token_masks=token_masks, valid=valid, scores=scores)
+    return Regions(labels=labels, cell_masks=cell_masks, token_masks=token_masks, valid=valid, scores=scores,
+                   slots=slots)
 
 
 def region_features(tokens: Tensor, token_masks: Tensor) -> Tensor:

@@ -98,12 +98,17 @@ class MCDP_FSAR(PrototypeHead):  # noqa: N801  (registered name)
                       box_mask: Tensor | None = None) -> dict[str, Tensor]:
         """The CLIP-FSAR features (models/heads/parts.py:FrameEncoder); AMCAP's dense token grids are kept only as
         what it reads (key frames and the mean over frames: "amcap_key_tokens" [B,K,h,w,D], "amcap_mean_tokens"
-        [B,h,w,D])."""
+        [B,h,w,D], the key frames' CLIP embeddings "amcap_key_global" [B,K,D] and, for masked regions, their images
+        "amcap_key_images" [B,K,3,H,W])."""
         videos = self.backbone.normalise(videos)  # uint8 pixels (exact crops) -> the tower's input
         feats = self.frame_encoder.encode(self.backbone, self.vfam, videos, boxes, box_mask)
         if self.amcap is not None:
-            summary = self.amcap.video_tokens(feats.pop("tokens"))
+            frame_global = feats["frame_global"] if self.vfam is not None else feats.pop("frame_global")
+            summary = self.amcap.video_tokens(feats.pop("tokens"), frame_global, videos)
             feats["amcap_key_tokens"], feats["amcap_mean_tokens"] = summary.key, summary.mean
+            feats["amcap_key_global"] = summary.key_global
+            if summary.key_images is not None:  # AMCAP.REGION_FEATURE masked
+                feats["amcap_key_images"] = summary.key_images
         return feats
 
     def fixed_support_text(self, class_names: list[str]) -> Tensor | None:
@@ -117,8 +122,10 @@ class MCDP_FSAR(PrototypeHead):  # noqa: N801  (registered name)
         # Coalitions are drawn per episode, so an episode's output never depends on what ran before it.
         generator = torch.Generator().manual_seed(
             episode_seed(self.seed, f"amcap/{episode.split}", int(episode.episode_index)))
-        support_tokens, query_tokens = (VideoTokens(key=f.encoded["amcap_key_tokens"],
-                                                    mean=f.encoded["amcap_mean_tokens"]) for f in (support, query))
+        support_tokens, query_tokens = (
+            VideoTokens(key=f.encoded["amcap_key_tokens"], mean=f.encoded["amcap_mean_tokens"],
+                        key_global=f.encoded["amcap_key_global"], key_images=f.encoded.get("amcap_key_images"))
+            for f in (support, query))
         dynamic = self.amcap(self.backbone, support_tokens, query_tokens, episode.class_names, support_labels,
                              generator)
         support_text = dynamic["support_text"]  # [WAY, D] per class, or [S, WAY, D] per support video
