@@ -84,7 +84,8 @@ class FewShotDataset(torch.utils.data.Dataset):
                                  source=f"{loaded.list_file or loaded.name} ({loaded.name} episodes)")
         train = split == "train"
         # Random val/test frames never reach training episodes (DETERMINISTIC_TRAIN views stay fixed for its cache).
-        frames = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, not train and data.TEST_FRAMES == "random")
+        frames = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, not train and data.TEST_FRAMES == "random",
+                              data.TARGET_FPS)
         source = with_frame_cache(build_video_source(data.FRAMES_FOLDER, min_frames=data.MIN_VIDEO_FRAMES,
                                                      decoder=data.DECODER), data.FRAME_CACHE_MB)
         tracks = TrackReader(data.TRACK_DIR, cfg.VFAM.MAX_ENTITIES) if data.TRACK_DIR else None
@@ -213,9 +214,9 @@ class FewShotDataset(torch.utils.data.Dataset):
     def _decode_clip(self, entry: VideoEntry, path: str, view: ViewParams, generator: torch.Generator,
                      out: torch.Tensor) -> Clip:
         video = self.source.open(path, view.short_side)
-        # The clip window assumes the video runs at the lineage's target frame rate (exact for every K-100 clip,
-        # see clip_indices); the readers do not report a frame rate yet.
-        indices = self.frame_sampler(video.num_frames, self.num_frames, self.views.random, generator)
+        if video.fps is None and self.frame_sampler.mode == "clip" and self.frame_sampler.target_fps > 0:
+            _warn_no_fps(path, self.frame_sampler.target_fps)
+        indices = self.frame_sampler(video.num_frames, self.num_frames, self.views.random, generator, video.fps)
         frames = video.frames(indices)  # uint8 [T, h, w, 3]
         if self.prepared_squash and (frames.shape[2], frames.shape[1]) != (self.prepared_squash,) * 2:
             raise BadVideoError(path, "wrong size", f"{frames.shape[2]}x{frames.shape[1]} frames in a data root "
@@ -226,6 +227,18 @@ class FewShotDataset(torch.utils.data.Dataset):
                                                                  video.width, video.height)
             clip.boxes, clip.box_mask = transform_boxes(boxes, mask, (frames.shape[2], frames.shape[1]), view)
         return clip
+
+
+_NO_FPS_WARNED: list[str] = []  # the first video of this process whose file records no frame rate
+
+
+def _warn_no_fps(path: str, target_fps: float) -> None:
+    """Once per process: the clip window of videos without a frame rate falls back to DATA.TARGET_FPS."""
+    if not _NO_FPS_WARNED:
+        _NO_FPS_WARNED.append(path)
+        logger.warning("%s records no frame rate: its clip window is DATA.NUM_INPUT_FRAMES x DATA.SAMPLING_RATE "
+                       "frames, as if it ran at DATA.TARGET_FPS %s (a frames folder records it in video.json; "
+                       "logged once, other such videos follow the same rule)", path, target_fps)
 
 
 def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | list[torch.Tensor | None]:
