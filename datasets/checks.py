@@ -20,6 +20,7 @@ from datasets.sampling import EpisodeSampler
 from datasets.splits import load_split, write_split
 from datasets.tracks import track_path
 from datasets.video import BadVideoError
+from utils.config import ConfigError
 from utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -98,6 +99,14 @@ def check_on_disk(cfg, loaded, shape: tuple[int, int, int], source: str) -> dict
     return counts
 
 
+def check_track_dir(cfg) -> None:
+    """With VFAM on, DATA.TRACK_DIR must be a folder: a mistyped one would mask every entity of every video."""
+    track_dir = cfg.DATA.TRACK_DIR
+    if cfg.VFAM.ENABLE and track_dir and not os.path.isdir(track_dir):
+        raise ConfigError(f"DATA.TRACK_DIR {track_dir}: no such folder, and VFAM.ENABLE needs its track files "
+                          f"(check the path, write them with runs/extract_tracks.py, or set VFAM.ENABLE False)")
+
+
 def count_missing_tracks(cfg, loaded) -> int | None:
     """Videos without a track file (None without VFAM tracks): counted and logged, never refused."""
     data = cfg.DATA
@@ -135,6 +144,7 @@ def check_run_data(cfg) -> dict[str, Any]:
     {split: {classes, videos, missing, empty, missing_tracks}, "seconds": float}."""
     start = time.perf_counter()
     squash_prepared_scale(cfg.DATA)  # prepared frames fit the view (no second resampling)
+    check_track_dir(cfg)
     result: dict[str, Any] = {split: check_split(cfg, split) for split in run_splits(cfg)}
     result["seconds"] = round(time.perf_counter() - start, 3)
     described = "; ".join(f"{s} {c['classes']} classes, {c['videos']} videos" for s, c in result.items()

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # `python runs/run.py`: this repository's package
 
 from datasets import DATASET_REGISTRY  # noqa: E402
 from datasets.checks import check_run_data, tested_share, write_effective_lists  # noqa: E402
+from models.clip import check_pretrained  # noqa: E402
 from runs.config import config_from_yaml_text, get_cfg, load_config  # noqa: E402
 from runs.engine_utils import STOP  # noqa: E402
 from runs.pretrain_clip import ensure_pretrained  # noqa: E402
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     # ranks read the same files, and a refusal here ends the job before any process group waits for rank 0.
     data = check_run_data(cfg)
     ensure_pretrained(cfg)  # PRETRAIN.GENERATE: the tiny CLIP pretrained on the synthetic world, cached
+    check_pretrained(cfg.VIDEO.HEAD.BACKBONE_NAME, cfg.VIDEO.HEAD.PRETRAINED)  # weights here (offline: a local file)
     with lock:
         if cfg.NUM_GPUS > 1 and "RANK" not in os.environ:
             du.launch(run_worker, cfg.NUM_GPUS, args=(cfg.dump(), args.resume, changes, data))
