@@ -46,7 +46,12 @@ def add_data_config(cfg: CfgNode) -> None:
     # evenly from start to start + window - SAMPLING_RATE, window = NUM_INPUT_FRAMES x SAMPLING_RATE frames cut to the
     # video (datasets/sampling.py clip_indices), start random in train and in the middle in val/test.
     _D.FRAME_SAMPLING = "segment"
-    _D.SAMPLING_RATE = 35  # clip: frames between samples at the lineage's 12 fps target (CLIP-FSAR K-100: 35)
+    _D.SAMPLING_RATE = 35  # clip: frames between samples at TARGET_FPS (CLIP-FSAR K-100: 35)
+    # clip: the frame rate SAMPLING_RATE counts at; the window is NUM_INPUT_FRAMES x SAMPLING_RATE x the video's
+    # average fps / TARGET_FPS frames (CLIP-FSAR's, TARGET_FPS 12: 700 frames of a 30-fps file). JPEG frame folders
+    # use the fps their video.json records (datasets/prepared.py); without one, and with 0 here, the window is
+    # NUM_INPUT_FRAMES x SAMPLING_RATE frames of the file (exact for 12-fps files only).
+    _D.TARGET_FPS = 12.0
     # val/test frames. centre: each segment's centre, or the clip's middle start (ours: every run sees the same
     # test set). random: drawn like training frames, from the episode's generator (CLIP-FSAR's SSv2/UCF/HMDB test
     # frames; disable TEST.FEATURE_CACHE with it, a cached video would keep one draw).
@@ -76,7 +81,7 @@ def add_data_config(cfg: CfgNode) -> None:
     section(cfg, "VFAM").MAX_ENTITIES = 4  # entity slots per frame (top tracks by length x area x score)
     rules("DATA", DATA_ROOT_DIR=PATH, ANNO_DIR=PATH, TRACK_DIR=PATH,
           TRAIN_JITTER_SCALES=both(length(2), each(POSITIVE)), TRAIN_CROP_SIZE=POSITIVE, TEST_SCALE=POSITIVE,
-          TEST_CROP_SIZE=POSITIVE, MEAN=length(3),
+          TEST_CROP_SIZE=POSITIVE, MEAN=length(3), TARGET_FPS=NON_NEGATIVE,
           STD=both(length(3), each(POSITIVE)), MIN_VIDEO_FRAMES=POSITIVE, NUM_WORKERS=NON_NEGATIVE,
           LOADER_TIMEOUT=NON_NEGATIVE)
     rules("VFAM", MAX_ENTITIES=POSITIVE)

@@ -14,15 +14,16 @@ import torch
 from datasets.build import CLIP_MEAN, CLIP_STD, DATASET_REGISTRY
 from datasets.frame_cache import with_frame_cache
 from datasets.loader_watch import DecodingStatus
+from datasets.on_disk import on_disk
 from datasets.prepared import squash_prepared_scale
-from datasets.sampling import EpisodeSampler, FrameSampler
+from datasets.sampling import EpisodeSampler, FrameSampler, child_seed
 from datasets.splits import Split, VideoEntry, load_split
 from datasets.tracks import TrackReader
 from datasets.transforms import QueryAugment, ViewParams, ViewSampler, frames_to_tensor, transform_boxes
 from datasets.video import BadVideoError, VideoSource, build_video_source
 from utils.episode import Episode, Videos, build_episode
 from utils.logger import get_logger
-from utils.seeding import episode_generator
+from utils.seeding import episode_generator, episode_seed
 
 logger = get_logger(__name__)
 
@@ -73,6 +74,9 @@ class FewShotDataset(torch.utils.data.Dataset):
         # Videos whose features the consumer already holds (models/feature_cache.py): not decoded, slot = None.
         self.skip_videos = skip_videos
         self.decoding: DecodingStatus | None = None  # what each loader worker decodes now (build_loader sets it)
+        # Videos this process found bad (video id -> the error): never opened again, replaced at once. Episodes do
+        # not change with it: a replacement depends only on the slot's seed (see _replacements).
+        self.known_bad: dict[str, BadVideoError] = {}
 
     @classmethod
     def from_config(cls, cfg, split: str, episode_indices: Sequence[int]) -> dict[str, Any]:
@@ -80,11 +84,15 @@ class FewShotDataset(torch.utils.data.Dataset):
         data = cfg.DATA
         _, shot, query = episode_shape(cfg, split)
         loaded = load_split(data.ANNO_DIR, split)
+        kept = ""
+        if data.ON_MISSING_VIDEO == "drop":  # the effective list: the same function as the start-up check's
+            loaded, kept = on_disk(loaded, data, shot + query).split, ", videos on disk"
         sampler = EpisodeSampler(loaded.videos_by_class(), loaded.class_names, cfg.TRAIN.WAY, shot, query,
-                                 source=f"{loaded.list_file or loaded.name} ({loaded.name} episodes)")
+                                 source=f"{loaded.list_file or loaded.name} ({loaded.name} episodes{kept})")
         train = split == "train"
         # Random val/test frames never reach training episodes (DETERMINISTIC_TRAIN views stay fixed for its cache).
-        frames = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, not train and data.TEST_FRAMES == "random")
+        frames = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, not train and data.TEST_FRAMES == "random",
+                              data.TARGET_FPS)
         source = with_frame_cache(build_video_source(data.FRAMES_FOLDER, min_frames=data.MIN_VIDEO_FRAMES,
                                                      decoder=data.DECODER), data.FRAME_CACHE_MB)
         tracks = TrackReader(data.TRACK_DIR, cfg.VFAM.MAX_ENTITIES) if data.TRACK_DIR else None
@@ -171,33 +179,51 @@ class FewShotDataset(torch.utils.data.Dataset):
     def _load_slot(self, entry: VideoEntry, seed: int, used: set[str], replaced: list[list[str]], index: int,
                    out: torch.Tensor, is_query: bool = False) -> Clip:
         """Decode one support/query video; with the resample policy, bad videos give way to others of
-        the same class (drawn from this slot's generator, so the replacement is reproducible too)."""
+        the same class (drawn from this slot's seed, so the replacement is reproducible too)."""
         if self.skip_videos is not None and entry.video_id in self.skip_videos:
             return Clip(entry.video_id, None)  # cached by the consumer: a cached video decoded fine before
         generator = torch.Generator().manual_seed(seed)
         view = self.views(generator, is_query)
-        candidates: list[VideoEntry] | None = None
+        where = f"{self.split_name} episode {index}"
+        replacements = None
         current = entry
         while True:
-            try:
-                return self._load_video(current, view, generator, out)
-            except BadVideoError as err:
-                where = f"{self.split_name} episode {index}"
-                if self.on_bad_video == "error":
-                    detail = f"{err.detail}; " if err.detail else ""
-                    raise BadVideoError(err.path, err.reason, f"{detail}{where}; DATA.ON_BAD_VIDEO resample "
-                                        f"replaces bad videos by others of the same class") from None
-                if candidates is None:
-                    pool = [v for v in self.videos_by_class[entry.class_id] if v.video_id not in used]
-                    candidates = [pool[j] for j in torch.randperm(len(pool), generator=generator).tolist()]
-                if not candidates:
-                    raise BadVideoError(err.path, err.reason, f"{where}: no usable replacement left in class "
-                                        f"{entry.class_id} ({self.split.class_names[entry.class_id]!r})") from None
-                nxt = candidates.pop(0)
-                used.add(nxt.video_id)
-                replaced.append([current.video_id, err.reason])
-                logger.warning("%s: replaced %s (%s) by %s", where, err, err.reason, nxt.video_id)
-                current = nxt
+            err = self.known_bad.get(current.video_id)
+            if err is None:
+                try:
+                    return self._load_video(current, view, generator, out)
+                except BadVideoError as found:
+                    err = self._found_bad(current, found, where)
+            if replacements is None:
+                replacements = self._replacements(entry, seed, used)
+            nxt, generator = next(replacements, (None, None))
+            if nxt is None:
+                raise BadVideoError(err.path, err.reason, f"{where}: no usable replacement left in class "
+                                    f"{entry.class_id} ({self.split.class_names[entry.class_id]!r})") from None
+            used.add(nxt.video_id)
+            replaced.append([current.video_id, err.reason])
+            logger.debug("%s: replaced %s (%s) by %s", where, current.video_id, err.reason, nxt.video_id)
+            current = nxt
+
+    def _found_bad(self, entry: VideoEntry, err: BadVideoError, where: str) -> BadVideoError:
+        """A video that failed to load: an error naming the episode (DATA.ON_BAD_VIDEO error), or remembered and
+        logged once per process (resample)."""
+        if self.on_bad_video == "error":
+            detail = f"{err.detail}; " if err.detail else ""
+            raise BadVideoError(err.path, err.reason, f"{detail}{where}; DATA.ON_BAD_VIDEO resample "
+                                f"replaces bad videos by others of the same class") from None
+        self.known_bad[entry.video_id] = err
+        logger.warning("%s: %s; replaced by other videos of its class from now on (DATA.ON_BAD_VIDEO resample; "
+                       "this process will not open it again)", where, err)
+        return err
+
+    def _replacements(self, entry: VideoEntry, seed: int, used: set[str]):
+        """(video, its frame generator) in the order a bad video of this slot is replaced: a function of the slot's
+        seed alone, however far the failed attempt drew from the slot's generator or whether it was tried at all."""
+        generator = torch.Generator().manual_seed(episode_seed(seed, "replacements", entry.class_id))
+        pool = [v for v in self.videos_by_class[entry.class_id] if v.video_id not in used]
+        for j in torch.randperm(len(pool), generator=generator).tolist():
+            yield pool[j], torch.Generator().manual_seed(child_seed(generator))
 
     def _load_video(self, entry: VideoEntry, view: ViewParams, generator: torch.Generator,
                     out: torch.Tensor) -> Clip:
@@ -213,9 +239,9 @@ class FewShotDataset(torch.utils.data.Dataset):
     def _decode_clip(self, entry: VideoEntry, path: str, view: ViewParams, generator: torch.Generator,
                      out: torch.Tensor) -> Clip:
         video = self.source.open(path, view.short_side)
-        # The clip window assumes the video runs at the lineage's target frame rate (exact for every K-100 clip,
-        # see clip_indices); the readers do not report a frame rate yet.
-        indices = self.frame_sampler(video.num_frames, self.num_frames, self.views.random, generator)
+        if video.fps is None and self.frame_sampler.mode == "clip" and self.frame_sampler.target_fps > 0:
+            _warn_no_fps(path, self.frame_sampler.target_fps)
+        indices = self.frame_sampler(video.num_frames, self.num_frames, self.views.random, generator, video.fps)
         frames = video.frames(indices)  # uint8 [T, h, w, 3]
         if self.prepared_squash and (frames.shape[2], frames.shape[1]) != (self.prepared_squash,) * 2:
             raise BadVideoError(path, "wrong size", f"{frames.shape[2]}x{frames.shape[1]} frames in a data root "
@@ -226,6 +252,18 @@ class FewShotDataset(torch.utils.data.Dataset):
                                                                  video.width, video.height)
             clip.boxes, clip.box_mask = transform_boxes(boxes, mask, (frames.shape[2], frames.shape[1]), view)
         return clip
+
+
+_NO_FPS_WARNED: list[str] = []  # the first video of this process whose file records no frame rate
+
+
+def _warn_no_fps(path: str, target_fps: float) -> None:
+    """Once per process: the clip window of videos without a frame rate falls back to DATA.TARGET_FPS."""
+    if not _NO_FPS_WARNED:
+        _NO_FPS_WARNED.append(path)
+        logger.warning("%s records no frame rate: its clip window is DATA.NUM_INPUT_FRAMES x DATA.SAMPLING_RATE "
+                       "frames, as if it ran at DATA.TARGET_FPS %s (a frames folder records it in video.json; "
+                       "logged once, other such videos follow the same rule)", path, target_fps)
 
 
 def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | list[torch.Tensor | None]:

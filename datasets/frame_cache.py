@@ -33,7 +33,8 @@ class FrameCache(VideoSource):
         self.source, self.max_bytes = source, max_bytes
         self.min_frames = source.min_frames
         self._frames: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
-        self._videos: dict[tuple[str, int], tuple[int, int, int, tuple[int, int]]] = {}  # num_frames, w, h, size
+        # num_frames, w, h, size, fps
+        self._videos: dict[tuple[str, int], tuple[int, int, int, tuple[int, int], float | None]] = {}
         self.bytes = 0
 
     def open(self, path: str, short_side: int) -> OpenedVideo:
@@ -41,7 +42,7 @@ class FrameCache(VideoSource):
         opened = None
         if key not in self._videos:  # first sight: the reader checks the file and reports its shape
             opened = self.source.open(path, short_side)
-            self._videos[key] = (opened.num_frames, opened.width, opened.height, opened.size)
+            self._videos[key] = (opened.num_frames, opened.width, opened.height, opened.size, opened.fps)
         return _CachedVideo(self, path, short_side, *self._videos[key], opened)
 
     def _get(self, key: tuple[str, int, int]) -> np.ndarray | None:
@@ -64,9 +65,9 @@ class FrameCache(VideoSource):
 
 class _CachedVideo(OpenedVideo):
     def __init__(self, cache: FrameCache, path: str, short_side: int, num_frames: int, width: int, height: int,
-                 size: tuple[int, int], opened: OpenedVideo | None):
+                 size: tuple[int, int], fps: float | None, opened: OpenedVideo | None):
         self.cache, self.path, self.short_side = cache, path, short_side
-        self.num_frames, self.width, self.height, self.size = num_frames, width, height, size
+        self.num_frames, self.width, self.height, self.size, self.fps = num_frames, width, height, size, fps
         self._opened = opened  # the reader's video, opened on the first frame the cache lacks
 
     def frames(self, indices: Sequence[int]) -> np.ndarray:

@@ -1,8 +1,11 @@
 """What `runs/prepare_videos.py` wrote into a prepared data root (`<root>/prepared.json`), read and written here.
 
 The record says how the frames were made (format, short side, and the square side when they were squashed at
-preparation). Frames squashed at preparation to the scale the lineage's squash view uses (CLIP-FSAR: every frame
-to 256 x 256) need no resampling in the loader: each view is then an exact crop, which travels as uint8 pixels.
+preparation). A folder of JPEG frames may also record its source video's frame rate (`<folder>/video.json`), which
+the K-100 clip window scales with (datasets/sampling.py:clip_indices); prepared mp4 files carry it in their stream.
+
+Frames squashed at preparation to the scale the lineage's squash view uses (CLIP-FSAR: every frame to 256 x 256)
+need no resampling in the loader: each view is then an exact crop, which travels as uint8 pixels.
 """
 from __future__ import annotations
 
@@ -57,3 +60,28 @@ def squash_prepared_scale(data) -> int:
                           f"{data.TEST_SCALE} would resample them again; use RESIZE_MODE squash with every scale "
                           f"{form.squash}, or prepare without --squash")
     return form.squash
+
+
+# A frames folder's own record: {"fps": <the source video's average frame rate>}, beside its img_%05d.jpg files.
+FRAMES_RECORD = "video.json"
+
+
+def write_frames_fps(folder: str, fps: float) -> None:
+    """Record the frame rate of the video whose frames `folder` holds (written before the folder is renamed into
+    place, so a finished folder always has it)."""
+    atomic_write(os.path.join(folder, FRAMES_RECORD), lambda f: f.write(json.dumps({"fps": float(fps)}) + "\n"),
+                 binary=False)
+
+
+def read_frames_fps(folder: str) -> float | None:
+    """The frame rate a frames folder records, None without a record; ValueError for a malformed one."""
+    path = os.path.join(folder, FRAMES_RECORD)
+    if not os.path.isfile(path):
+        return None
+    try:
+        fps = float(json.loads(read_text(path, "frames record", ConfigError))["fps"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{path}: not a frames record ({e!r}); expected {{\"fps\": <frames per second>}}") from None
+    if not fps > 0:
+        raise ValueError(f"{path}: fps must be > 0, got {fps}")
+    return fps

@@ -52,19 +52,23 @@ def segment_indices(num_frames: int, num_segments: int, train: bool, generator: 
 
 
 # segment: one frame per equal segment (ours; CLIP-FSAR's SAMPLING_RATE > 40 path for SSv2/UCF/HMDB);
-# clip: CLIP-FSAR's clip window of NUM_INPUT_FRAMES x SAMPLING_RATE frames (its K-100 configs, SAMPLING_RATE 35).
+# clip: CLIP-FSAR's clip window of NUM_INPUT_FRAMES x SAMPLING_RATE frames at TARGET_FPS (its K-100 configs,
+# SAMPLING_RATE 35, TARGET_FPS 12).
 FRAME_SAMPLINGS = ("segment", "clip")
 # val/test frames: centre (ours, deterministic) or random like training (CLIP-FSAR).
 TEST_FRAMES = ("centre", "random")
 
 
 def clip_indices(num_frames: int, num_samples: int, sampling_rate: int, train: bool,
-                 generator: torch.Generator | None, fps_scale: float = 1.0) -> list[int]:
-    """CLIP-FSAR's interval sampling: `num_samples` frames evenly over a window of the video.
+                 generator: torch.Generator | None, fps: float | None = None, target_fps: float = 12.0) -> list[int]:
+    """CLIP-FSAR's interval sampling (its base_dataset.py `_interval_based_sampling`): `num_samples` frames evenly
+    over a window of the video.
 
-    The window is `num_samples * sampling_rate * fps_scale` frames (fps_scale = video fps / target fps),
-    cut to the largest multiple of `num_samples` that fits when the video is shorter (every Kinetics clip of
-    K-100: 8 x 35 frames at 12 fps is 23 s). Its start is uniform in [0, free] in training and free / 2 in
+    The window is `num_samples * sampling_rate * fps / target_fps` frames, in the lineage's order of operations
+    (`sampling_rate` counts frames at `target_fps`: K-100's 8 x 35 frames at 12 fps are 23.3 s, 700 frames of a
+    30-fps file); without `fps` (a file that records none) or with `target_fps` 0 it is `num_samples *
+    sampling_rate` frames of the file. It is cut to the largest multiple of `num_samples` that fits when the video
+    is shorter (every Kinetics clip of K-100, 10 s). Its start is uniform in [0, free] in training and free / 2 in
     test, free = num_frames - window + 1; samples run from the start to start + window - sampling_rate
     (torch.linspace, float32), clamped and truncated to integers. Where that end lies before the start (a
     video shorter than about `sampling_rate + num_samples` frames) the lineage's indices run backwards onto
@@ -72,7 +76,9 @@ def clip_indices(num_frames: int, num_samples: int, sampling_rate: int, train: b
     """
     if num_frames < 1:
         raise ValueError(f"clip_indices: a video needs at least one frame, got {num_frames}")
-    window: float = num_samples * sampling_rate * fps_scale
+    window: float = num_samples * sampling_rate
+    if fps and target_fps > 0:
+        window = num_samples * sampling_rate * fps / target_fps
     if window > num_frames:
         window = num_frames // num_samples * num_samples
     free = max(num_frames - window + 1, 0)
@@ -91,16 +97,18 @@ class FrameSampler:
     mode: str = "segment"  # one of FRAME_SAMPLINGS
     sampling_rate: int = 35  # clip mode: frames between samples at the target frame rate
     random_test: bool = False  # val/test frames drawn like training ones (CLIP-FSAR) instead of centred
+    target_fps: float = 12.0  # clip mode: the frame rate SAMPLING_RATE counts at; 0 = frames of the file
 
     def __post_init__(self):
         if self.mode not in FRAME_SAMPLINGS:
             raise ValueError(f"DATA.FRAME_SAMPLING must be one of {FRAME_SAMPLINGS}, got {self.mode!r}")
 
     def __call__(self, num_frames: int, num_samples: int, train: bool, generator: torch.Generator | None,
-                 fps_scale: float = 1.0) -> list[int]:
+                 fps: float | None = None) -> list[int]:
+        """Frame indices; `fps` is the video's average frame rate (None: unknown, the window counts file frames)."""
         random = train or self.random_test
         if self.mode == "clip":
-            return clip_indices(num_frames, num_samples, self.sampling_rate, random, generator, fps_scale)
+            return clip_indices(num_frames, num_samples, self.sampling_rate, random, generator, fps, self.target_fps)
         return segment_indices(num_frames, num_samples, random, generator)
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from utils.atomic import atomic_write
 from utils.errors import UserError
 from utils.textfiles import read_text
 
@@ -160,6 +161,21 @@ def load_split(anno_dir: str, split: str) -> Split:
     class_names = read_class_names(names_file)
     validate_split(entries, class_names, list_file, names_file)
     return Split(name=split, class_names=class_names, videos=entries, list_file=list_file)
+
+
+def split_line(split: str, entry: VideoEntry) -> str:
+    """`entry` as a line of `split`'s list (the inverse of `parse_split_line`)."""
+    return f"{split}{entry.class_id}{'//' if entry.has_path else '/'}{entry.rest}"
+
+
+def write_split(anno_dir: str, split: Split) -> None:
+    """Write `split` as `<split>_few_shot.txt` and `<split>_class_names.txt` into `anno_dir` (what `load_split`
+    reads)."""
+    list_file, names_file = split_files(anno_dir, split.name)
+    os.makedirs(anno_dir, exist_ok=True)
+    for path, lines in ((list_file, [split_line(split.name, e) for e in split.videos]), (names_file,
+                                                                                        split.class_names)):
+        atomic_write(path, lambda f, lines=lines: f.write("".join(line + "\n" for line in lines)), binary=False)
 
 
 def class_counts(entries: list[VideoEntry]) -> Counter:

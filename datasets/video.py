@@ -1,7 +1,7 @@
 """Video readers behind one small interface: PyAV (frame-exact seeking), decord, torchcodec, JPEG frame folders.
 
-`source.open(path, short_side)` returns an `OpenedVideo` that knows its frame count and original size and
-decodes only the frames asked for, already resized so that the short side equals `short_side`
+`source.open(path, short_side)` returns an `OpenedVideo` that knows its frame count, frame rate and original size
+and decodes only the frames asked for, already resized so that the short side equals `short_side`
 (aspect kept; `short_side <= 0` keeps the original resolution). Problems raise `BadVideoError`, which
 names the file and says what is wrong (missing, unreadable, empty, too short).
 
@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from datasets.prepared import FRAMES_RECORD, read_frames_fps
 from utils.config import CfgNode, ConfigError, one_of, rules, section
 from utils.errors import UserError
 from utils.logger import get_logger
@@ -69,13 +70,15 @@ def _first_line(err: BaseException) -> str:
 
 
 class OpenedVideo(ABC):
-    """An open video: `num_frames`, original `width`/`height`, decoded `size` (w, h)."""
+    """An open video: `num_frames`, original `width`/`height`, decoded `size` (w, h), and `fps`: the average frame
+    rate the file records (the container's, as decord's `get_avg_fps` reads it; None where it records none)."""
 
     path: str
     num_frames: int
     width: int
     height: int
     size: tuple[int, int]
+    fps: float | None = None
 
     @abstractmethod
     def frames(self, indices: Sequence[int]) -> np.ndarray:
@@ -117,6 +120,13 @@ class StreamInfo:
     height: int
     container: str  # FFmpeg demuxer name, e.g. "avi", "matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2"
     codec: str  # FFmpeg decoder name, e.g. "mpeg4", "h264", "vp9", "mjpeg"
+    fps: float | None = None  # the stream's average frame rate (FFmpeg's avg_frame_rate); None if it has none
+
+
+def average_fps(stream) -> float | None:
+    """A PyAV stream's average frame rate as FFmpeg records it (decord's `get_avg_fps` reads the same field)."""
+    rate = stream.average_rate
+    return float(rate) if rate else None
 
 
 def probe(path: str) -> StreamInfo:
@@ -127,8 +137,9 @@ def probe(path: str) -> StreamInfo:
         with av.open(path) as container:
             if not container.streams.video:
                 raise BadVideoError(path, "unreadable", "no video stream")
-            ctx = container.streams.video[0].codec_context
-            info = StreamInfo(int(ctx.width), int(ctx.height), container.format.name, ctx.name)
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            info = StreamInfo(int(ctx.width), int(ctx.height), container.format.name, ctx.name, average_fps(stream))
     except BadVideoError:
         raise
     except Exception as e:  # PyAV raises many error types for broken files
@@ -238,7 +249,7 @@ class _PyAVVideo(OpenedVideo):
         self.path, self.container, self.index, self.info = path, container, index, info
         self.stream = container.streams.video[0]
         self.num_frames = len(index.pts)
-        self.width, self.height, self.size = info.width, info.height, size
+        self.width, self.height, self.size, self.fps = info.width, info.height, size, info.fps
 
     def frames(self, indices: Sequence[int]) -> np.ndarray:
         indices = [int(i) for i in indices]
@@ -341,7 +352,8 @@ class PyAVSource(VideoSource):
                 info, index = self._cache[path]
             else:
                 ctx = stream.codec_context
-                info = StreamInfo(int(ctx.width), int(ctx.height), container.format.name, ctx.name)
+                info = StreamInfo(int(ctx.width), int(ctx.height), container.format.name, ctx.name,
+                                  average_fps(stream))
                 index = index_frames(container, stream)
                 self._cache[path] = info, index
                 if len(self._cache) > self.cache_size:
@@ -387,6 +399,7 @@ class _DecordVideo(OpenedVideo):
         self.width, self.height, self.size = info.width, info.height, size
         self.reader = _open_decord(path, None if size == (info.width, info.height) else size, num_threads)
         self.num_frames = len(self.reader)
+        self.fps = float(self.reader.get_avg_fps()) or None  # the lineage's frame rate (its _decode_video)
 
     def _get_batch(self, indices: list[int]) -> np.ndarray:
         try:
@@ -451,6 +464,7 @@ class _TorchcodecVideo(OpenedVideo):
         meta = decoder.metadata
         self.num_frames = int(meta.num_frames or 0)
         self.width, self.height, self.size = int(meta.width), int(meta.height), size
+        self.fps = float(meta.average_fps) if meta.average_fps else None
 
     def frames(self, indices: Sequence[int]) -> np.ndarray:
         indices = [int(i) for i in indices]
@@ -497,10 +511,11 @@ def decoder_available(name: str) -> str:
 
 
 class _FramesFolderVideo(OpenedVideo):
-    def __init__(self, path: str, files: list[str], width: int, height: int, size: tuple[int, int]):
+    def __init__(self, path: str, files: list[str], width: int, height: int, size: tuple[int, int],
+                 fps: float | None):
         self.path, self.files = path, files
         self.num_frames = len(files)
-        self.width, self.height, self.size = width, height, size
+        self.width, self.height, self.size, self.fps = width, height, size, fps
 
     def frames(self, indices: Sequence[int]) -> np.ndarray:
         out = np.empty((len(indices), self.size[1], self.size[0], 3), dtype=np.uint8)
@@ -521,7 +536,8 @@ class _FramesFolderVideo(OpenedVideo):
 
 
 class FramesFolderSource(VideoSource):
-    """A folder of `img_%05d.jpg` frames (1-based, the TSN/CLIP-FSAR convention) per video."""
+    """A folder of `img_%05d.jpg` frames (1-based, the TSN/CLIP-FSAR convention) per video; its frame rate is the
+    source video's where the folder records it (datasets/prepared.py: FRAMES_RECORD), else None."""
 
     pattern = re.compile(r"img_(\d{5})\.jpg")
 
@@ -531,7 +547,8 @@ class FramesFolderSource(VideoSource):
     def open(self, path: str, short_side: int) -> OpenedVideo:
         if not os.path.isdir(path):
             raise BadVideoError(path, "missing", "frames folder not found")
-        names = sorted(name for name in os.listdir(path) if self.pattern.fullmatch(name))  # 6x faster than glob
+        listed = os.listdir(path)
+        names = sorted(name for name in listed if self.pattern.fullmatch(name))  # 6x faster than glob
         self.check_length(path, len(names))
         files = [os.path.join(path, name) for name in names]
         numbers = [int(name[4:9]) for name in names]
@@ -545,7 +562,11 @@ class FramesFolderSource(VideoSource):
                 width, height = img.size
         except (OSError, ValueError) as e:
             raise BadVideoError(path, "unreadable", f"{files[0]}: {_first_line(e)}") from None
-        return _FramesFolderVideo(path, files, width, height, resized_size(width, height, short_side))
+        try:
+            fps = read_frames_fps(path) if FRAMES_RECORD in listed else None
+        except ValueError as e:
+            raise BadVideoError(path, "unreadable", _first_line(e)) from None
+        return _FramesFolderVideo(path, files, width, height, resized_size(width, height, short_side), fps)
 
 
 def build_video_source(frames_folder: bool, num_threads: int = 1, min_frames: int = 1,

@@ -24,7 +24,7 @@ from open_clip.utils import freeze_batch_norm_2d
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from utils.config import NON_NEGATIVE, PATH, CfgNode, one_of, rules, section
+from utils.config import NON_NEGATIVE, PATH, CfgNode, ConfigError, one_of, rules, section
 from utils.logger import get_logger
 from utils.pixels import normalise
 
@@ -43,7 +43,10 @@ _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 def add_clip_backbone_config(cfg: CfgNode) -> None:
     _H = section(section(cfg, "VIDEO"), "HEAD")
     _H.BACKBONE_NAME = "ViT-B/16"  # open_clip model name, CLIP-FSAR's RN50 / ViT-B/16, or FSAR-Tiny-ViT (shipped)
-    _H.PRETRAINED = "openai"  # "openai" (open_clip download), a local checkpoint path, or "" for random init
+    # "openai" (open_clip downloads OpenAI's weights, or finds them in its cache), a local checkpoint file (OpenAI's
+    # released RN50.pt / ViT-B-16.pt, as CLIP-FSAR users have them, or an open_clip state dict), or "" for random
+    # init; checked at start-up (check_pretrained).
+    _H.PRETRAINED = "openai"
     _H.FINETUNE = "full"  # image tower policy: full (CLIP-FSAR), frozen, or last_n
     _H.FINETUNE_LAST_N = 0  # with FINETUNE last_n: number of trainable last blocks (ViT blocks / RN bottlenecks)
     _H.TRAIN_TEXT_ENCODER = False  # train the text tower too (CLIP-FSAR keeps it frozen; disables the text cache)
@@ -84,6 +87,37 @@ def _read_local_checkpoint(path: str) -> tuple[dict[str, Tensor] | None, bool]:
     return None, False
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def openai_weights(name: str) -> str:
+    """The local file of OpenAI's weights for BACKBONE_NAME `name`, downloaded by open_clip unless cached; a one-line
+    ConfigError where there are none or they cannot be fetched (offline)."""
+    oc_name = open_clip_name(name)
+    released = open_clip.get_pretrained_cfg(oc_name, "openai")
+    if not released:
+        raise ConfigError(f"VIDEO.HEAD.PRETRAINED openai: OpenAI released no weights for VIDEO.HEAD.BACKBONE_NAME "
+                          f"{name} (give a local checkpoint file, or '' for random weights)")
+    try:
+        return open_clip.download_pretrained(released)
+    except (OSError, RuntimeError, ValueError) as e:  # huggingface_hub / urllib errors, wrapped by open_clip
+        file = os.path.basename(released.get("url", "")) or f"{oc_name}.pt"
+        raise ConfigError(f"VIDEO.HEAD.PRETRAINED openai: OpenAI's {name} weights are not cached here and could not "
+                          f"be downloaded ({_first_line(e)}) (offline: copy OpenAI's {file} here and set "
+                          f"VIDEO.HEAD.PRETRAINED to its path)") from None
+
+
+def check_pretrained(name: str, pretrained: str) -> None:
+    """Start-up check of VIDEO.HEAD.PRETRAINED: weights this machine can load (fetches 'openai' into the cache)."""
+    if pretrained == "openai":
+        openai_weights(name)
+    elif pretrained and not os.path.isfile(os.path.expanduser(pretrained)):
+        raise ConfigError(f"VIDEO.HEAD.PRETRAINED {pretrained!r}: no such file (give a local checkpoint such as "
+                          f"OpenAI's RN50.pt or ViT-B-16.pt, 'openai' to download, or '' for random weights)")
+
+
 def _create_model(name: str, pretrained: str) -> nn.Module:
     oc_name = open_clip_name(name)
     if oc_name not in open_clip.list_models():
@@ -91,13 +125,11 @@ def _create_model(name: str, pretrained: str) -> nn.Module:
                          f"known: {', '.join(open_clip.list_models())}")
     if pretrained == "":
         return open_clip.create_model(oc_name, pretrained=None)
+    check_pretrained(name, pretrained)  # one line, not open_clip's traceback, where the weights are not here
     if pretrained == "openai":
         # OpenAI weights were trained with QuickGELU; open_clip's plain names default to nn.GELU.
         return open_clip.create_model(oc_name, pretrained="openai", force_quick_gelu=True)
     path = os.path.expanduser(pretrained)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"models/clip.py: VIDEO.HEAD.PRETRAINED '{pretrained}' is neither 'openai', '' "
-                                f"nor an existing checkpoint file")
     state, is_openai = _read_local_checkpoint(path)
     model = open_clip.create_model(oc_name, pretrained=None, force_quick_gelu=is_openai)
     if not is_openai:

@@ -10,6 +10,7 @@ from typing import Iterable
 
 from datasets.build import add_data_config
 from datasets.frame_cache import add_frame_cache_config
+from datasets.on_disk import add_on_disk_config
 from datasets.synthetic import add_synthetic_config
 from datasets.video import add_video_config
 from models.amcap.amcap import add_amcap_config
@@ -28,6 +29,7 @@ CONFIG_HOOKS = (
     add_data_config,  # DATA (and the episode shape TRAIN.WAY/SHOT/QUERY_PER_CLASS, VFAM.MAX_ENTITIES)
     add_video_config,  # DATA.DECODER
     add_frame_cache_config,  # DATA.FRAME_CACHE_MB
+    add_on_disk_config,  # DATA.ON_MISSING_VIDEO
     add_synthetic_config,  # SYNTHETIC
     add_model_build_config,  # VIDEO.HEAD.NAME
     add_amcap_config,  # AMCAP

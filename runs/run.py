@@ -20,7 +20,8 @@ if __package__ in (None, ""):  # `python runs/run.py`: this repository's package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import DATASET_REGISTRY  # noqa: E402
-from datasets.checks import check_run_data  # noqa: E402
+from datasets.checks import check_run_data, tested_share, write_effective_lists  # noqa: E402
+from models.clip import check_pretrained  # noqa: E402
 from runs.config import config_from_yaml_text, get_cfg, load_config  # noqa: E402
 from runs.engine_utils import STOP  # noqa: E402
 from runs.pretrain_clip import ensure_pretrained  # noqa: E402
@@ -225,6 +226,8 @@ def _run(cfg: CfgNode, resume: bool, changes: tuple[str, ...] = (), data: dict |
     if du.is_main_process():
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(cfg.dump())
+        if cfg.DATA.ON_MISSING_VIDEO == "drop":  # the lists the episodes are drawn from: part of the record
+            write_effective_lists(cfg, os.path.join(cfg.OUTPUT_DIR, "splits"))
     logger.info("run in %s on %s, world size %d", cfg.OUTPUT_DIR, device, du.get_world_size())
     for change in changes:
         logger.warning("resume with a changed config (accepted): %s", change)
@@ -242,7 +245,7 @@ def _run(cfg: CfgNode, resume: bool, changes: tuple[str, ...] = (), data: dict |
     result = evaluate(model, cfg, "test", cfg.TRAIN.NUM_TEST_TASKS, device, stop=_stop_during_test(cfg, trainer))
     result.update(checkpoint=checkpoint, best_val_accuracy=trainer.best_acc if trainer else None,
                   skipped_steps=trainer.skipped_steps if trainer else 0, total_seconds=time.time() - start,
-                  config=cfg.dump())
+                  benchmark=tested_share((data or {}).get("test")), config=cfg.dump())
     if du.is_main_process():
         with open(os.path.join(cfg.OUTPUT_DIR, "results.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
@@ -291,11 +294,25 @@ def print_summary(cfg: CfgNode, result: dict) -> None:
         f"best val accuracy: {result['best_val_accuracy']:.2f}" if result["best_val_accuracy"] is not None else "",
         f"replaced bad videos: {len(result['replaced_videos'])}   test videos without track files: "
         f"{result['videos_without_tracks']}   skipped non-finite steps: {result['skipped_steps']}",
+        benchmark_line(cfg, result.get("benchmark")),
         f"time: {result['total_seconds']:.0f} s",
         f"outputs: {out}/ (results.json, metrics.jsonl, log.txt, config.yaml, checkpoints/, tensorboard/)",
         "=" * 72,
     ]
     print("\n".join(line for line in lines if line), flush=True)
+
+
+def benchmark_line(cfg: CfgNode, share: dict | None) -> str:
+    """The summary's word on how much of the listed test benchmark the episodes drew from."""
+    if share is None:
+        return ""
+    if not share["partial"]:
+        return f"benchmark: all {share['listed_videos']} listed test videos, {share['listed_classes']} classes"
+    why = (f"DATA.ON_MISSING_VIDEO drop; the lists are in {cfg.OUTPUT_DIR}/splits/"
+           if cfg.DATA.ON_MISSING_VIDEO == "drop" else "videos missing on disk were replaced")
+    return (f"PARTIAL BENCHMARK: test episodes drew on {share['videos']} of {share['listed_videos']} listed videos "
+            f"({100 * share['share_of_videos']:.1f} %) and {share['classes']} of {share['listed_classes']} classes "
+            f"({why}): not comparable to full-benchmark results")
 
 
 @entry_point
@@ -317,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     # ranks read the same files, and a refusal here ends the job before any process group waits for rank 0.
     data = check_run_data(cfg)
     ensure_pretrained(cfg)  # PRETRAIN.GENERATE: the tiny CLIP pretrained on the synthetic world, cached
+    check_pretrained(cfg.VIDEO.HEAD.BACKBONE_NAME, cfg.VIDEO.HEAD.PRETRAINED)  # weights here (offline: a local file)
     with lock:
         if cfg.NUM_GPUS > 1 and "RANK" not in os.environ:
             du.launch(run_worker, cfg.NUM_GPUS, args=(cfg.dump(), args.resume, changes, data))

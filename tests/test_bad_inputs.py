@@ -89,3 +89,31 @@ def test_wrong_type_on_the_command_line_names_the_key(synthetic_root, tmp_path, 
     line = refused(capsys, ConfigError.exit_code,
                       tiny_argv(synthetic_root, tmp_path / "t", "TRAIN.NUM_TRAIN_TASKS", "many"))
     assert line.startswith("error: command line: TRAIN.NUM_TRAIN_TASKS expects int") and line.endswith("got 'many'")
+
+
+def test_pretrained_weights_not_on_this_machine_are_one_line_naming_the_key(synthetic_root, tmp_path, capsys,
+                                                                           monkeypatch):
+    import huggingface_hub.constants
+
+    line = refused(capsys, ConfigError.exit_code, tiny_argv(synthetic_root, tmp_path / "t", "VIDEO.HEAD.PRETRAINED",
+                                                            str(tmp_path / "RN50.pt")))
+    assert line == (f"error: VIDEO.HEAD.PRETRAINED '{tmp_path / 'RN50.pt'}': no such file (give a local checkpoint "
+                    f"such as OpenAI's RN50.pt or ViT-B-16.pt, 'openai' to download, or '' for random weights)")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))  # nothing cached
+    line = refused(capsys, ConfigError.exit_code, tiny_argv(synthetic_root, tmp_path / "t", "VIDEO.HEAD.PRETRAINED",
+                                                            "openai", "VIDEO.HEAD.BACKBONE_NAME", "RN50"))
+    assert line.startswith("error: VIDEO.HEAD.PRETRAINED openai: OpenAI's RN50 weights are not cached here and could "
+                           "not be downloaded (")  # conftest: HF_HUB_OFFLINE=1
+    assert line.endswith("(offline: copy OpenAI's RN50.pt here and set VIDEO.HEAD.PRETRAINED to its path)")
+    line = refused(capsys, ConfigError.exit_code, tiny_argv(synthetic_root, tmp_path / "t", "VIDEO.HEAD.PRETRAINED",
+                                                            "openai"))
+    assert "OpenAI released no weights for VIDEO.HEAD.BACKBONE_NAME FSAR-Tiny-ViT" in line
+    assert not (tmp_path / "t").exists()  # refused before the run folder
+
+
+def test_a_missing_track_folder_with_vfam_on_is_one_line_before_training(synthetic_root, tmp_path, capsys):
+    line = refused(capsys, ConfigError.exit_code, tiny_argv(
+        synthetic_root, tmp_path / "t", "VFAM.ENABLE", "True", "DATA.TRACK_DIR", str(synthetic_root / "trakcs")))
+    assert line == (f"error: DATA.TRACK_DIR {synthetic_root / 'trakcs'}: no such folder, and VFAM.ENABLE needs its "
+                    f"track files (check the path, write them with runs/extract_tracks.py, or set VFAM.ENABLE False)")
+    assert not (tmp_path / "t").exists()

@@ -7,6 +7,7 @@ import torch
 
 from models.clip import CLIPBackbone, open_clip_name
 from runs.config import load_config
+from utils.config import ConfigError
 
 TINY = "FSAR-Tiny-ViT"
 TINY_RN = {  # a ModifiedResNet small enough for a unit test (registered from a temporary folder)
@@ -267,5 +268,5 @@ def test_load_openai_checkpoints_with_quick_gelu(tmp_path):
 
 
 def test_missing_checkpoint_path_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="VIDEO.HEAD.PRETRAINED '/no/such.pt'"):
+    with pytest.raises(ConfigError, match="VIDEO.HEAD.PRETRAINED '/no/such.pt': no such file .*OpenAI's RN50.pt"):
         CLIPBackbone(TINY, pretrained="/no/such.pt")

@@ -79,8 +79,9 @@ def test_missing_videos_are_one_error_naming_the_count_and_first_paths(root):
     assert isinstance(err.value, UserError) and "\n" not in message
     assert message.startswith(f"{root}/train_few_shot.txt: 5 of 30 listed videos are unusable (4 missing, 1 empty)")
     assert f"{root / videos[0]}, {root / videos[1]}, {root / videos[2]} and 2 more" in message
-    assert message.endswith("(check DATA.DATA_ROOT_DIR and DATA.VIDEO_EXT, or set DATA.ON_BAD_VIDEO resample to "
-                            "replace them by other videos of their class)")
+    assert message.endswith("(check DATA.DATA_ROOT_DIR and DATA.VIDEO_EXT; to run on the videos you have, set "
+                            "DATA.ON_MISSING_VIDEO drop; DATA.ON_BAD_VIDEO resample replaces them by other videos of "
+                            "their class)")
 
 
 def test_resample_logs_the_count_and_checks_what_is_left_per_class(root):

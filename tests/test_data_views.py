@@ -187,6 +187,117 @@ def test_random_test_frames_are_selectable_and_reproducible(clip_root):
 
 
 # ---------------------------------------------------------------------------------------------
+# K-100 clip window at the video's frame rate (CLIP-FSAR: window = 8 * SAMPLING_RATE * fps / TARGET_FPS)
+
+FPS_CLIPS = {12: 600, 25: 600, 30: 300}  # frame rate -> frames (Kinetics files run 25-30 fps)
+
+
+def _fps_frame(k: int) -> np.ndarray:
+    """Frame k of 64 x 48: grey 20 + 3 (k mod 64) on the left half, 20 + 25 (k div 64) on the right half."""
+    frame = np.empty((48, 64, 3), dtype=np.uint8)
+    frame[:, :32], frame[:, 32:] = LEFT + 3 * (k % 64), LEFT + 25 * (k // 64)
+    return frame
+
+
+def _fps_numbers(video: torch.Tensor) -> list[int]:
+    """[T, 3, 64, 64] in 0..1 (the squash view of a 64 x 48 frame) -> the frame number each frame carries."""
+    low = video[:, :, :, 4:28].mean(dim=(1, 2, 3)) * 255
+    high = video[:, :, :, 36:60].mean(dim=(1, 2, 3)) * 255
+    return [64 * round((h - LEFT) / 25) + round((g - LEFT) / 3) for g, h in zip(low.tolist(), high.tolist(),
+                                                                              strict=True)]
+
+
+@pytest.fixture(scope="module")
+def fps_root(tmp_path_factory):
+    """Kinetics' layout (train_256/<class>/<id>_<start>_<end>.mp4, H.264) with one clip per frame rate."""
+    root = tmp_path_factory.mktemp("fps_bench")
+    folder = root / "train_256" / "counting_frames"
+    folder.mkdir(parents=True)
+    for fps, count in FPS_CLIPS.items():
+        write_mp4(str(folder / f"fps{fps}_000000_000010.mp4"), np.stack([_fps_frame(k) for k in range(count)]), fps)
+    return root
+
+
+def _lineage_clip(num_frames: int, fps: float, u: float | None) -> list[int]:
+    """CLIP-FSAR's `_interval_based_sampling` (datasets/base/base_dataset.py, SAMPLING_RATE 35, TARGET_FPS 12,
+    8 frames), `u` the draw of its random.uniform(0, max_idx) (None: the middle start of a test clip)."""
+    clip_length = 8 * 35 * fps / 12
+    if clip_length > num_frames:
+        clip_length = num_frames // 8 * 8
+    max_idx = max(num_frames - clip_length + 1, 0)
+    start_idx = max_idx / 2 if u is None else 0 + (max_idx - 0) * u
+    end_idx = start_idx + clip_length - 35
+    return torch.clamp(torch.linspace(start_idx, end_idx, 8), 0, num_frames - 1).long().tolist()
+
+
+# By hand: 12 fps, 600 frames: window 280, max_idx 321, start 160.5, every 35 frames. 25 fps, 600 frames: window
+# 583.33, max_idx 17.67, start 8.83, end 557.17, every 78.33 frames. 30 fps, 300 frames (the issue's clip): window 700
+# cut to 296, max_idx 5, start 2.5, end 263.5, every 37.29 frames.
+LINEAGE_TEST_FRAMES = {12: [160, 195, 230, 265, 300, 335, 370, 405], 25: [8, 87, 165, 243, 322, 400, 478, 557],
+                       30: [2, 39, 77, 114, 151, 188, 226, 263]}
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+@pytest.mark.parametrize("fps", sorted(FPS_CLIPS))
+def test_clip_window_scales_with_the_frame_rate_the_reader_reports_as_clip_fsar(fps_root, fps, decoder):
+    from datasets.video import build_video_source
+
+    path = str(fps_root / "train_256" / "counting_frames" / f"fps{fps}_000000_000010.mp4")
+    video = build_video_source(False, decoder=decoder).open(path, 0)
+    assert (video.num_frames, video.fps) == (FPS_CLIPS[fps], fps)
+    sampler = FrameSampler("clip", 35, target_fps=12)
+    assert sampler(video.num_frames, 8, False, None, video.fps) == LINEAGE_TEST_FRAMES[fps]
+    assert _lineage_clip(video.num_frames, fps, None) == LINEAGE_TEST_FRAMES[fps]
+    for seed in range(5):  # training: the start is the generator's uniform draw times max_idx
+        u = torch.rand((), generator=torch.Generator().manual_seed(seed)).item()
+        drawn = sampler(video.num_frames, 8, True, torch.Generator().manual_seed(seed), video.fps)
+        assert drawn == _lineage_clip(video.num_frames, fps, u)
+    assert FrameSampler("clip", 35, target_fps=0)(300, 8, False, None, 30.0) == [10, 45, 80, 115, 150, 185, 220, 255]
+
+
+def test_dataset_reads_the_lineage_frames_of_a_30_fps_kinetics_clip(fps_root):
+    lines = "\n".join(f"{{split}}0//train_256/counting_frames/fps{fps}_000000_000010.mp4" for fps in (30, 25)) + "\n"
+    for split in ("train", "val", "test"):
+        (fps_root / f"{split}_few_shot.txt").write_text(lines.format(split=split))
+        (fps_root / f"{split}_class_names.txt").write_text("counting frames\n")
+    episode = build_dataset(_clip_cfg(fps_root, "DATA.FRAME_SAMPLING", "clip"), "test", [0])[0]
+    for video, video_id in ((episode.support_set[0], episode.support_ids[0]), (episode.target_set[0],
+                                                                             episode.target_ids[0])):
+        fps = int(video_id.split("/")[-1][3:5])
+        assert _fps_numbers(video) == LINEAGE_TEST_FRAMES[fps]
+
+
+def test_frames_folders_use_the_recorded_frame_rate_or_the_target_rate(tmp_path, caplog):
+    from PIL import Image
+
+    from datasets.prepared import write_frames_fps
+    from datasets.video import BadVideoError, FramesFolderSource
+
+    for name in ("recorded", "unrecorded"):
+        (tmp_path / name).mkdir()
+        for k in range(1, 301):
+            Image.fromarray(_fps_frame(k - 1)).save(tmp_path / name / f"img_{k:05d}.jpg")
+    write_frames_fps(str(tmp_path / "recorded"), 30.0)
+    source = FramesFolderSource()
+    assert source.open(str(tmp_path / "recorded"), 0).fps == 30.0
+    assert source.open(str(tmp_path / "unrecorded"), 0).fps is None
+    lines = "".join(f"{{split}}0//{name}.mp4\n" for name in ("recorded", "unrecorded"))
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}_few_shot.txt").write_text(lines.format(split=split))
+        (tmp_path / f"{split}_class_names.txt").write_text("counting frames\n")
+    cfg = _clip_cfg(tmp_path, "DATA.FRAME_SAMPLING", "clip", "DATA.FRAMES_FOLDER", True)
+    with caplog.at_level("WARNING"):
+        episode = build_dataset(cfg, "test", [0])[0]
+    numbers = {i: _fps_numbers(v) for i, v in zip(episode.support_ids + episode.target_ids,
+                                                   [episode.support_set[0], episode.target_set[0]], strict=True)}
+    assert numbers == {"recorded": LINEAGE_TEST_FRAMES[30], "unrecorded": [10, 45, 80, 115, 150, 185, 220, 255]}
+    assert "records no frame rate" in caplog.text and "DATA.TARGET_FPS 12" in caplog.text
+    (tmp_path / "recorded" / "video.json").write_text("{\"rate\": 30}\n")
+    with pytest.raises(BadVideoError, match="video.json: not a frames record"):
+        source.open(str(tmp_path / "recorded"), 0)
+
+
+# ---------------------------------------------------------------------------------------------
 # query-only augmentation
 
 
