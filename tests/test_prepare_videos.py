@@ -93,6 +93,25 @@ def test_a_corrupt_video_is_listed_with_its_reason_and_sets_exit_code_5(raw, tmp
     assert sorted(os.listdir(out / "walk")) == ["v_walk_01"]  # nothing half-written for the broken one
 
 
+def test_a_split_line_leaving_the_data_root_is_refused_and_nothing_is_written_outside_out(raw, tmp_path, capsys):
+    """A downloaded list must not make prepare_videos read or write anywhere the user can."""
+    raw_root, split = raw
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "clip.mp4").write_bytes((raw_root / "walk" / "v_walk_01.mp4").read_bytes())
+    with open(split, "a", encoding="utf-8") as f:
+        f.write("train1//../elsewhere/clip.mp4\n")
+    out = tmp_path / "frames"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        _prepare(raw_root, split, out)
+    assert exit_info.value.code == 4  # the split-list family
+    assert capsys.readouterr().err.strip() == (
+        f"error: {split}:5: path '../elsewhere/clip.mp4' leaves the data root (paths in a split list are relative "
+        f"to DATA.DATA_ROOT_DIR and stay inside it; move the video under the data root)")
+    assert sorted(os.listdir(elsewhere)) == ["clip.mp4"] and not out.exists()
+
+
 def test_a_folder_without_split_lists_converts_every_video_under_it(raw, tmp_path, capsys):
     raw_root, _ = raw
     assert main(["--data-root", str(raw_root), "--out", str(tmp_path / "all"), "--workers", "1"]) == 0
