@@ -50,11 +50,14 @@ def holder_alive(holder: dict) -> bool:
 
 
 class RunLock:
-    """`with RunLock(folder, command):` or `acquire()` / `release()`; re-entrant calls are refused."""
+    """`with RunLock(folder, command):` or `acquire()` / `release()`; re-entrant calls are refused.
 
-    def __init__(self, folder: str, command: str | None = None):
-        self.folder = folder
-        self.path = os.path.join(folder, LOCK_NAME)
+    `name` and `key` serve other single-writer folders: prepare_videos locks its `--out` with `prepare.lock`."""
+
+    def __init__(self, folder: str, command: str | None = None, name: str = LOCK_NAME, key: str = "OUTPUT_DIR"):
+        self.folder, self.key = folder, key
+        self.what = "run folder" if key == "OUTPUT_DIR" else f"{key} folder"
+        self.path = os.path.join(folder, name)
         self.command = command if command is not None else " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
         self.fd: int | None = None
 
@@ -65,10 +68,10 @@ class RunLock:
                 if self._try_acquire():
                     return self
             raise RunFolderError(f"{self.path}: lock file keeps changing under us (another job is starting in "
-                                 f"this folder; use another OUTPUT_DIR)")
+                                 f"this folder; use another {self.key})")
         except OSError as e:
-            raise RunFolderError(f"{self.folder}: cannot write the run folder ({e.strerror or e}) "
-                                 f"(choose a writable OUTPUT_DIR)") from None
+            raise RunFolderError(f"{self.folder}: cannot write the {self.what} ({e.strerror or e}) "
+                                 f"(choose a writable {self.key})") from None
 
     def check_free(self) -> None:
         """Refuse now, writing nothing, if the folder cannot be written or another job holds it (`acquire` takes
@@ -95,8 +98,8 @@ class RunLock:
             os.close(fd)  # also drops the flock taken above
 
     def _in_use(self, fd: int) -> RunFolderError:
-        return RunFolderError(f"{self.path}: run folder in use by {describe(self._read(fd))} (wait for that job to "
-                              f"end or use another OUTPUT_DIR)")
+        return RunFolderError(f"{self.path}: {self.what} in use by {describe(self._read(fd))} (wait for that job "
+                              f"to end or use another {self.key})")
 
     def _try_acquire(self) -> bool:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -138,11 +141,11 @@ class RunLock:
             return
         if holder.get("host") != host:
             raise RunFolderError(
-                f"{self.path}: run folder locked by {describe(holder)}; that host cannot be checked from {host} "
+                f"{self.path}: {self.what} locked by {describe(holder)}; that host cannot be checked from {host} "
                 f"(if that job is gone, remove the lock: rm {self.path})")
         if holder_alive(holder):
-            raise RunFolderError(f"{self.path}: run folder in use by {describe(holder)} (wait for that job to end "
-                                 f"or use another OUTPUT_DIR)")
+            raise RunFolderError(f"{self.path}: {self.what} in use by {describe(holder)} (wait for that job to end "
+                                 f"or use another {self.key})")
         if warn:
             logger.warning("%s: taking over a stale lock of %s (that process is gone)", self.path, describe(holder))
 
