@@ -1,8 +1,9 @@
 """Train and test a few-shot head: `python runs/run.py --cfg configs/...yaml [--resume] [KEY VALUE ...]`.
 
 Single process, `NUM_GPUS > 1` (spawned local processes), `torchrun`, or SLURM (`srun python runs/run.py ...`).
-Rank 0 checks everything (config, run folder, resume config, data) before it writes anything, then holds
-`OUTPUT_DIR/run.lock` for the whole run. SIGTERM/SIGUSR1/Ctrl-C stop training at the next optimizer step with
+Rank 0 checks the config, takes `OUTPUT_DIR/run.lock` (held for the whole run), then checks the run folder, the
+resume config and the data before it writes anything else: a second job can never pass the folder check while
+the first prepares its data. SIGTERM/SIGUSR1/Ctrl-C stop training at the next optimizer step with
 `last.pth` saved (exit 10); `--resume` continues exactly.
 """
 from __future__ import annotations
@@ -307,17 +308,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     du.env_from_slurm()
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun/SLURM ranks > 0: rank 0 checks and holds the lock
         return run_worker(cfg.dump(), args.resume)
-    # Rank 0 (or the single process), before any process group exists: every check, then the lock, then writes.
-    lock = RunLock(cfg.OUTPUT_DIR)
-    lock.check_free()
-    changes = tuple(check_output_dir(cfg, args.resume, args.allow_change))
-    # e.g. generate the synthetic benchmark (not into OUTPUT_DIR)
-    DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET").prepare(cfg)
-    # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); the other
-    # ranks read the same files, and a refusal here ends the job before any process group waits for rank 0.
-    data = check_run_data(cfg)
-    ensure_pretrained(cfg)  # PRETRAIN.GENERATE: the tiny CLIP pretrained on the synthetic world, cached
-    with lock:
+    # Rank 0 (or the single process), before any process group exists: the lock, every check, then writes. The lock
+    # comes first: checked before it, a folder could be taken by another job between the check and the lock.
+    with RunLock(cfg.OUTPUT_DIR):  # a refusal below leaves the folder as it was (a new one is removed again)
+        changes = tuple(check_output_dir(cfg, args.resume, args.allow_change))
+        # e.g. generate the synthetic benchmark (not into OUTPUT_DIR)
+        DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET").prepare(cfg)
+        # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); the
+        # other ranks read the same files, and a refusal here ends the job before any process group waits for it.
+        data = check_run_data(cfg)
+        ensure_pretrained(cfg)  # PRETRAIN.GENERATE: the tiny CLIP pretrained on the synthetic world, cached
         if cfg.NUM_GPUS > 1 and "RANK" not in os.environ:
             du.launch(run_worker, cfg.NUM_GPUS, args=(cfg.dump(), args.resume, changes, data))
             path = os.path.join(cfg.OUTPUT_DIR, "results.json")

@@ -182,3 +182,25 @@ def test_lock_of_an_earlier_attempt_of_the_same_slurm_job_is_taken_over_on_any_h
         with pytest.raises(Exception, match=rf"run folder in use by pid {os.getpid()}"):
             RunLock(str(tmp_path)).acquire()  # a second holder in the same folder, even in this process
     assert not lock_file.exists()
+
+
+def test_a_job_that_passed_the_folder_check_holds_the_folder_until_it_ends(synthetic_root, tmp_path, capsys):
+    """Run B checks the new folder, then spends seconds generating its data; run A, started meanwhile on the same
+    folder, is refused (before the fix A ran, and B then overwrote A's config.yaml: both exited 0)."""
+    out, generated = tmp_path / "run", tmp_path / "generated"
+    b = run_py(tiny_argv(generated, out, *SHORT, "SYNTHETIC.GENERATE", "True", "SYNTHETIC.CLASSES", "15",
+                         "SYNTHETIC.VIDEOS_PER_CLASS", "6", "SYNTHETIC.FRAMES", "24"))
+    try:
+        deadline = time.time() + 120
+        while not generated.is_dir():  # B is past its folder check and generating its data
+            assert b.poll() is None and time.time() < deadline, b.stderr.read().decode()[-2000:]
+            time.sleep(0.005)
+        b.send_signal(signal.SIGSTOP)
+        line = refused(capsys, 9, tiny_argv(synthetic_root, out, *SHORT))
+        assert re.fullmatch(rf"error: {re.escape(str(out / 'run.lock'))}: run folder in use by pid {b.pid} on .*",
+                            line), line
+    finally:
+        b.send_signal(signal.SIGCONT)
+    assert b.wait(timeout=240) == 0, b.stderr.read().decode()[-2000:]
+    assert str(generated) in (out / "config.yaml").read_text()
+    assert (out / "log.txt").read_text().count("run in ") == 1  # one run, one header

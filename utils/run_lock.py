@@ -10,6 +10,7 @@ refused with the command that removes it, except when it was written by an earli
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -60,9 +61,12 @@ class RunLock:
         self.path = os.path.join(folder, name)
         self.command = command if command is not None else " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
         self.fd: int | None = None
+        self.created = False  # the folder was made by `acquire`: `release` removes it again if it is still empty
 
     def acquire(self) -> RunLock:
+        check_writable(self.folder, self.key)
         try:
+            self.created = not os.path.isdir(self.folder)
             os.makedirs(self.folder, exist_ok=True)
             for _ in range(5):  # retry only when the file was replaced between open and flock
                 if self._try_acquire():
@@ -72,30 +76,6 @@ class RunLock:
         except OSError as e:
             raise RunFolderError(f"{self.folder}: cannot write the {self.what} ({e.strerror or e}) "
                                  f"(choose a writable {self.key})") from None
-
-    def check_free(self) -> None:
-        """Refuse now, writing nothing, if the folder cannot be written or another job holds it (`acquire` takes
-        it later, atomically)."""
-        check_writable(self.folder)
-        if not os.path.isfile(self.path):
-            return
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            raise RunFolderError(f"{self.path}: cannot read the lock file ({e.strerror or e})") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise self._in_use(fd) from None
-            holder = self._read(fd)
-            if holder:
-                self._check_stale(holder, warn=False)
-        finally:
-            os.close(fd)  # also drops the flock taken above
 
     def _in_use(self, fd: int) -> RunFolderError:
         return RunFolderError(f"{self.path}: {self.what} in use by {describe(self._read(fd))} (wait for that job "
@@ -172,6 +152,9 @@ class RunLock:
         finally:
             os.close(self.fd)
             self.fd = None
+        if self.created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote into it, keep it
+                os.rmdir(self.folder)
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -194,16 +177,16 @@ def later_attempt_of_the_same_slurm_job(holder: dict) -> bool:
         isinstance(holder.get("slurm_restart"), int) and holder["slurm_restart"] < ours["slurm_restart"]
 
 
-def check_writable(folder: str) -> None:
+def check_writable(folder: str, key: str = "OUTPUT_DIR") -> None:
     """The folder (or, before it exists, its nearest existing parent) must be writable by this process."""
     probe = os.path.abspath(folder)
     while not os.path.exists(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise RunFolderError(f"{folder}: {probe} is not a folder (choose another OUTPUT_DIR)")
+        raise RunFolderError(f"{folder}: {probe} is not a folder (choose another {key})")
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "is read-only" if probe == os.path.abspath(folder) else f"cannot be created: {probe} is read-only"
-        raise RunFolderError(f"{folder}: OUTPUT_DIR {what} for this user (choose a writable OUTPUT_DIR or fix its "
+        raise RunFolderError(f"{folder}: {key} {what} for this user (choose a writable {key} or fix its "
                              f"permissions)")
 
 
