@@ -204,3 +204,27 @@ def test_a_job_that_passed_the_folder_check_holds_the_folder_until_it_ends(synth
     assert b.wait(timeout=240) == 0, b.stderr.read().decode()[-2000:]
     assert str(generated) in (out / "config.yaml").read_text()
     assert (out / "log.txt").read_text().count("run in ") == 1  # one run, one header
+
+
+def test_a_held_lock_whose_record_names_a_dead_process_never_names_it(tmp_path):
+    """Between taking a stale lock and writing its own record, a new holder's file still names the dead one."""
+    from utils.errors import RunFolderError
+    from utils.run_lock import RunLock
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, timeout=30).stdout)
+    lock = tmp_path / "run.lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "start": time.time() - 10,
+                                "command": "run.py --cfg a.yaml"}))
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'r+'); "
+                               "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError) as info:
+            RunLock(str(tmp_path)).acquire()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert str(info.value) == (f"{lock}: run folder in use by a job that is starting now (no record written yet) "
+                               f"(wait for that job to end or use another OUTPUT_DIR)")

@@ -1,9 +1,14 @@
 """The run-folder lock: one job at a time per OUTPUT_DIR (a second `--resume`, a cluster requeue of a job whose
 first copy still runs, two users choosing the same folder).
 
-`OUTPUT_DIR/run.lock` holds one JSON object `{"host", "pid", "start", "command"}` and is `flock`ed by its holder
-for the whole run; it is removed on any exit Python sees (normal end, exception, SIGTERM/SIGINT handled by the
-engine). A lock left by a killed process is stale: on the same host the holder's pid is gone (or now belongs to a
+`OUTPUT_DIR/run.lock` holds one JSON object `{"host", "pid", "start", "command"}` and carries a POSIX record lock
+(fcntl F_SETLK) of its holder for the whole run; it is removed on any exit Python sees (normal end, exception,
+SIGTERM/SIGINT handled by the engine). A record lock belongs to the holder process alone: forked children (the
+loader workers) do not share it, and the kernel drops it the moment the holder dies, so a killed run's folder is
+free at once (an `flock` is shared by every process that inherited the descriptor: the workers of a SIGKILLed run
+kept it for seconds). Its one catch: closing *any* descriptor of the file drops the process's lock, so nothing in
+the holder process may open the lock file; a second RunLock on a folder this process holds is refused from
+memory. A lock file left by a killed process is stale: on the same host the holder's pid is gone (or now belongs to a
 younger process), so it is taken over with a warning; a lock from another host cannot be checked from here and is
 refused with the command that removes it, except when it was written by an earlier attempt of the same SLURM job
 (same SLURM_JOB_ID, lower SLURM_RESTART_COUNT: SLURM never runs two attempts of one job at once).
@@ -26,6 +31,7 @@ from utils.errors import RunFolderError
 
 LOCK_NAME = "run.lock"
 logger = logging.getLogger("fsar.run_lock")
+_HELD: dict[tuple[int, int], dict] = {}  # (device, inode) of the lock files this process holds -> its record
 
 
 def describe(holder: dict) -> str:
@@ -77,21 +83,35 @@ class RunLock:
             raise RunFolderError(f"{self.folder}: cannot write the {self.what} ({e.strerror or e}) "
                                  f"(choose a writable {self.key})") from None
 
-    def _in_use(self, fd: int) -> RunFolderError:
-        return RunFolderError(f"{self.path}: {self.what} in use by {describe(self._read(fd))} (wait for that job "
-                              f"to end or use another {self.key})")
+    def _in_use(self, holder: dict) -> RunFolderError:
+        """The lock is held by a live process. Its record may still name the previous, dead holder (the new one
+        locks, then writes): then it is a job starting now, never the dead pid."""
+        dead = holder.get("host") == socket.gethostname() and not holder_alive(holder)
+        who = describe(holder) if holder and not dead else "a job that is starting now (no record written yet)"
+        return RunFolderError(f"{self.path}: {self.what} in use by {who} (wait for that job to end or use another "
+                              f"{self.key})")
+
+    def _refuse_if_held_here(self) -> None:
+        """This process holds the file already: refuse without opening it (closing would drop our lock)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) in _HELD:
+            raise self._in_use(_HELD[st.st_dev, st.st_ino])
 
     def _try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._refuse_if_held_here()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fcntl F_SETLK: this process's alone (see above)
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise self._in_use(fd) from None
+                    raise self._in_use(self._read(fd)) from None
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
-                # No flock on this file system: the pid/host check below is all there is.
+                # No record locks on this file system: the pid/host check below is all there is.
             if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
                 os.close(fd)  # the holder removed the file as we opened it: start again on the new one
                 return False
@@ -104,6 +124,8 @@ class RunLock:
                       "command": self.command, **slurm_attempt()}
             os.write(fd, (json.dumps(record) + "\n").encode())
             os.fsync(fd)
+            st = os.fstat(fd)
+            _HELD[st.st_dev, st.st_ino] = record
         except BaseException:
             if self.fd != fd:
                 os.close(fd)
@@ -111,13 +133,12 @@ class RunLock:
         self.fd = fd
         return True
 
-    def _check_stale(self, holder: dict, warn: bool = True) -> None:
+    def _check_stale(self, holder: dict) -> None:
         """The file is unlocked but not empty: its holder ended without removing it (SIGKILL, power loss)."""
         host = socket.gethostname()
         if later_attempt_of_the_same_slurm_job(holder):
-            if warn:
-                logger.warning("%s: taking over the lock of %s: an earlier attempt of this SLURM job (requeued, "
-                               "SLURM runs one attempt at a time)", self.path, describe(holder))
+            logger.warning("%s: taking over the lock of %s: an earlier attempt of this SLURM job (requeued, SLURM "
+                           "runs one attempt at a time)", self.path, describe(holder))
             return
         if holder.get("host") != host:
             raise RunFolderError(
@@ -126,8 +147,7 @@ class RunLock:
         if holder_alive(holder):
             raise RunFolderError(f"{self.path}: {self.what} in use by {describe(holder)} (wait for that job to end "
                                  f"or use another {self.key})")
-        if warn:
-            logger.warning("%s: taking over a stale lock of %s (that process is gone)", self.path, describe(holder))
+        logger.warning("%s: taking over a stale lock of %s (that process is gone)", self.path, describe(holder))
 
     @staticmethod
     def _read(fd: int) -> dict:
@@ -142,14 +162,16 @@ class RunLock:
         return holder if isinstance(holder, dict) else {}
 
     def release(self) -> None:
-        """Remove the file, then drop the flock (a process that opened it meanwhile sees a new inode and retries)."""
+        """Remove the file, then drop the lock (a process that opened it meanwhile sees a new inode and retries)."""
         if self.fd is None:
             return
+        st = os.fstat(self.fd)
         try:
             os.remove(self.path)
         except FileNotFoundError:
             pass
         finally:
+            _HELD.pop((st.st_dev, st.st_ino), None)
             os.close(self.fd)
             self.fd = None
         if self.created:
@@ -188,16 +210,3 @@ def check_writable(folder: str, key: str = "OUTPUT_DIR") -> None:
         what = "is read-only" if probe == os.path.abspath(folder) else f"cannot be created: {probe} is read-only"
         raise RunFolderError(f"{folder}: {key} {what} for this user (choose a writable {key} or fix its "
                              f"permissions)")
-
-
-def read_lock(folder: str) -> dict | None:
-    """The holder recorded in `folder/run.lock`, or None when there is none."""
-    path = os.path.join(folder, LOCK_NAME)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        try:
-            holder = json.loads(f.read() or "{}")
-        except ValueError:
-            return {"command": "unreadable lock file"}
-    return holder if isinstance(holder, dict) else {}
