@@ -54,6 +54,9 @@ RESUME_FREE_KEYS = (
 # Not free although they look like test settings: TEST.FEATURE_CACHE and TEST.CACHE_SIZE also drive validation,
 # and with DATA.TEST_FRAMES random they change its numbers (a cached video keeps one draw), hence `best`.
 
+# The files that make a folder hold a run (a fresh start there is refused): what a start that failed early lacks.
+RUN_FILES = ("checkpoints/last.pth", "checkpoints/best.pth", "results.json")
+
 # Keys whose new value a resume could not honour: the optimizer and schedule state come from the checkpoint.
 RESUME_FIXED_PREFIXES = ("SOLVER.",)
 
@@ -179,11 +182,17 @@ def check_output_dir(cfg: CfgNode, resume: bool, allowed: list[str] = ()) -> lis
             raise RunFolderError(f"{last}: no checkpoint to resume from (start without --resume, or set "
                                  f"OUTPUT_DIR to the run to continue)")
         return compare_resume_config(cfg, load_checkpoint(last), last, list(allowed))
-    existing = [f for f in ("config.yaml", "checkpoints", "results.json", "metrics.jsonl")
-                if os.path.exists(os.path.join(out, f))]
-    if existing:
-        raise RunFolderError(f"{out}: OUTPUT_DIR already holds a run ({', '.join(existing)}) (pass --resume to "
+    # A run is what would be lost: a checkpoint or results. A start that failed before its first checkpoint (a bad
+    # video, a config error found when the model is built) leaves only config.yaml and logs: nothing to resume, so
+    # refusing a fresh start would leave the folder usable by nobody.
+    run = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if run:
+        raise RunFolderError(f"{out}: OUTPUT_DIR already holds a run ({', '.join(run)}) (pass --resume to "
                              f"continue it or set OUTPUT_DIR to a new folder)")
+    left = [f for f in ("config.yaml", "metrics.jsonl") if os.path.exists(os.path.join(out, f))]
+    if left:
+        logger.warning("%s: a start that ended before its first checkpoint left %s; starting afresh (config.yaml "
+                       "and metrics.jsonl are written again, log.txt goes on)", out, " and ".join(left))
     return []
 
 

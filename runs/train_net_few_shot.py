@@ -255,8 +255,9 @@ def train(cfg: CfgNode, device: torch.device, resume: bool) -> Trainer:
     if resume:
         trainer.resume()
     metrics = MetricsWriter(cfg.OUTPUT_DIR)
-    if resume:
-        metrics.truncate_after(trainer.iteration)
+    # Records past the state we start from belong to no checkpoint: a resume's lost iterations, or all records of a
+    # start that ended before its first checkpoint (a fresh start begins at iteration 0).
+    metrics.truncate_after(trainer.iteration)
     try:
         trainer.train(metrics)
     finally:

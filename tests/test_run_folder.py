@@ -228,3 +228,27 @@ def test_a_held_lock_whose_record_names_a_dead_process_never_names_it(tmp_path):
         holder.wait(timeout=30)
     assert str(info.value) == (f"{lock}: run folder in use by a job that is starting now (no record written yet) "
                                f"(wait for that job to end or use another OUTPUT_DIR)")
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_blocks_no_later_start(synthetic_root, tmp_path, capsys):
+    """Issue 30: a start refused when its model was built left config.yaml; starting again said "pass --resume" and
+    --resume said "start without --resume". Now the second is true, and a real run still is never overwritten."""
+    out = tmp_path / "run"
+    line = refused(capsys, 3, tiny_argv(synthetic_root, out, *SHORT, "DATA.MEAN", "[0.5, 0.5, 0.5]"))
+    assert line.startswith("error: DATA.MEAN [0.5, 0.5, 0.5] differs from the FSAR-Tiny-ViT backbone's")
+    left = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(left) == ["config.yaml", "log.txt"]
+
+    last = out / "checkpoints" / "last.pth"
+    line = refused(capsys, 9, ["--resume", *tiny_argv(synthetic_root, out, *SHORT)])
+    assert line == (f"error: {last}: no checkpoint to resume from (start without --resume, or set OUTPUT_DIR to the "
+                    f"run to continue)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == left  # a refused resume writes nothing
+
+    main(tiny_argv(synthetic_root, out, *SHORT))  # as the refusal says
+    assert f"{out}: a start that ended before its first checkpoint left config.yaml; starting afresh" in \
+        capsys.readouterr().out
+    assert (out / "config.yaml").read_bytes() != left["config.yaml"] and last.is_file()  # the new run's config
+    line = refused(capsys, 9, tiny_argv(synthetic_root, out, *SHORT))
+    assert line == (f"error: {out}: OUTPUT_DIR already holds a run (checkpoints/last.pth, checkpoints/best.pth) (pass "
+                    f"--resume to continue it or set OUTPUT_DIR to a new folder)")
