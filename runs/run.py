@@ -87,6 +87,9 @@ def parse_args(argv: list[str]) -> Args:
                 inline = argv[i] if i < len(argv) else ""
             if not inline or inline.startswith("--"):
                 raise ArgumentError(f"command line: {name} needs a value ({USAGE.splitlines()[0]})")
+            if name == "--cfg" and cfg_file is not None:
+                raise ConfigError(f"command line: --cfg given twice ({cfg_file}, then {inline}) (give one config "
+                                  f"file; a config builds on another with _BASE_)")
             if name == "--cfg":
                 cfg_file = inline
             else:
@@ -104,8 +107,15 @@ def parse_args(argv: list[str]) -> Args:
 
 
 def check_pairs(opts: list[str]) -> None:
-    """An odd count of override tokens: name the KEY that has no VALUE."""
+    """An odd count of override tokens: name the KEY that has no VALUE; a KEY given twice: name it (the later value
+    would win silently, as a YAML file's duplicate key is refused)."""
     if len(opts) % 2 == 0:
+        first: dict[str, str] = {}
+        for key, value in zip(opts[0::2], opts[1::2], strict=True):
+            if key in first:
+                raise ConfigError(f"command line: {key} given twice ({first[key]}, then {value}) (give each key "
+                                  f"once)")
+            first[key] = value
         return
     keys = set(all_keys(get_cfg()))
     for i in range(0, len(opts) - 1, 2):

@@ -135,7 +135,7 @@ def test_scan_videos_follows_symlinks_and_refuses_folders_for_files(tmp_path):
 
 def test_a_test_line_reading_outside_the_data_root_is_refused_before_the_run_starts(root, tmp_path, capsys):
     """`test0//../../outside.mp4` would be read from outside DATA.DATA_ROOT_DIR and tested without a word."""
-    from tiny_run import refused, tiny_argv
+    from tiny_run import TINY_CFG, refused
 
     outside = tmp_path / "outside.mp4"
     outside.write_bytes((root / _videos(root, "test")[0]).read_bytes())
@@ -148,8 +148,8 @@ def test_a_test_line_reading_outside_the_data_root_is_refused_before_the_run_sta
     with open(lists / "test_few_shot.txt", "a", encoding="utf-8") as f:
         f.write("test0//../../outside.mp4\n")
     out = tmp_path / "run"
-    line = refused(capsys, 4, [*tiny_argv(root, out), "DATA.ANNO_DIR", str(lists), "DATA.DATA_ROOT_DIR",
-                               str(data_root)])
+    line = refused(capsys, 4, ["--cfg", TINY_CFG, "DATA.ANNO_DIR", str(lists), "DATA.DATA_ROOT_DIR", str(data_root),
+                               "OUTPUT_DIR", str(out)])
     assert line == (f"error: {lists / 'test_few_shot.txt'}:31: path '../../outside.mp4' leaves the data root (paths "
                     f"in a split list are relative to DATA.DATA_ROOT_DIR and stay inside it; move the video under "
                     f"the data root)")

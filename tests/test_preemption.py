@@ -148,9 +148,9 @@ def test_sigkill_then_resume_at_once_finds_the_folder_free_while_the_loader_work
     """What a requeued SLURM attempt on the same node does: the workers of the killed run live on for seconds (their
     watchdog), but the lock died with its holder, and no refusal names a dead process."""
     out = tmp_path / "run"
-    opts = ("TRAIN.NUM_TRAIN_TASKS", "40", "TRAIN.VAL_FRE_ITER", "40", "TRAIN.CHECKPOINT_PERIOD", "2",
-            "TEST.ENABLE", "False", "DATA.NUM_WORKERS", "2")
-    proc = run_py(tiny_argv(synthetic_root, out, *opts))
+    opts = ("TRAIN.VAL_FRE_ITER", "40", "TRAIN.CHECKPOINT_PERIOD", "2", "TEST.ENABLE", "False", "DATA.NUM_WORKERS",
+            "2")
+    proc = run_py(tiny_argv(synthetic_root, out, *opts, "TRAIN.NUM_TRAIN_TASKS", "40"))
     last = out / "checkpoints" / "last.pth"
     wait_for_training(out, proc)
     deadline = time.time() + 120

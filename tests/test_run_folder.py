@@ -107,9 +107,8 @@ def test_lock_of_another_host_is_refused_with_how_to_remove_it(synthetic_root, t
 def test_second_job_is_refused_while_the_first_runs_and_a_killed_holders_lock_is_taken_over(
         synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
-    opts = ("TRAIN.NUM_TRAIN_TASKS", "40", "TRAIN.VAL_FRE_ITER", "40", "TRAIN.CHECKPOINT_PERIOD", "2",
-            "TEST.ENABLE", "False")
-    first = run_py(tiny_argv(synthetic_root, out, *opts))
+    opts = ("TRAIN.VAL_FRE_ITER", "40", "TRAIN.CHECKPOINT_PERIOD", "2", "TEST.ENABLE", "False")
+    first = run_py(tiny_argv(synthetic_root, out, *opts, "TRAIN.NUM_TRAIN_TASKS", "40"))
     last = out / "checkpoints" / "last.pth"
     deadline = time.time() + 240
     while not last.is_file():
@@ -117,7 +116,7 @@ def test_second_job_is_refused_while_the_first_runs_and_a_killed_holders_lock_is
         assert time.time() < deadline, "timed out waiting for the first checkpoint"
         time.sleep(0.05)
 
-    line = refused(capsys, 9, ["--resume", *tiny_argv(synthetic_root, out, *opts)])  # e.g. a cluster requeue
+    line = refused(capsys, 9, ["--resume", *tiny_argv(synthetic_root, out, *opts, "TRAIN.NUM_TRAIN_TASKS", "40")])
     assert re.fullmatch(rf"error: {re.escape(str(out / 'run.lock'))}: run folder in use by pid {first.pid} on "
                         rf"{re.escape(socket.gethostname())} since [-0-9: ]+ \(run\.py --cfg .*\) \(wait for that "
                         rf"job to end or use another OUTPUT_DIR\)", line), line
@@ -127,7 +126,7 @@ def test_second_job_is_refused_while_the_first_runs_and_a_killed_holders_lock_is
     assert json.loads((out / "run.lock").read_text())["pid"] == first.pid  # left behind by the killed holder
     at = load_checkpoint(str(last))["iteration"]
     resumed = subprocess.run([sys.executable, str(REPO / "runs" / "run.py"), "--resume",
-                              *tiny_argv(synthetic_root, out, *opts), "TRAIN.NUM_TRAIN_TASKS", str(at + 2)],
+                              *tiny_argv(synthetic_root, out, *opts, "TRAIN.NUM_TRAIN_TASKS", str(at + 2))],
                              cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -252,3 +251,14 @@ def test_a_start_that_failed_before_its_first_checkpoint_blocks_no_later_start(s
     line = refused(capsys, 9, tiny_argv(synthetic_root, out, *SHORT))
     assert line == (f"error: {out}: OUTPUT_DIR already holds a run (checkpoints/last.pth, checkpoints/best.pth) (pass "
                     f"--resume to continue it or set OUTPUT_DIR to a new folder)")
+
+
+def test_a_config_file_or_a_key_given_twice_on_the_command_line_is_refused(synthetic_root, tmp_path, capsys):
+    """The later one used to win silently (a YAML file's duplicate key is refused)."""
+    out = tmp_path / "run"
+    line = refused(capsys, 3, [*tiny_argv(synthetic_root, out, *SHORT), "--cfg", "other.yaml"])
+    assert line == (f"error: command line: --cfg given twice ({TINY_CFG}, then other.yaml) (give one config file; a "
+                    f"config builds on another with _BASE_)")
+    line = refused(capsys, 3, tiny_argv(synthetic_root, out, "TRAIN.WAY", "5", *SHORT, "TRAIN.WAY", "3"))
+    assert line == "error: command line: TRAIN.WAY given twice (5, then 3) (give each key once)"
+    assert not out.exists()
