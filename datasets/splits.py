@@ -7,6 +7,7 @@ The class id indexes that split's class-name file (`<split>_class_names.txt`, on
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from utils.errors import UserError
 from utils.textfiles import read_text
 
 SPLITS = ("train", "val", "test")
-_LINE_RE = re.compile(r"^(?P<split>[A-Za-z]+)(?P<cid>\d+)(?P<sep>//?)(?P<rest>[^/].*)$")
+_LINE_RE = re.compile(r"^(?P<split>[A-Za-z]+)(?P<cid>\d+)(?P<sep>//?)(?P<rest>.+)$")
 _EXT_RE = re.compile(r"\.[A-Za-z0-9]{1,5}$")
 
 
@@ -84,9 +85,23 @@ def parse_split_line(text: str, path: str, line: int, split: str | None = None) 
     if split is not None and m["split"] != split:
         raise SplitError(f"{path}:{line}: line belongs to split '{m['split']}', expected '{split}': {text!r}")
     has_path = m["sep"] == "//"
-    rest = m["rest"]
+    rest = inside_root(m["rest"], path, line)
     return VideoEntry(class_id=int(m["cid"]), video_id=strip_extension(rest) if has_path else rest,
                       rest=rest, has_path=has_path, line=line)
+
+
+def inside_root(rest: str, path: str, line: int) -> str:
+    """The video part of a line as a normal relative path (`a/./b.mp4` and `a//b.mp4` are `a/b.mp4`, so the
+    duplicate rule sees one video); a path that leaves the data root (`..`, absolute) is refused: a downloaded list
+    must not make the loader read, or prepare_videos write, outside their folders."""
+    if rest.startswith("/"):
+        raise SplitError(f"{path}:{line}: absolute path {rest!r}; paths in a split list are relative to "
+                         f"DATA.DATA_ROOT_DIR (write it relative to the data root)")
+    normal = posixpath.normpath(rest)
+    if normal == ".." or normal.startswith("../"):
+        raise SplitError(f"{path}:{line}: path {rest!r} leaves the data root (paths in a split list are relative to "
+                         f"DATA.DATA_ROOT_DIR and stay inside it; move the video under the data root)")
+    return normal
 
 
 def numbered_lines(path: str, what: str) -> Iterator[tuple[int, str]]:

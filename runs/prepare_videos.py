@@ -13,9 +13,12 @@ never enlarged) and written under `--out` with the same relative layout:
   B-frames, under the original file name (FFmpeg recognises the container by its content), so only
   DATA.DATA_ROOT_DIR changes; about a third of the frames' disk space, decoding about 1.3x slower.
 
-Videos run in parallel processes. A finished video is never redone (rerun to resume); each is written to
-`<final>.partial` and renamed when complete. The summary lists failures with their reasons; the exit code is 0
-when every video is converted or already was, and 5 (the video family) when any failed, after all others are done.
+Videos run in parallel processes. One writer per output: `<out>/prepare.lock` refuses a second prepare_videos on
+the same `--out` while the first runs (exit 9, naming the holder), so a `.partial` found at start is always an
+interrupted one. A finished video is never redone (rerun to resume); each is written to `<final>.partial` and
+renamed when complete, so a video's folder or file exists only once it is whole. The summary lists failures with
+their reasons; the exit code is 0 when every video is converted or already was, and 5 (the video family) when any
+failed, after all others are done.
 """
 from __future__ import annotations
 
@@ -38,12 +41,14 @@ from datasets.splits import SPLITS, parse_split_file, split_files  # noqa: E402
 from datasets.video import BadVideoError, resized_size, rgb24  # noqa: E402
 from utils.cli import non_negative_int, positive_int  # noqa: E402
 from utils.errors import ArgumentError, entry_point  # noqa: E402
+from utils.run_lock import RunLock  # noqa: E402
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 # 320 serves both training views without enlarging on disk what the loader would enlarge anyway: our short-side
 # view draws the short side from DATA.TRAIN_JITTER_SCALES [256, 320]; the lineage's squash view needs >= 256 on
 # both sides. UCF101/HMDB51/SSv2 (240 px tall) are therefore kept at their own resolution.
 DEFAULT_SHORT_SIDE = 320
+PREPARE_LOCK = "prepare.lock"  # in --out while a prepare_videos writes there (utils/run_lock.py)
 
 
 @dataclass(frozen=True)
@@ -241,7 +246,14 @@ def main(argv: list[str]) -> int:
         raise ArgumentError(f"{args.data_root}: no videos found ({', '.join(VIDEO_EXTENSIONS)}; or pass --lists)")
     jobs = [(Job(os.path.join(args.data_root, rel), target_path(args.out, rel, args.format), rel), args.format,
              args.short_side, args.quality, args.gop, args.crf, args.squash) for rel in rels]
-    record_form(args)
+    # Two writers would delete each other's `.partial` folders mid-write and rename half-written ones as finished.
+    with RunLock(args.out, name=PREPARE_LOCK, key="--out"):
+        record_form(args)
+        outcomes = convert_all(jobs, args)
+    return summarize(outcomes, args)
+
+
+def convert_all(jobs: list[tuple], args: argparse.Namespace) -> list[Outcome]:
     outcomes: list[Outcome] = []
     bar = tqdm(total=len(jobs), desc=f"prepare ({args.format})", unit="video", file=sys.stderr)
     if args.workers > 1:
@@ -254,7 +266,7 @@ def main(argv: list[str]) -> int:
             outcomes.append(_convert_star(job))
             bar.update()
     bar.close()
-    return summarize(outcomes, args)
+    return outcomes
 
 
 def record_form(args: argparse.Namespace) -> None:

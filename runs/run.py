@@ -1,8 +1,9 @@
 """Train and test a few-shot head: `python runs/run.py --cfg configs/...yaml [--resume] [KEY VALUE ...]`.
 
 Single process, `NUM_GPUS > 1` (spawned local processes), `torchrun`, or SLURM (`srun python runs/run.py ...`).
-Rank 0 checks everything (config, run folder, resume config, data) before it writes anything, then holds
-`OUTPUT_DIR/run.lock` for the whole run. SIGTERM/SIGUSR1/Ctrl-C stop training at the next optimizer step with
+Rank 0 checks the config, takes `OUTPUT_DIR/run.lock` (held for the whole run), then checks the run folder, the
+resume config and the data before it writes anything else: a second job can never pass the folder check while
+the first prepares its data. SIGTERM/SIGUSR1/Ctrl-C stop training at the next optimizer step with
 `last.pth` saved (exit 10); `--resume` continues exactly.
 """
 from __future__ import annotations
@@ -54,6 +55,9 @@ RESUME_FREE_KEYS = (
 # Not free although they look like test settings: TEST.FEATURE_CACHE and TEST.CACHE_SIZE also drive validation,
 # and with DATA.TEST_FRAMES random they change its numbers (a cached video keeps one draw), hence `best`.
 
+# The files that make a folder hold a run (a fresh start there is refused): what a start that failed early lacks.
+RUN_FILES = ("checkpoints/last.pth", "checkpoints/best.pth", "results.json")
+
 # Keys whose new value a resume could not honour: the optimizer and schedule state come from the checkpoint.
 RESUME_FIXED_PREFIXES = ("SOLVER.",)
 
@@ -84,6 +88,9 @@ def parse_args(argv: list[str]) -> Args:
                 inline = argv[i] if i < len(argv) else ""
             if not inline or inline.startswith("--"):
                 raise ArgumentError(f"command line: {name} needs a value ({USAGE.splitlines()[0]})")
+            if name == "--cfg" and cfg_file is not None:
+                raise ConfigError(f"command line: --cfg given twice ({cfg_file}, then {inline}) (give one config "
+                                  f"file; a config builds on another with _BASE_)")
             if name == "--cfg":
                 cfg_file = inline
             else:
@@ -101,8 +108,15 @@ def parse_args(argv: list[str]) -> Args:
 
 
 def check_pairs(opts: list[str]) -> None:
-    """An odd count of override tokens: name the KEY that has no VALUE."""
+    """An odd count of override tokens: name the KEY that has no VALUE; a KEY given twice: name it (the later value
+    would win silently, as a YAML file's duplicate key is refused)."""
     if len(opts) % 2 == 0:
+        first: dict[str, str] = {}
+        for key, value in zip(opts[0::2], opts[1::2], strict=True):
+            if key in first:
+                raise ConfigError(f"command line: {key} given twice ({first[key]}, then {value}) (give each key "
+                                  f"once)")
+            first[key] = value
         return
     keys = set(all_keys(get_cfg()))
     for i in range(0, len(opts) - 1, 2):
@@ -179,11 +193,17 @@ def check_output_dir(cfg: CfgNode, resume: bool, allowed: list[str] = ()) -> lis
             raise RunFolderError(f"{last}: no checkpoint to resume from (start without --resume, or set "
                                  f"OUTPUT_DIR to the run to continue)")
         return compare_resume_config(cfg, load_checkpoint(last), last, list(allowed))
-    existing = [f for f in ("config.yaml", "checkpoints", "results.json", "metrics.jsonl")
-                if os.path.exists(os.path.join(out, f))]
-    if existing:
-        raise RunFolderError(f"{out}: OUTPUT_DIR already holds a run ({', '.join(existing)}) (pass --resume to "
+    # A run is what would be lost: a checkpoint or results. A start that failed before its first checkpoint (a bad
+    # video, a config error found when the model is built) leaves only config.yaml and logs: nothing to resume, so
+    # refusing a fresh start would leave the folder usable by nobody.
+    run = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if run:
+        raise RunFolderError(f"{out}: OUTPUT_DIR already holds a run ({', '.join(run)}) (pass --resume to "
                              f"continue it or set OUTPUT_DIR to a new folder)")
+    left = [f for f in ("config.yaml", "metrics.jsonl") if os.path.exists(os.path.join(out, f))]
+    if left:
+        logger.warning("%s: a start that ended before its first checkpoint left %s; starting afresh (config.yaml "
+                       "and metrics.jsonl are written again, log.txt goes on)", out, " and ".join(left))
     return []
 
 
@@ -324,18 +344,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     du.env_from_slurm()
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun/SLURM ranks > 0: rank 0 checks and holds the lock
         return run_worker(cfg.dump(), args.resume)
-    # Rank 0 (or the single process), before any process group exists: every check, then the lock, then writes.
-    lock = RunLock(cfg.OUTPUT_DIR)
-    lock.check_free()
-    changes = tuple(check_output_dir(cfg, args.resume, args.allow_change))
-    # e.g. generate the synthetic benchmark (not into OUTPUT_DIR)
-    DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET").prepare(cfg)
-    # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); the other
-    # ranks read the same files, and a refusal here ends the job before any process group waits for rank 0.
-    data = check_run_data(cfg)
-    ensure_pretrained(cfg)  # PRETRAIN.GENERATE: the tiny CLIP pretrained on the synthetic world, cached
-    check_pretrained(cfg.VIDEO.HEAD.BACKBONE_NAME, cfg.VIDEO.HEAD.PRETRAINED)  # weights here (offline: a local file)
-    with lock:
+    # Rank 0 (or the single process), before any process group exists: the lock, every check, then writes. The lock
+    # comes first: checked before it, a folder could be taken by another job between the check and the lock.
+    with RunLock(cfg.OUTPUT_DIR):  # a refusal below leaves the folder as it was (a new one is removed again)
+        changes = tuple(check_output_dir(cfg, args.resume, args.allow_change))
+        # e.g. generate the synthetic benchmark (not into OUTPUT_DIR)
+        DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET").prepare(cfg)
+        # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); the
+        # other ranks read the same files, and a refusal here ends the job before any process group waits for it.
+        data = check_run_data(cfg)
+        ensure_pretrained(cfg)  # PRETRAIN.GENERATE: the tiny CLIP pretrained on the synthetic world, cached
+        check_pretrained(cfg.VIDEO.HEAD.BACKBONE_NAME, cfg.VIDEO.HEAD.PRETRAINED)  # weights here (offline: a file)
         if cfg.NUM_GPUS > 1 and "RANK" not in os.environ:
             du.launch(run_worker, cfg.NUM_GPUS, args=(cfg.dump(), args.resume, changes, data))
             path = os.path.join(cfg.OUTPUT_DIR, "results.json")

@@ -17,7 +17,7 @@ from models.heads.clipfsar_checkpoint import convert_lineage_state
 from runs.engine_utils import STOP, autocast, unwrap, worker_episodes
 from runs.test_net_few_shot import evaluate
 from utils import distributed as du
-from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state, set_rng_state
+from utils.checkpoint import Checkpointer, atomic_save, load_checkpoint, load_model_state, set_rng_state
 from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, ConfigError, one_of, rules, section
 from utils.episode import Episode
 from utils.errors import DivergedError, PreemptedError
@@ -88,6 +88,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.TRAIN.AUTOCAST == "fp16")
         self.checkpointer = Checkpointer(os.path.join(cfg.OUTPUT_DIR, "checkpoints"))
         self.iteration, self.best_acc, self.bad_steps, self.skipped_steps = 0, -1.0, 0, 0
+        self.best_iteration = -1  # iteration of the validation that wrote `best` (recorded in `last`)
         self.saved_at = -1  # iteration of the latest `last` checkpoint
         self.replaced_videos: set = set()
         self.ddp = self.model
@@ -102,7 +103,8 @@ class Trainer:
         if du.is_main_process():
             self.checkpointer.save(name, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                    scaler=self.scaler, iteration=self.iteration, config_yaml=self.cfg.dump(),
-                                   extra={"best_acc": self.best_acc, "skipped_steps": self.skipped_steps})
+                                   extra={"best_acc": self.best_acc, "best_iteration": self.best_iteration,
+                                          "skipped_steps": self.skipped_steps})
         if name == "last":
             self.saved_at = self.iteration
         du.barrier()
@@ -119,7 +121,22 @@ class Trainer:
         self.iteration = self.saved_at = state["iteration"]
         self.best_acc = state["extra"]["best_acc"]
         self.skipped_steps = state["extra"]["skipped_steps"]
+        self.best_iteration = state["extra"].get("best_iteration", -1)  # -1: written before it was recorded
         logger.info("resumed from %s at iteration %d (best val %.2f)", path, self.iteration, self.best_acc)
+        self._restore_best(state)
+
+    def _restore_best(self, last: dict) -> None:
+        """An improving validation writes `last`, then `best`, from one state: a kill between the two leaves a
+        best.pth older than the best accuracy `last` records, and `last` holds exactly what best.pth should."""
+        best = self.checkpointer.path("best")
+        if self.best_iteration != self.iteration or (
+                self.checkpointer.has("best") and load_checkpoint(best)["iteration"] == self.iteration):
+            return
+        if du.is_main_process():
+            logger.warning("%s: the run was stopped before it held the best validation of iteration %d (%.2f); "
+                           "written again from %s", best, self.iteration, self.best_acc, self.checkpointer.path("last"))
+            atomic_save(last, best)
+        du.barrier()
 
     # -- one iteration ---------------------------------------------------------------------------------
     def run_step(self, episode: Episode) -> dict:
@@ -220,11 +237,13 @@ class Trainer:
         result = evaluate(self.ddp, self.cfg, "val", self.cfg.TRAIN.NUM_VAL_TASKS, self.device)
         improved = result["accuracy"] > self.best_acc
         if improved:
-            self.best_acc = result["accuracy"]
+            self.best_acc, self.best_iteration = result["accuracy"], self.iteration
         metrics.write({"val/accuracy": result["accuracy"], "val/ci95": result["ci95"],
                        "val/best": self.best_acc}, self.iteration)
         logger.info("iter %d val accuracy %.2f ± %.2f (best %.2f)%s", self.iteration, result["accuracy"],
                     result["ci95"], self.best_acc, " new best" if improved else "")
+        # `last` first: it records which `best` it expects, so a kill between the two is repaired on resume
+        # (_restore_best). The other order would rely on the resumed run validating to the same accuracy again.
         self.save("last")
         if improved:
             self.save("best")
@@ -236,8 +255,9 @@ def train(cfg: CfgNode, device: torch.device, resume: bool) -> Trainer:
     if resume:
         trainer.resume()
     metrics = MetricsWriter(cfg.OUTPUT_DIR)
-    if resume:
-        metrics.truncate_after(trainer.iteration)
+    # Records past the state we start from belong to no checkpoint: a resume's lost iterations, or all records of a
+    # start that ended before its first checkpoint (a fresh start begins at iteration 0).
+    metrics.truncate_after(trainer.iteration)
     try:
         trainer.train(metrics)
     finally:

@@ -117,3 +117,30 @@ def test_a_missing_track_folder_with_vfam_on_is_one_line_before_training(synthet
     assert line == (f"error: DATA.TRACK_DIR {synthetic_root / 'trakcs'}: no such folder, and VFAM.ENABLE needs its "
                     f"track files (check the path, write them with runs/extract_tracks.py, or set VFAM.ENABLE False)")
     assert not (tmp_path / "t").exists()
+
+
+def test_a_checkpoint_with_integer_or_non_finite_weights_is_refused_for_test_and_resume(synthetic_root, tmp_path,
+                                                                                       capsys):
+    """An int32 copy of the weights used to load (cast back) and test; an all-NaN one tested at 20 % silently."""
+    run = tmp_path / "run"
+    main(tiny_argv(synthetic_root, run, "TRAIN.NUM_TRAIN_TASKS", "2", "TRAIN.VAL_FRE_ITER", "2",
+                   "TRAIN.BATCH_SIZE_PER_TASK", "1", "TEST.ENABLE", "False"))
+    last = run / "checkpoints" / "last.pth"
+    state = torch.load(last, weights_only=True)
+    first = next(iter(state["model"]))
+    as_int, as_nan = tmp_path / "int32.pth", tmp_path / "nan.pth"
+    for path, spoil in ((as_int, lambda t: t.to(torch.int32)), (as_nan, lambda t: torch.full_like(t, torch.nan))):
+        torch.save({**state, "model": {k: spoil(v) for k, v in state["model"].items()}}, path)
+    line = refused(capsys, CheckpointError.exit_code, tiny_argv(
+        synthetic_root, tmp_path / "t", "TRAIN.ENABLE", "False", "TEST.CHECKPOINT_FILE_PATH", str(as_int)))
+    assert line == (f"error: {as_int}: {first} is stored as int32, the model's is float32 (the weights were "
+                    f"converted after saving; use the file as training wrote it)")
+
+    as_nan.replace(last)  # a resume reads the same weights through the same door
+    before = last.read_bytes()
+    line = refused(capsys, CheckpointError.exit_code, ["--resume", *tiny_argv(
+        synthetic_root, run, "TRAIN.NUM_TRAIN_TASKS", "2", "TRAIN.VAL_FRE_ITER", "2", "TRAIN.BATCH_SIZE_PER_TASK", "1",
+        "TEST.ENABLE", "False")])
+    assert line == (f"error: {last}: {first} holds NaN or inf (the run had diverged when this was saved; use an "
+                    f"earlier checkpoint)")
+    assert last.read_bytes() == before

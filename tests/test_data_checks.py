@@ -132,3 +132,26 @@ def test_scan_videos_follows_symlinks_and_refuses_folders_for_files(tmp_path):
     names = ["a.mp4", "link.mp4", "dangling.mp4", "dir.mp4", "empty.mp4", "none.mp4"]
     missing, empty = scan_videos([str(tmp_path / n) for n in names])
     assert (missing, empty) == ([2, 3, 5], [4])
+
+
+def test_a_test_line_reading_outside_the_data_root_is_refused_before_the_run_starts(root, tmp_path, capsys):
+    """`test0//../../outside.mp4` would be read from outside DATA.DATA_ROOT_DIR and tested without a word."""
+    from tiny_run import TINY_CFG, refused
+
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes((root / _videos(root, "test")[0]).read_bytes())
+    data_root = root / "videos"  # the list's `../../outside.mp4` resolves from here to tmp_path/outside.mp4
+    lists = tmp_path / "lists"
+    shutil.copytree(root, lists, ignore=shutil.ignore_patterns("videos", "tracks"))
+    for split in ("train", "val", "test"):  # the same videos, written relative to <root>/videos
+        text = (lists / f"{split}_few_shot.txt").read_text().replace("//videos/", "//")
+        (lists / f"{split}_few_shot.txt").write_text(text)
+    with open(lists / "test_few_shot.txt", "a", encoding="utf-8") as f:
+        f.write("test0//../../outside.mp4\n")
+    out = tmp_path / "run"
+    line = refused(capsys, 4, ["--cfg", TINY_CFG, "DATA.ANNO_DIR", str(lists), "DATA.DATA_ROOT_DIR", str(data_root),
+                               "OUTPUT_DIR", str(out)])
+    assert line == (f"error: {lists / 'test_few_shot.txt'}:31: path '../../outside.mp4' leaves the data root (paths "
+                    f"in a split list are relative to DATA.DATA_ROOT_DIR and stay inside it; move the video under "
+                    f"the data root)")
+    assert not out.exists()

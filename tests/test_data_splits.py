@@ -60,6 +60,14 @@ def _write_split(folder, lines, names):
     (["train0/1"], ["x", "y", "x  "], "train_class_names.txt:3: duplicate class name 'x' (line 1 names it too; this "
                                       "line reads 'x  ')"),
     (["train0/1", "train0/v2.mp4\t0"], ["a"], "train_few_shot.txt:2: tab in 'train0/v2.mp4\\\\t0'"),
+    # One video written two ways is one video: it could otherwise be support and query of one episode.
+    (["train0//a/b.mp4", "train0//a/./b.mp4"], ["a"], "train_few_shot.txt:2: duplicate video 'a/b' (first on line 1)"),
+    (["train0//a//b.mp4", "train0//c/../a/b.mp4"], ["a"], "train_few_shot.txt:2: duplicate video 'a/b'"),
+    (["train0//../../outside.mp4"], ["a"], "train_few_shot.txt:1: path '../../outside.mp4' leaves the data root"),
+    (["train0/1", "train0/../x"], ["a"], "train_few_shot.txt:2: path '../x' leaves the data root"),
+    (["train0//a/../../x.mp4"], ["a"], "train_few_shot.txt:1: path 'a/../../x.mp4' leaves the data root"),
+    (["train0///etc/x.mp4"], ["a"], "train_few_shot.txt:1: absolute path '/etc/x.mp4'; paths in a split list are "
+                                    "relative to DATA.DATA_ROOT_DIR"),
 ])
 def test_invalid_split_files_name_file_and_line(tmp_path, lines, names, message):
     anno = _write_split(tmp_path, lines, names)

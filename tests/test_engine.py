@@ -41,7 +41,7 @@ def test_existing_run_folder_is_refused_without_resume(synthetic_root, tmp_path,
         main(tiny_argv(synthetic_root, out))
     assert exit_info.value.code == 9
     assert last_stderr_line(capsys) == (
-        f"error: {out}: OUTPUT_DIR already holds a run (config.yaml, checkpoints, results.json, metrics.jsonl) "
+        f"error: {out}: OUTPUT_DIR already holds a run (checkpoints/last.pth, checkpoints/best.pth, results.json) "
         f"(pass --resume to continue it or set OUTPUT_DIR to a new folder)")
     fresh = tmp_path / "fresh"
     with pytest.raises(SystemExit) as exit_info:

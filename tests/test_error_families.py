@@ -161,9 +161,10 @@ def test_episode_family_through_main(synthetic_root, tmp_path, capsys):
 def test_run_folder_family_through_main(synthetic_root, tmp_path, capsys):
     out = tmp_path / "r"
     (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pth").write_bytes(b"")
     code, err = _run_main(tiny_argv(synthetic_root, out), capsys, 9)
-    assert (code, err) == (9, f"error: {out}: OUTPUT_DIR already holds a run (checkpoints) (pass --resume to continue "
-                              f"it or set OUTPUT_DIR to a new folder)\n")
+    assert (code, err) == (9, f"error: {out}: OUTPUT_DIR already holds a run (checkpoints/last.pth) (pass --resume "
+                              f"to continue it or set OUTPUT_DIR to a new folder)\n")
 
 
 def test_a_bad_video_in_a_worker_is_one_line_from_a_real_process(synthetic_root, tmp_path):

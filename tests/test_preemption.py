@@ -1,5 +1,6 @@
 """Preemption: SIGTERM/SIGUSR1/SIGINT stop training at an optimizer-step boundary, save `last.pth`, exit 10, leave no
 process behind, and `--resume` continues bit-exactly (real subprocesses and real signals)."""
+import contextlib
 import os
 import re
 import signal
@@ -139,3 +140,34 @@ def test_an_error_in_a_spawned_rank_reaches_the_user_as_its_one_line():
         du.launch(load_config, 2, args=(missing,))
     assert type(spawned.value).__name__ == "ProcessRaisedException"
     assert find_user_error(spawned.value) == (str(direct.value), ConfigError.exit_code)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_at_once_finds_the_folder_free_while_the_loader_workers_still_live(
+        synthetic_root, tmp_path, capsys):
+    """What a requeued SLURM attempt on the same node does: the workers of the killed run live on for seconds (their
+    watchdog), but the lock died with its holder, and no refusal names a dead process."""
+    out = tmp_path / "run"
+    opts = ("TRAIN.VAL_FRE_ITER", "40", "TRAIN.CHECKPOINT_PERIOD", "2", "TEST.ENABLE", "False", "DATA.NUM_WORKERS",
+            "2")
+    proc = run_py(tiny_argv(synthetic_root, out, *opts, "TRAIN.NUM_TRAIN_TASKS", "40"))
+    last = out / "checkpoints" / "last.pth"
+    wait_for_training(out, proc)
+    deadline = time.time() + 120
+    while not last.is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    workers = descendants(proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    try:
+        assert any(w.is_running() for w in workers), "expected the killed run's loader workers to outlive it"
+        at = load_checkpoint(str(last))["iteration"]
+        capsys.readouterr()
+        main(["--resume", *tiny_argv(synthetic_root, out, *opts, "TRAIN.NUM_TRAIN_TASKS", str(at + 2))])
+        assert f"taking over a stale lock of pid {proc.pid}" in capsys.readouterr().out  # the console log
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+    assert load_checkpoint(str(last))["iteration"] == at + 2 and not (out / "run.lock").exists()

@@ -3,6 +3,12 @@ reruns skip finished videos; a corrupt input is listed with its reason and sets 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +26,8 @@ from runs.prepare_videos import main
 from utils.config import ConfigError
 from utils.errors import ArgumentError
 from utils.pixels import normalise
+
+REPO = Path(__file__).resolve().parents[1]
 
 # (relative path, encoder, options, frames, width, height)
 VIDEOS = [
@@ -91,6 +99,61 @@ def test_a_corrupt_video_is_listed_with_its_reason_and_sets_exit_code_5(raw, tmp
     failed = [line for line in printed.splitlines() if line.startswith("  failed: ")]
     assert len(failed) == 1 and failed[0].startswith("  failed: walk/v_walk_02.webm: ") and len(failed[0]) > 30
     assert sorted(os.listdir(out / "walk")) == ["v_walk_01"]  # nothing half-written for the broken one
+
+
+def test_a_split_line_leaving_the_data_root_is_refused_and_nothing_is_written_outside_out(raw, tmp_path, capsys):
+    """A downloaded list must not make prepare_videos read or write anywhere the user can."""
+    raw_root, split = raw
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "clip.mp4").write_bytes((raw_root / "walk" / "v_walk_01.mp4").read_bytes())
+    with open(split, "a", encoding="utf-8") as f:
+        f.write("train1//../elsewhere/clip.mp4\n")
+    out = tmp_path / "frames"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        _prepare(raw_root, split, out)
+    assert exit_info.value.code == 4  # the split-list family
+    assert capsys.readouterr().err.strip() == (
+        f"error: {split}:5: path '../elsewhere/clip.mp4' leaves the data root (paths in a split list are relative "
+        f"to DATA.DATA_ROOT_DIR and stay inside it; move the video under the data root)")
+    assert sorted(os.listdir(elsewhere)) == ["clip.mp4"] and not out.exists()
+
+
+def test_a_second_writer_on_one_out_is_refused_and_the_first_finishes_every_video_whole(raw, tmp_path):
+    """Two prepare_videos on one --out deleted each other's `.partial` folders and kept half-written ones as
+    finished; now the second is refused while the first runs (stopped with SIGSTOP once it holds --out)."""
+    raw_root, _ = raw
+    for k in range(30):  # enough work that the first is still converting when it is stopped
+        os.link(raw_root / "walk" / "v_walk_01.mp4", raw_root / "walk" / f"copy_{k:02d}.mp4")
+    out = tmp_path / "frames"
+
+    def prepare() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(REPO / "runs" / "prepare_videos.py"), "--data-root",
+                                 str(raw_root), "--out", str(out), "--short-side", "96", "--workers", "1"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    first = prepare()
+    try:
+        deadline = time.time() + 60
+        while not ((out / "prepare.lock").is_file() or list(out.glob("*/*.partial"))):  # the first is writing
+            assert first.poll() is None and time.time() < deadline, first.stderr.read().decode()[-2000:]
+            time.sleep(0.005)
+        first.send_signal(signal.SIGSTOP)
+        second = prepare()
+        assert second.wait(timeout=60) == 9
+        err = second.stderr.read().decode()
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
+        assert re.fullmatch(rf"error: {re.escape(str(out / 'prepare.lock'))}: --out folder in use by pid "
+                            rf"{first.pid} on .* since [-0-9: ]+ \(prepare_videos.py --data-root .*\) \(wait for that "
+                            rf"job to end or use another --out\)", err.strip()), err
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=120) == 0, first.stderr.read().decode()[-2000:]
+    expected = {os.path.splitext(rel)[0]: n for rel, _, _, n, _, _ in VIDEOS}
+    expected.update({f"walk/copy_{k:02d}": 30 for k in range(30)})
+    assert {f"{p.parent.name}/{p.name}": len(os.listdir(p)) for p in out.glob("*/*")} == expected  # every frame
+    assert not list(out.rglob("*.partial")) and not (out / "prepare.lock").exists()
 
 
 def test_a_folder_without_split_lists_converts_every_video_under_it(raw, tmp_path, capsys):

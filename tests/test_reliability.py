@@ -1,4 +1,5 @@
 """Fault injection: SIGKILL mid-run and mid-checkpoint, exactly-once distributed evaluation."""
+import json
 import os
 import signal
 import subprocess
@@ -93,6 +94,42 @@ def test_sigkill_during_checkpoint_write_keeps_previous_loadable(tmp_path):
         proc.wait(timeout=30)
         state = load_checkpoint(str(path))
         assert torch.all(state["weights"] == float(state["iteration"]))
+
+
+# The real run, killed by a real SIGKILL at the one point a timer cannot hit reliably: `last.pth` of the final,
+# improving validation is written and `best.pth` is not yet.
+KILL_BEFORE_BEST = """
+import os, signal, sys
+from runs import run
+from utils.checkpoint import Checkpointer
+save = Checkpointer.save
+def save_or_die(self, name, **state):
+    if name == "best" and state["iteration"] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(self, name, **state)
+Checkpointer.save = save_or_die
+run.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_between_last_and_best_then_resume_tests_the_best_that_results_report(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    argv = tiny_argv(synthetic_root, out, "RANDOM_SEED", "1")  # validation at 4 and 8; 8 improves on 4
+    killed = subprocess.run([sys.executable, "-c", KILL_BEFORE_BEST, "8", *argv], cwd=REPO, capture_output=True,
+                            text=True, timeout=240, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    best = out / "checkpoints" / "best.pth"
+    assert load_checkpoint(str(out / "checkpoints" / "last.pth"))["iteration"] == 8
+    assert load_checkpoint(str(best))["iteration"] == 4  # the kill's window: best.pth is the older one
+
+    resumed = run_py(["--resume", *argv])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    vals = [r["val/accuracy"] for r in read_metrics(str(out / "metrics.jsonl")) if "val/accuracy" in r]
+    assert results["checkpoint"] == str(best) and results["best_val_accuracy"] == max(vals) > vals[0]
+    tested = load_checkpoint(str(best))
+    assert tested["iteration"] == 8 and tested["extra"]["best_acc"] == results["best_val_accuracy"]
 
 
 def test_training_episodes_differ_across_ranks(monkeypatch):

@@ -107,9 +107,8 @@ def test_lock_of_another_host_is_refused_with_how_to_remove_it(synthetic_root, t
 def test_second_job_is_refused_while_the_first_runs_and_a_killed_holders_lock_is_taken_over(
         synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
-    opts = ("TRAIN.NUM_TRAIN_TASKS", "40", "TRAIN.VAL_FRE_ITER", "40", "TRAIN.CHECKPOINT_PERIOD", "2",
-            "TEST.ENABLE", "False")
-    first = run_py(tiny_argv(synthetic_root, out, *opts))
+    opts = ("TRAIN.VAL_FRE_ITER", "40", "TRAIN.CHECKPOINT_PERIOD", "2", "TEST.ENABLE", "False")
+    first = run_py(tiny_argv(synthetic_root, out, *opts, "TRAIN.NUM_TRAIN_TASKS", "40"))
     last = out / "checkpoints" / "last.pth"
     deadline = time.time() + 240
     while not last.is_file():
@@ -117,7 +116,7 @@ def test_second_job_is_refused_while_the_first_runs_and_a_killed_holders_lock_is
         assert time.time() < deadline, "timed out waiting for the first checkpoint"
         time.sleep(0.05)
 
-    line = refused(capsys, 9, ["--resume", *tiny_argv(synthetic_root, out, *opts)])  # e.g. a cluster requeue
+    line = refused(capsys, 9, ["--resume", *tiny_argv(synthetic_root, out, *opts, "TRAIN.NUM_TRAIN_TASKS", "40")])
     assert re.fullmatch(rf"error: {re.escape(str(out / 'run.lock'))}: run folder in use by pid {first.pid} on "
                         rf"{re.escape(socket.gethostname())} since [-0-9: ]+ \(run\.py --cfg .*\) \(wait for that "
                         rf"job to end or use another OUTPUT_DIR\)", line), line
@@ -127,7 +126,7 @@ def test_second_job_is_refused_while_the_first_runs_and_a_killed_holders_lock_is
     assert json.loads((out / "run.lock").read_text())["pid"] == first.pid  # left behind by the killed holder
     at = load_checkpoint(str(last))["iteration"]
     resumed = subprocess.run([sys.executable, str(REPO / "runs" / "run.py"), "--resume",
-                              *tiny_argv(synthetic_root, out, *opts), "TRAIN.NUM_TRAIN_TASKS", str(at + 2)],
+                              *tiny_argv(synthetic_root, out, *opts, "TRAIN.NUM_TRAIN_TASKS", str(at + 2))],
                              cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -182,3 +181,84 @@ def test_lock_of_an_earlier_attempt_of_the_same_slurm_job_is_taken_over_on_any_h
         with pytest.raises(Exception, match=rf"run folder in use by pid {os.getpid()}"):
             RunLock(str(tmp_path)).acquire()  # a second holder in the same folder, even in this process
     assert not lock_file.exists()
+
+
+def test_a_job_that_passed_the_folder_check_holds_the_folder_until_it_ends(synthetic_root, tmp_path, capsys):
+    """Run B checks the new folder, then spends seconds generating its data; run A, started meanwhile on the same
+    folder, is refused (before the fix A ran, and B then overwrote A's config.yaml: both exited 0)."""
+    out, generated = tmp_path / "run", tmp_path / "generated"
+    b = run_py(tiny_argv(generated, out, *SHORT, "SYNTHETIC.GENERATE", "True", "SYNTHETIC.CLASSES", "15",
+                         "SYNTHETIC.VIDEOS_PER_CLASS", "6", "SYNTHETIC.FRAMES", "24"))
+    try:
+        deadline = time.time() + 120
+        while not generated.is_dir():  # B is past its folder check and generating its data
+            assert b.poll() is None and time.time() < deadline, b.stderr.read().decode()[-2000:]
+            time.sleep(0.005)
+        b.send_signal(signal.SIGSTOP)
+        line = refused(capsys, 9, tiny_argv(synthetic_root, out, *SHORT))
+        assert re.fullmatch(rf"error: {re.escape(str(out / 'run.lock'))}: run folder in use by pid {b.pid} on .*",
+                            line), line
+    finally:
+        b.send_signal(signal.SIGCONT)
+    assert b.wait(timeout=240) == 0, b.stderr.read().decode()[-2000:]
+    assert str(generated) in (out / "config.yaml").read_text()
+    assert (out / "log.txt").read_text().count("run in ") == 1  # one run, one header
+
+
+def test_a_held_lock_whose_record_names_a_dead_process_never_names_it(tmp_path):
+    """Between taking a stale lock and writing its own record, a new holder's file still names the dead one."""
+    from utils.errors import RunFolderError
+    from utils.run_lock import RunLock
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, timeout=30).stdout)
+    lock = tmp_path / "run.lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "start": time.time() - 10,
+                                "command": "run.py --cfg a.yaml"}))
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'r+'); "
+                               "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError) as info:
+            RunLock(str(tmp_path)).acquire()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert str(info.value) == (f"{lock}: run folder in use by a job that is starting now (no record written yet) "
+                               f"(wait for that job to end or use another OUTPUT_DIR)")
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_blocks_no_later_start(synthetic_root, tmp_path, capsys):
+    """Issue 30: a start refused when its model was built left config.yaml; starting again said "pass --resume" and
+    --resume said "start without --resume". Now the second is true, and a real run still is never overwritten."""
+    out = tmp_path / "run"
+    line = refused(capsys, 3, tiny_argv(synthetic_root, out, *SHORT, "DATA.MEAN", "[0.5, 0.5, 0.5]"))
+    assert line.startswith("error: DATA.MEAN [0.5, 0.5, 0.5] differs from the FSAR-Tiny-ViT backbone's")
+    left = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(left) == ["config.yaml", "log.txt"]
+
+    last = out / "checkpoints" / "last.pth"
+    line = refused(capsys, 9, ["--resume", *tiny_argv(synthetic_root, out, *SHORT)])
+    assert line == (f"error: {last}: no checkpoint to resume from (start without --resume, or set OUTPUT_DIR to the "
+                    f"run to continue)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == left  # a refused resume writes nothing
+
+    main(tiny_argv(synthetic_root, out, *SHORT))  # as the refusal says
+    assert f"{out}: a start that ended before its first checkpoint left config.yaml; starting afresh" in \
+        capsys.readouterr().out
+    assert (out / "config.yaml").read_bytes() != left["config.yaml"] and last.is_file()  # the new run's config
+    line = refused(capsys, 9, tiny_argv(synthetic_root, out, *SHORT))
+    assert line == (f"error: {out}: OUTPUT_DIR already holds a run (checkpoints/last.pth, checkpoints/best.pth) (pass "
+                    f"--resume to continue it or set OUTPUT_DIR to a new folder)")
+
+
+def test_a_config_file_or_a_key_given_twice_on_the_command_line_is_refused(synthetic_root, tmp_path, capsys):
+    """The later one used to win silently (a YAML file's duplicate key is refused)."""
+    out = tmp_path / "run"
+    line = refused(capsys, 3, [*tiny_argv(synthetic_root, out, *SHORT), "--cfg", "other.yaml"])
+    assert line == (f"error: command line: --cfg given twice ({TINY_CFG}, then other.yaml) (give one config file; a "
+                    f"config builds on another with _BASE_)")
+    line = refused(capsys, 3, tiny_argv(synthetic_root, out, "TRAIN.WAY", "5", *SHORT, "TRAIN.WAY", "3"))
+    assert line == "error: command line: TRAIN.WAY given twice (5, then 3) (give each key once)"
+    assert not out.exists()

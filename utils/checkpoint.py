@@ -106,9 +106,26 @@ def describe_key_diff(model_keys: set, state_keys: set, shape_mismatch: list[str
     return "; ".join(parts)
 
 
+def check_weights(state_dict: dict, own: dict, source: str) -> None:
+    """Refuse weights that would load silently wrong: a float tensor stored as integers (load_state_dict casts it
+    back and the run tests something else) or a non-finite one (an all-NaN file tests at chance without a word)."""
+    for key, value in state_dict.items():
+        if key not in own or not torch.is_tensor(value):
+            continue
+        if value.is_floating_point() != own[key].is_floating_point():
+            raise CheckpointError(f"{source}: {key} is stored as {str(value.dtype).removeprefix('torch.')}, the "
+                                  f"model's is {str(own[key].dtype).removeprefix('torch.')} (the weights were "
+                                  f"converted after saving; use the file as training wrote it)")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{source}: {key} holds NaN or inf (the run had diverged when this was saved; use "
+                                  f"an earlier checkpoint)")
+
+
 def load_model_state(model: nn.Module, state_dict: dict, source: str, strict: bool = True) -> None:
-    """Load weights; with `strict`, any missing/unexpected/mis-shaped key is an error listing them."""
+    """Load weights; with `strict`, any missing/unexpected/mis-shaped key is an error listing them; a float weight
+    stored as integers or holding NaN/inf is refused either way."""
     own = model.state_dict()
+    check_weights(state_dict, own, source)
     mismatch = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
                 if k in own and v.shape != own[k].shape]
     diff = describe_key_diff(set(own), set(state_dict), mismatch)

@@ -1,15 +1,21 @@
 """The run-folder lock: one job at a time per OUTPUT_DIR (a second `--resume`, a cluster requeue of a job whose
 first copy still runs, two users choosing the same folder).
 
-`OUTPUT_DIR/run.lock` holds one JSON object `{"host", "pid", "start", "command"}` and is `flock`ed by its holder
-for the whole run; it is removed on any exit Python sees (normal end, exception, SIGTERM/SIGINT handled by the
-engine). A lock left by a killed process is stale: on the same host the holder's pid is gone (or now belongs to a
+`OUTPUT_DIR/run.lock` holds one JSON object `{"host", "pid", "start", "command"}` and carries a POSIX record lock
+(fcntl F_SETLK) of its holder for the whole run; it is removed on any exit Python sees (normal end, exception,
+SIGTERM/SIGINT handled by the engine). A record lock belongs to the holder process alone: forked children (the
+loader workers) do not share it, and the kernel drops it the moment the holder dies, so a killed run's folder is
+free at once (an `flock` is shared by every process that inherited the descriptor: the workers of a SIGKILLed run
+kept it for seconds). Its one catch: closing *any* descriptor of the file drops the process's lock, so nothing in
+the holder process may open the lock file; a second RunLock on a folder this process holds is refused from
+memory. A lock file left by a killed process is stale: on the same host the holder's pid is gone (or now belongs to a
 younger process), so it is taken over with a warning; a lock from another host cannot be checked from here and is
 refused with the command that removes it, except when it was written by an earlier attempt of the same SLURM job
 (same SLURM_JOB_ID, lower SLURM_RESTART_COUNT: SLURM never runs two attempts of one job at once).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -25,6 +31,7 @@ from utils.errors import RunFolderError
 
 LOCK_NAME = "run.lock"
 logger = logging.getLogger("fsar.run_lock")
+_HELD: dict[tuple[int, int], dict] = {}  # (device, inode) of the lock files this process holds -> its record
 
 
 def describe(holder: dict) -> str:
@@ -50,65 +57,61 @@ def holder_alive(holder: dict) -> bool:
 
 
 class RunLock:
-    """`with RunLock(folder, command):` or `acquire()` / `release()`; re-entrant calls are refused."""
+    """`with RunLock(folder, command):` or `acquire()` / `release()`; re-entrant calls are refused.
 
-    def __init__(self, folder: str, command: str | None = None):
-        self.folder = folder
-        self.path = os.path.join(folder, LOCK_NAME)
+    `name` and `key` serve other single-writer folders: prepare_videos locks its `--out` with `prepare.lock`."""
+
+    def __init__(self, folder: str, command: str | None = None, name: str = LOCK_NAME, key: str = "OUTPUT_DIR"):
+        self.folder, self.key = folder, key
+        self.what = "run folder" if key == "OUTPUT_DIR" else f"{key} folder"
+        self.path = os.path.join(folder, name)
         self.command = command if command is not None else " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
         self.fd: int | None = None
+        self.created = False  # the folder was made by `acquire`: `release` removes it again if it is still empty
 
     def acquire(self) -> RunLock:
+        check_writable(self.folder, self.key)
         try:
+            self.created = not os.path.isdir(self.folder)
             os.makedirs(self.folder, exist_ok=True)
             for _ in range(5):  # retry only when the file was replaced between open and flock
                 if self._try_acquire():
                     return self
             raise RunFolderError(f"{self.path}: lock file keeps changing under us (another job is starting in "
-                                 f"this folder; use another OUTPUT_DIR)")
+                                 f"this folder; use another {self.key})")
         except OSError as e:
-            raise RunFolderError(f"{self.folder}: cannot write the run folder ({e.strerror or e}) "
-                                 f"(choose a writable OUTPUT_DIR)") from None
+            raise RunFolderError(f"{self.folder}: cannot write the {self.what} ({e.strerror or e}) "
+                                 f"(choose a writable {self.key})") from None
 
-    def check_free(self) -> None:
-        """Refuse now, writing nothing, if the folder cannot be written or another job holds it (`acquire` takes
-        it later, atomically)."""
-        check_writable(self.folder)
-        if not os.path.isfile(self.path):
-            return
+    def _in_use(self, holder: dict) -> RunFolderError:
+        """The lock is held by a live process. Its record may still name the previous, dead holder (the new one
+        locks, then writes): then it is a job starting now, never the dead pid."""
+        dead = holder.get("host") == socket.gethostname() and not holder_alive(holder)
+        who = describe(holder) if holder and not dead else "a job that is starting now (no record written yet)"
+        return RunFolderError(f"{self.path}: {self.what} in use by {who} (wait for that job to end or use another "
+                              f"{self.key})")
+
+    def _refuse_if_held_here(self) -> None:
+        """This process holds the file already: refuse without opening it (closing would drop our lock)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            st = os.stat(self.path)
         except FileNotFoundError:
             return
-        except OSError as e:
-            raise RunFolderError(f"{self.path}: cannot read the lock file ({e.strerror or e})") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise self._in_use(fd) from None
-            holder = self._read(fd)
-            if holder:
-                self._check_stale(holder, warn=False)
-        finally:
-            os.close(fd)  # also drops the flock taken above
-
-    def _in_use(self, fd: int) -> RunFolderError:
-        return RunFolderError(f"{self.path}: run folder in use by {describe(self._read(fd))} (wait for that job to "
-                              f"end or use another OUTPUT_DIR)")
+        if (st.st_dev, st.st_ino) in _HELD:
+            raise self._in_use(_HELD[st.st_dev, st.st_ino])
 
     def _try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._refuse_if_held_here()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fcntl F_SETLK: this process's alone (see above)
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise self._in_use(fd) from None
+                    raise self._in_use(self._read(fd)) from None
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
-                # No flock on this file system: the pid/host check below is all there is.
+                # No record locks on this file system: the pid/host check below is all there is.
             if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
                 os.close(fd)  # the holder removed the file as we opened it: start again on the new one
                 return False
@@ -121,6 +124,8 @@ class RunLock:
                       "command": self.command, **slurm_attempt()}
             os.write(fd, (json.dumps(record) + "\n").encode())
             os.fsync(fd)
+            st = os.fstat(fd)
+            _HELD[st.st_dev, st.st_ino] = record
         except BaseException:
             if self.fd != fd:
                 os.close(fd)
@@ -128,23 +133,21 @@ class RunLock:
         self.fd = fd
         return True
 
-    def _check_stale(self, holder: dict, warn: bool = True) -> None:
+    def _check_stale(self, holder: dict) -> None:
         """The file is unlocked but not empty: its holder ended without removing it (SIGKILL, power loss)."""
         host = socket.gethostname()
         if later_attempt_of_the_same_slurm_job(holder):
-            if warn:
-                logger.warning("%s: taking over the lock of %s: an earlier attempt of this SLURM job (requeued, "
-                               "SLURM runs one attempt at a time)", self.path, describe(holder))
+            logger.warning("%s: taking over the lock of %s: an earlier attempt of this SLURM job (requeued, SLURM "
+                           "runs one attempt at a time)", self.path, describe(holder))
             return
         if holder.get("host") != host:
             raise RunFolderError(
-                f"{self.path}: run folder locked by {describe(holder)}; that host cannot be checked from {host} "
+                f"{self.path}: {self.what} locked by {describe(holder)}; that host cannot be checked from {host} "
                 f"(if that job is gone, remove the lock: rm {self.path})")
         if holder_alive(holder):
-            raise RunFolderError(f"{self.path}: run folder in use by {describe(holder)} (wait for that job to end "
-                                 f"or use another OUTPUT_DIR)")
-        if warn:
-            logger.warning("%s: taking over a stale lock of %s (that process is gone)", self.path, describe(holder))
+            raise RunFolderError(f"{self.path}: {self.what} in use by {describe(holder)} (wait for that job to end "
+                                 f"or use another {self.key})")
+        logger.warning("%s: taking over a stale lock of %s (that process is gone)", self.path, describe(holder))
 
     @staticmethod
     def _read(fd: int) -> dict:
@@ -159,16 +162,21 @@ class RunLock:
         return holder if isinstance(holder, dict) else {}
 
     def release(self) -> None:
-        """Remove the file, then drop the flock (a process that opened it meanwhile sees a new inode and retries)."""
+        """Remove the file, then drop the lock (a process that opened it meanwhile sees a new inode and retries)."""
         if self.fd is None:
             return
+        st = os.fstat(self.fd)
         try:
             os.remove(self.path)
         except FileNotFoundError:
             pass
         finally:
+            _HELD.pop((st.st_dev, st.st_ino), None)
             os.close(self.fd)
             self.fd = None
+        if self.created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote into it, keep it
+                os.rmdir(self.folder)
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -191,27 +199,14 @@ def later_attempt_of_the_same_slurm_job(holder: dict) -> bool:
         isinstance(holder.get("slurm_restart"), int) and holder["slurm_restart"] < ours["slurm_restart"]
 
 
-def check_writable(folder: str) -> None:
+def check_writable(folder: str, key: str = "OUTPUT_DIR") -> None:
     """The folder (or, before it exists, its nearest existing parent) must be writable by this process."""
     probe = os.path.abspath(folder)
     while not os.path.exists(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise RunFolderError(f"{folder}: {probe} is not a folder (choose another OUTPUT_DIR)")
+        raise RunFolderError(f"{folder}: {probe} is not a folder (choose another {key})")
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "is read-only" if probe == os.path.abspath(folder) else f"cannot be created: {probe} is read-only"
-        raise RunFolderError(f"{folder}: OUTPUT_DIR {what} for this user (choose a writable OUTPUT_DIR or fix its "
+        raise RunFolderError(f"{folder}: {key} {what} for this user (choose a writable {key} or fix its "
                              f"permissions)")
-
-
-def read_lock(folder: str) -> dict | None:
-    """The holder recorded in `folder/run.lock`, or None when there is none."""
-    path = os.path.join(folder, LOCK_NAME)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        try:
-            holder = json.loads(f.read() or "{}")
-        except ValueError:
-            return {"command": "unreadable lock file"}
-    return holder if isinstance(holder, dict) else {}
