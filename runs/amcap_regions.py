@@ -22,7 +22,7 @@ from datasets.splits import VideoEntry, load_split
 from datasets.tracks import TrackFile, boxes_at_frames, check_track_matches, load_track_file, rank_tracks, track_path
 from datasets.transforms import ViewParams, ViewSampler, frames_to_tensor, transform_boxes
 from datasets.video import OpenedVideo, build_video_source
-from models.amcap import AMCAP, build_class_text
+from models.amcap import AMCAP
 from models.amcap.prompts import ClassText
 from models.amcap.shapley import cell_index_map
 from models.clip import CLIPBackbone
@@ -80,7 +80,7 @@ class RegionContext:
 
 def region_context(cfg: CfgNode, backbone: CLIPBackbone, class_names: list[str]) -> RegionContext:
     amcap = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width)).to(backbone.device).eval()
-    text = build_class_text(backbone, class_names, amcap.text_template, amcap.prompt_generator.n_ctx)
+    text = amcap.class_text(backbone, list(class_names))
     return RegionContext(amcap, text, list(class_names), backbone)
 
 

@@ -215,3 +215,19 @@ def test_global_query_anchor_is_the_soft_maximum_around_the_key_frames_clip_embe
         module._anchors(module.video_tokens(v["tokens"]), text, None)
     with pytest.raises(ValueError, match="AMCAP.QUERY_ANCHOR must be one of"):
         _module(backbone, query_anchor="cls")
+
+
+def test_word_token_features_are_each_name_words_own_class_text(backbone):
+    """AMCAP.TOKEN_FEATURE word: a name token's feature is the text embedding of the template around that word
+    alone ("a photo of archery." for the token of "archery"); other tokens keep the class text's outputs."""
+    contextual = build_class_text(backbone, NAMES, "a photo of {}.", 4)
+    word = build_class_text(backbone, NAMES, "a photo of {}.", 4, token_feature="word")
+    with torch.no_grad():
+        archery = backbone.encode_text(backbone.tokenize(["a photo of archery."]))[0]
+        jumping = backbone.encode_text(backbone.tokenize(["a photo of jumping."]))[0]
+    torch.testing.assert_close(word.token_features[2][word.name_mask[2]][0], archery)
+    torch.testing.assert_close(word.token_features[0][word.name_mask[0]][0], jumping)
+    torch.testing.assert_close(word.token_features[~word.name_mask], contextual.token_features[~word.name_mask])
+    torch.testing.assert_close(word.features, contextual.features)
+    with pytest.raises(ValueError, match="AMCAP.TOKEN_FEATURE must be one of"):
+        _module(backbone, token_feature="sentence")

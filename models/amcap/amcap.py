@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.amcap.prompts import ClassText, PromptGenerator, build_class_text, encode_prompts
+from models.amcap.prompts import TOKEN_FEATURES, ClassText, PromptGenerator, build_class_text, encode_prompts
 from models.amcap.regions import (
     MERGE_RULES,
     REGION_SCORES,
@@ -80,6 +80,10 @@ def add_amcap_config(cfg: CfgNode) -> None:
     # "global" (the key frame's CLIP embedding, the one pretraining aligned with text; README, AMCAP on the world).
     _A.QUERY_ANCHOR = "mean_token"
     _A.TOKEN_TEMPERATURE = 0.07  # softmax temperature of region -> text-token alignment
+    # The class-name tokens regions align to: "contextual", the class text's per-token outputs (docs/design.md §6
+    # step 6), or "word", each name token's own text embedding ("a photo of red."), in the joint space where CLIP
+    # compares texts with images (README, AMCAP on the world).
+    _A.TOKEN_FEATURE = "contextual"
     _A.ALIGN_LOSS_WEIGHT = 0.0  # weight of the support region / class-token alignment loss (0 = off)
     _A.TEXT_TEMPLATE = "a photo of {}."  # class text for anchors and the tokens regions align to
     _A.SEED = 0  # seeds the coalitions when the caller passes no generator
@@ -88,6 +92,7 @@ def add_amcap_config(cfg: CfgNode) -> None:
           MERGE_ON=one_of(*MERGE_RULES),
           NUM_REGIONS=POSITIVE, TOP_K=POSITIVE, N_CTX=POSITIVE, NUM_HEADS=POSITIVE, ANCHOR_TEMPERATURE=POSITIVE,
           QUERY_ANCHOR=one_of(*QUERY_ANCHORS), REGION_FEATURE=one_of(*REGION_FEATURES),
+          TOKEN_FEATURE=one_of(*TOKEN_FEATURES),
           TOKEN_TEMPERATURE=POSITIVE, ALIGN_LOSS_WEIGHT=NON_NEGATIVE, SEED=NON_NEGATIVE)
 
 
@@ -111,9 +116,13 @@ class AMCAP(nn.Module):
                  exact: bool = False, num_heads: int = 4, merge_threshold: float = 0.0, merge_on: str = "synergy",
                  region_score: str = "value", support_class_anchor: bool = True, token_temperature: float = 0.07,
                  text_template: str = "a photo of {}.", seed: int = 0, empty_value: str = "zero",
-                 query_anchor: str = "mean_token", region_feature: str = "tokens",
+                 query_anchor: str = "mean_token", region_feature: str = "tokens", token_feature: str = "contextual",
                  text_cache: ClassTextCache | None = None):
         super().__init__()
+        if token_feature not in TOKEN_FEATURES:
+            raise ValueError(f"models/amcap/amcap.py: AMCAP.TOKEN_FEATURE must be one of {TOKEN_FEATURES}, "
+                             f"got '{token_feature}'")
+        self.token_feature = token_feature
         if region_feature not in REGION_FEATURES:
             raise ValueError(f"models/amcap/amcap.py: AMCAP.REGION_FEATURE must be one of {REGION_FEATURES}, "
                              f"got '{region_feature}'")
@@ -156,10 +165,11 @@ class AMCAP(nn.Module):
         n_ctx = self.prompt_generator.n_ctx
 
         def encode(names: list[str]) -> dict[str, Tensor]:
-            built = build_class_text(backbone, names, self.text_template, n_ctx)
+            built = build_class_text(backbone, names, self.text_template, n_ctx, self.token_feature)
             return {f.name: getattr(built, f.name) for f in fields(built)}
 
-        return ClassText(**self.text_cache.lookup(backbone, "amcap", class_names, encode, backbone.device))
+        kind = "amcap" if self.token_feature == "contextual" else f"amcap/{self.token_feature}"
+        return ClassText(**self.text_cache.lookup(backbone, kind, class_names, encode, backbone.device))
 
     @classmethod
     def from_config(cls, cfg: CfgNode, embed_dim: int, text_width: int) -> dict[str, Any]:
@@ -171,7 +181,7 @@ class AMCAP(nn.Module):
                     merge_threshold=a.MERGE_THRESHOLD, merge_on=a.MERGE_ON, region_score=a.REGION_SCORE,
                     support_class_anchor=a.SUPPORT_CLASS_ANCHOR, token_temperature=a.TOKEN_TEMPERATURE,
                     text_template=a.TEXT_TEMPLATE, seed=a.SEED, empty_value=a.EMPTY_VALUE,
-                    query_anchor=a.QUERY_ANCHOR, region_feature=a.REGION_FEATURE)
+                    query_anchor=a.QUERY_ANCHOR, region_feature=a.REGION_FEATURE, token_feature=a.TOKEN_FEATURE)
 
     # ------------------------------------------------------------------ steps 2-5 (regions, no gradient)
     def key_frame_indices(self, num_frames: int) -> Tensor:

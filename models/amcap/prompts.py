@@ -90,16 +90,40 @@ def _placeholder_id(backbone) -> int:
     return int(backbone.tokenize([PLACEHOLDER])[0, 1])
 
 
-def build_class_text(backbone, class_names: list[str], template: str, n_ctx: int) -> ClassText:
-    """Encode the episode's class texts with the backbone's text tower (gradients as its weights allow)."""
+TOKEN_FEATURES = ("contextual", "word")
+
+
+def word_features(backbone, token_ids: Tensor, name_mask: Tensor, template: str) -> Tensor:
+    """[n, D]: each class-name token (`token_ids` [C, L] where `name_mask`) encoded alone in `template`, pooled at
+    the end token like any class text: in the joint space, where the per-token outputs of a class text are not."""
+    base = backbone.tokenize([template.format(PLACEHOLDER)])[0]
+    slot = int((base == _placeholder_id(backbone)).nonzero()[0])
+    ids = base[None].repeat(int(name_mask.sum()), 1)
+    ids[:, slot] = token_ids[name_mask]
+    return backbone.encode_text(ids)
+
+
+def build_class_text(backbone, class_names: list[str], template: str, n_ctx: int,
+                     token_feature: str = "contextual") -> ClassText:
+    """Encode the episode's class texts with the backbone's text tower (gradients as its weights allow).
+
+    `token_feature` (AMCAP.TOKEN_FEATURE): the name tokens' features are the class text's per-token outputs
+    ("contextual") or each name token's own text embedding ("word", `word_features`)."""
+    if token_feature not in TOKEN_FEATURES:
+        raise ValueError(f"models/amcap/prompts.py: AMCAP.TOKEN_FEATURE must be one of {TOKEN_FEATURES}, "
+                         f"got '{token_feature}'")
     token_ids = backbone.tokenize([template.format(name) for name in class_names])
     features, token_features = backbone.encode_text_tokens(token_ids)
+    name_mask = name_token_mask(backbone, token_ids, template)
+    if token_feature == "word":
+        token_features = token_features.clone()
+        token_features[name_mask] = word_features(backbone, token_ids, name_mask, template).to(token_features.dtype)
     prompt_ids = backbone.tokenize([" ".join([PLACEHOLDER] * n_ctx) + f" {name}." for name in class_names])
     if not bool((prompt_ids[:, 1:1 + n_ctx] == _placeholder_id(backbone)).all()):
         raise ValueError("models/amcap/prompts.py: the tokenizer did not keep the context placeholders at "
                          f"positions 1..{n_ctx}; class names: {class_names}")
     return ClassText(features=features, token_features=token_features, token_ids=token_ids,
-                     name_mask=name_token_mask(backbone, token_ids, template), prompt_ids=prompt_ids,
+                     name_mask=name_mask, prompt_ids=prompt_ids,
                      prompt_embeds=backbone.token_embeddings(prompt_ids))
 
 
