@@ -104,6 +104,7 @@ def analyse_encoded(context: RegionContext, encoded: dict[str, torch.Tensor],
         labels = torch.tensor([label], device=encoded["tokens"].device)
     tokens = amcap.video_tokens(encoded["tokens"][None], encoded["global"][None], encoded["images"][None])
     info = amcap.describe(tokens, text, labels, amcap.coalitions(None), context.backbone)
+    anchor = amcap._anchors(tokens, text, labels)[0][0]  # [K, D] the anchor of each key frame
     class_weights = None if info["anchor_weights"] is None else info["anchor_weights"][0].mean(dim=0).cpu()
     best_class = int(class_weights.argmax()) if label is None else label
     key_frames = amcap.key_frame_indices(encoded["tokens"].shape[0]).tolist()
@@ -111,7 +112,25 @@ def analyse_encoded(context: RegionContext, encoded: dict[str, torch.Tensor],
     video = F.normalize(F.normalize(encoded["global"].float(), dim=-1).mean(dim=0), dim=0)
     global_best = int((F.normalize(text.features.float(), dim=-1) @ video).argmax())
     return {"info": info, "text": text, "best_class": best_class, "key_frames": key_frames,
-            "class_weights": class_weights, "global_best_class": global_best}
+            "class_weights": class_weights, "global_best_class": global_best,
+            "best_patches": best_patches(context.backbone, encoded, key_frames, anchor)}
+
+
+def best_patches(backbone: CLIPBackbone, encoded: dict[str, torch.Tensor], key_frames: list[int],
+                 anchor: torch.Tensor) -> dict[str, list[int]]:
+    """Per key frame, the patch (flat index) closest to the anchor [K, D] by its dense token ("dense") and by CLIP's
+    embedding of the frame with that patch alone visible ("masked", models/clip.py:encode_masked)."""
+    anchor = F.normalize(anchor.float(), dim=-1)
+    tokens = F.normalize(encoded["tokens"][key_frames].flatten(1, 2).float(), dim=-1)  # [K, h*w, D]
+    dense = torch.einsum("kpd,kd->kp", tokens, anchor).argmax(dim=1)
+    h, w = encoded["tokens"].shape[1:3]
+    single = torch.eye(h * w, dtype=torch.bool, device=anchor.device).reshape(h * w, h, w)
+    masked = []
+    for k, frame in enumerate(key_frames):
+        images = encoded["images"][frame][None].expand(h * w, -1, -1, -1)
+        emb = F.normalize(backbone.encode_masked(images, single).float(), dim=-1)  # [h*w, D]
+        masked.append(int((emb @ anchor[k]).argmax()))
+    return {"dense": dense.tolist(), "masked": masked}
 
 
 def analyse_video(cfg: CfgNode, backbone: CLIPBackbone, images: torch.Tensor, class_names: list[str],
@@ -157,7 +176,7 @@ SETTINGS = ("query", "support")
 MEASURES = ("actor_hit", "actor_cover", "target_hit", "distractor_hit", "salient_area", "kept_hit", "kept_cover",
             "kept_area", "cover_chance", "area_chance", "token_names_actor", "token_names_actor_on_hit",
             "token_names_actor_on_miss", "token_names_verb", "token_chance_actor", "token_chance_verb",
-            "anchor_correct", "global_anchor_correct")
+            "anchor_correct", "global_anchor_correct", "patch_hit_dense", "patch_hit_masked")
 # The table's rows and the measure (or number) each is compared with.
 # A random set of cells covers on average the share of the actor that it covers of the grid (its area); regions
 # partition the grid, so a random choice of as many kept regions as were selected covers `cover_chance`.
@@ -165,7 +184,8 @@ TABLE_ROWS = (("actor_hit", "kept_hit"), ("actor_cover", "cover_chance"), ("kept
               ("kept_cover", "kept_area"), ("salient_area", ""), ("target_hit", ""), ("distractor_hit", ""),
               ("token_names_actor", "token_chance_actor"), ("token_names_actor_on_hit", "token_chance_actor"),
               ("token_names_actor_on_miss", "token_chance_actor"), ("token_names_verb", "token_chance_verb"),
-              ("anchor_correct", "1/C"), ("global_anchor_correct", "1/C"))
+              ("anchor_correct", "1/C"), ("global_anchor_correct", "1/C"), ("patch_hit_dense", "area_chance"),
+              ("patch_hit_masked", "area_chance"))
 
 
 def read_world_catalogue(anno_dir: str) -> dict[str, dict]:
@@ -282,6 +302,11 @@ def setting_stats(analysis: dict[str, Any], cells: dict[str, np.ndarray], record
         "anchor_correct": nan if weights is None else float(int(weights.argmax()) == true_class),
         # the same question asked of CLIP's global embedding instead of the mean patch token (query side only)
         "global_anchor_correct": nan if weights is None else float(analysis["global_best_class"] == true_class),
+        # the one patch closest to the anchor lies on the actor (key frames where the actor is in view): by its dense
+        # token, or by CLIP's embedding of the frame with that patch alone visible (AMCAP.REGION_FEATURE masked)
+        **{f"patch_hit_{kind}": _fraction([bool(actor[k].flatten()[p]) for k, p in enumerate(patches)
+                                           if actor[k].any()]) if has_actor else nan
+           for kind, patches in analysis["best_patches"].items()},
     }
     return stats, words
 

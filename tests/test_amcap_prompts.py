@@ -231,3 +231,19 @@ def test_word_token_features_are_each_name_words_own_class_text(backbone):
     torch.testing.assert_close(word.features, contextual.features)
     with pytest.raises(ValueError, match="AMCAP.TOKEN_FEATURE must be one of"):
         _module(backbone, token_feature="sentence")
+
+
+def test_value_saliency_picks_the_best_kept_regions_for_every_class(backbone, episode_tokens):
+    """AMCAP.SALIENCY value: the salient regions are the first TOP_K kept regions (kept in order of their value),
+    the same for every class; tokens: each class's best-scoring regions."""
+    support, query = episode_tokens
+    module = _module(backbone, saliency="value", top_k=2)
+    text = module.class_text(backbone, NAMES)
+    with torch.no_grad():
+        info = module.describe(query, text, None, module.coalitions(None))
+    assert info["selected"].tolist() == [[[0, 1]] * WAY] * len(query)
+    assert torch.equal(info["selected_valid"], info["regions"].valid[:, None, :2].expand(-1, WAY, -1))
+    scores = info["regions"].scores
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())  # kept in order of value: the first are the best
+    with pytest.raises(ValueError, match="AMCAP.SALIENCY must be one of"):
+        _module(backbone, saliency="attention")

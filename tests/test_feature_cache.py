@@ -14,6 +14,7 @@ MCDP = ("VIDEO.HEAD.NAME", "MCDP_FSAR", "AMCAP.ENABLE", "True", "AMCAP.NUM_COALI
                                    (*MCDP, "VIDEO.HEAD.SUPPORT_TEXT_TOKEN", "False",
                                     "VIDEO.HEAD.TRANSFORMER_LAYER_SCALE", "0.3"),
                                    (*MCDP, "AMCAP.REGION_FEATURE", "masked", "AMCAP.QUERY_ANCHOR", "global",
+                                    "AMCAP.GRID", "2", "AMCAP.TOKEN_FEATURE", "word", "AMCAP.SALIENCY", "value",
                                     "VIDEO.HEAD.DENSE_TOKENS", "value"),
                                    ("VIDEO.HEAD.FRAME_MOTION", "difference"),
                                    ("VIDEO.HEAD.FRAME_MOTION", "pixel_difference")],

@@ -205,3 +205,21 @@ def test_benchmark_kind_is_the_default_and_unchanged(tmp_path):
 
 # Measured with make_synthetic as it is (the world added no line to it): a change to the benchmark shows here.
 BENCHMARK_DIGEST = "b2302918cb374b827ae0f538109eb0bff646f29f"
+
+
+def test_masked_patches_find_the_actor_where_dense_tokens_do_not(pretrained, world_root):
+    """AMCAP.REGION_FEATURE masked rests on this (README, AMCAP on the world): with the pretrained tower and the
+    class text as anchor, the one patch whose frame-with-only-it-visible embedding is closest to the text lies on the
+    acting entity far more often than the patch whose dense token is closest, and far above the actor's area."""
+    from runs.amcap_regions import region_stats
+    from runs.config import load_config
+
+    _, _, path = pretrained
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs/projects/MCDPFSAR/world/amcap_masked.yaml"),
+                      ["DATA.ANNO_DIR", str(world_root), "DATA.DATA_ROOT_DIR", str(world_root),
+                       "DATA.TRACK_DIR", str(world_root / "tracks"), "VIDEO.HEAD.PRETRAINED", path,
+                       "PRETRAIN.GENERATE", "False", "SYNTHETIC.GENERATE", "False"])
+    support = region_stats(cfg, "test", 3)["settings"]["support"]
+    masked, dense, area = (support[k]["mean"] for k in ("patch_hit_masked", "patch_hit_dense", "area_chance"))
+    print(f"support side: masked patch {masked:.3f}, dense patch {dense:.3f}, actor area {area:.3f}")
+    assert masked >= dense + 0.15 and masked >= 5 * area

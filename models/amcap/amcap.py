@@ -46,6 +46,7 @@ from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, one_of, rules, section
 
 QUERY_ANCHORS = ("mean_token", "global")
 REGION_FEATURES = ("tokens", "masked")
+SALIENCIES = ("tokens", "value")
 
 
 def add_amcap_config(cfg: CfgNode) -> None:
@@ -71,6 +72,10 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.REGION_FEATURE = "tokens"
     _A.NUM_REGIONS = 4  # regions kept per video
     _A.TOP_K = 2  # salient regions per (video, class) passed to the prompt generator
+    # Which kept regions are salient: "tokens", the best scores against each class's name tokens (the attention-score
+    # matrix, docs/design.md §6 step 6), or "value", the kept regions' own ranking (AMCAP.REGION_SCORE; the same
+    # regions for every class; README, AMCAP on the world).
+    _A.SALIENCY = "tokens"
     _A.N_CTX = 4  # generated context embeddings per prompt
     _A.NUM_HEADS = 4  # attention heads of the prompt generator (must divide the text width)
     _A.PER_CLASS = True  # support text per class (context averaged over shots) instead of per support video
@@ -92,7 +97,7 @@ def add_amcap_config(cfg: CfgNode) -> None:
           MERGE_ON=one_of(*MERGE_RULES),
           NUM_REGIONS=POSITIVE, TOP_K=POSITIVE, N_CTX=POSITIVE, NUM_HEADS=POSITIVE, ANCHOR_TEMPERATURE=POSITIVE,
           QUERY_ANCHOR=one_of(*QUERY_ANCHORS), REGION_FEATURE=one_of(*REGION_FEATURES),
-          TOKEN_FEATURE=one_of(*TOKEN_FEATURES),
+          TOKEN_FEATURE=one_of(*TOKEN_FEATURES), SALIENCY=one_of(*SALIENCIES),
           TOKEN_TEMPERATURE=POSITIVE, ALIGN_LOSS_WEIGHT=NON_NEGATIVE, SEED=NON_NEGATIVE)
 
 
@@ -117,8 +122,11 @@ class AMCAP(nn.Module):
                  region_score: str = "value", support_class_anchor: bool = True, token_temperature: float = 0.07,
                  text_template: str = "a photo of {}.", seed: int = 0, empty_value: str = "zero",
                  query_anchor: str = "mean_token", region_feature: str = "tokens", token_feature: str = "contextual",
-                 text_cache: ClassTextCache | None = None):
+                 saliency: str = "tokens", text_cache: ClassTextCache | None = None):
         super().__init__()
+        if saliency not in SALIENCIES:
+            raise ValueError(f"models/amcap/amcap.py: AMCAP.SALIENCY must be one of {SALIENCIES}, got '{saliency}'")
+        self.saliency = saliency
         if token_feature not in TOKEN_FEATURES:
             raise ValueError(f"models/amcap/amcap.py: AMCAP.TOKEN_FEATURE must be one of {TOKEN_FEATURES}, "
                              f"got '{token_feature}'")
@@ -181,7 +189,8 @@ class AMCAP(nn.Module):
                     merge_threshold=a.MERGE_THRESHOLD, merge_on=a.MERGE_ON, region_score=a.REGION_SCORE,
                     support_class_anchor=a.SUPPORT_CLASS_ANCHOR, token_temperature=a.TOKEN_TEMPERATURE,
                     text_template=a.TEXT_TEMPLATE, seed=a.SEED, empty_value=a.EMPTY_VALUE,
-                    query_anchor=a.QUERY_ANCHOR, region_feature=a.REGION_FEATURE, token_feature=a.TOKEN_FEATURE)
+                    query_anchor=a.QUERY_ANCHOR, region_feature=a.REGION_FEATURE, token_feature=a.TOKEN_FEATURE,
+                    saliency=a.SALIENCY)
 
     # ------------------------------------------------------------------ steps 2-5 (regions, no gradient)
     def key_frame_indices(self, num_frames: int) -> Tensor:
@@ -296,6 +305,10 @@ class AMCAP(nn.Module):
             feats = region_features(tokens.mean[:, None], regions.token_masks)  # [V, R, D], mean over all frames
         scores = attention_scores(feats, text.token_features)  # [V, C, R, L]
         selected, saliency, selected_valid = select_salient(scores, regions.valid, text.name_mask, self.top_k)
+        if self.saliency == "value":  # the kept regions' own ranking (their value under the game), for every class
+            k = selected.shape[-1]
+            selected = torch.arange(k, device=selected.device)[None, None].expand_as(selected)
+            selected_valid = regions.valid[:, None, :k].expand_as(selected)
         tokens_aligned, top_token = aligned_tokens(scores, selected, text.token_features, text.name_mask,
                                                    self.token_temperature)
         picked = feats[:, None].expand(-1, selected.shape[1], -1, -1).gather(
