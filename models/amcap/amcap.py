@@ -82,7 +82,7 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.SUPPORT_CLASS_ANCHOR = True  # supports use their class text as Shapley anchor (else the label-free one)
     _A.ANCHOR_TEMPERATURE = 0.07  # softmax temperature of the label-free anchor over class texts
     # What the label-free anchor compares with the class texts: "mean_token" (the key frame's mean dense token) or
-    # "global" (the key frame's CLIP embedding, the one pretraining aligned with text; README, AMCAP on the world).
+    # "global" (the video's CLIP embedding, the one pretraining aligned with text; README, AMCAP on the world).
     _A.QUERY_ANCHOR = "mean_token"
     _A.TOKEN_TEMPERATURE = 0.07  # softmax temperature of region -> text-token alignment
     # The class-name tokens regions align to: "contextual", the class text's per-token outputs (docs/design.md §6
@@ -108,7 +108,9 @@ class VideoTokens:
     matters where per-video features are cached or kept for the backward pass."""
     key: Tensor  # [V, K, h, w, D] the key frames' tokens (Shapley regions and their anchors)
     mean: Tensor  # [V, h, w, D] the tokens' mean over all frames (region features)
-    key_global: Tensor | None = None  # [V, K, D] the key frames' CLIP embeddings (AMCAP.QUERY_ANCHOR global)
+    # [V, K, D] what the label-free anchor is built around at each key frame with AMCAP.QUERY_ANCHOR global: the
+    # video's CLIP embedding (the mean of its frames' normalised embeddings, as CLIP-FSAR's text rule reads a video)
+    anchor_global: Tensor | None = None
     key_images: Tensor | None = None  # [V, K, 3, H, W] the key frames' tower input (AMCAP.REGION_FEATURE masked)
 
 
@@ -203,9 +205,12 @@ class AMCAP(nn.Module):
         """Dense tokens [V, T, h, w, D] (and the frames' CLIP embeddings [V, T, D], their tower input
         [V, T, 3, H, W]) -> the key frames' tokens (embeddings, images) and the mean token over all T frames."""
         frames = self.key_frame_indices(tokens.shape[1]).to(tokens.device)
-        key_global = None if frame_global is None else frame_global[:, frames]
+        anchor_global = None
+        if frame_global is not None:
+            video = F.normalize(frame_global.float(), dim=-1).mean(dim=1)  # [V, D]
+            anchor_global = video[:, None].expand(-1, len(frames), -1).to(frame_global.dtype)
         key_images = None if images is None or self.region_feature != "masked" else images[:, frames]
-        return VideoTokens(key=tokens[:, frames], mean=tokens.mean(dim=1), key_global=key_global,
+        return VideoTokens(key=tokens[:, frames], mean=tokens.mean(dim=1), anchor_global=anchor_global,
                            key_images=key_images)
 
     def coalitions(self, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -276,10 +281,10 @@ class AMCAP(nn.Module):
         if labels is not None:
             return F.normalize(class_feats, dim=-1)[labels][:, None].expand_as(frame), None
         if self.query_anchor == "global":
-            if tokens.key_global is None:
-                raise ValueError("models/amcap/amcap.py: AMCAP.QUERY_ANCHOR global needs the key frames' CLIP "
-                                 "embeddings (VideoTokens.key_global)")
-            frame = tokens.key_global.detach().float()
+            if tokens.anchor_global is None:
+                raise ValueError("models/amcap/amcap.py: AMCAP.QUERY_ANCHOR global needs the video's CLIP "
+                                 "embedding (VideoTokens.anchor_global)")
+            frame = tokens.anchor_global.detach().float()
         return self.label_free_anchor(frame, class_feats, self.anchor_temperature)
 
     # ------------------------------------------------------------------ steps 5-7 (differentiable)

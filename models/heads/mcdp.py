@@ -98,15 +98,15 @@ class MCDP_FSAR(PrototypeHead):  # noqa: N801  (registered name)
                       box_mask: Tensor | None = None) -> dict[str, Tensor]:
         """The CLIP-FSAR features (models/heads/parts.py:FrameEncoder); AMCAP's dense token grids are kept only as
         what it reads (key frames and the mean over frames: "amcap_key_tokens" [B,K,h,w,D], "amcap_mean_tokens"
-        [B,h,w,D], the key frames' CLIP embeddings "amcap_key_global" [B,K,D] and, for masked regions, their images
-        "amcap_key_images" [B,K,3,H,W])."""
+        [B,h,w,D], the video's CLIP embedding per key frame "amcap_anchor_global" [B,K,D] and, for masked regions,
+        the key frames' images "amcap_key_images" [B,K,3,H,W])."""
         videos = self.backbone.normalise(videos)  # uint8 pixels (exact crops) -> the tower's input
         feats = self.frame_encoder.encode(self.backbone, self.vfam, videos, boxes, box_mask)
         if self.amcap is not None:
             frame_global = feats["frame_global"] if self.vfam is not None else feats.pop("frame_global")
             summary = self.amcap.video_tokens(feats.pop("tokens"), frame_global, videos)
             feats["amcap_key_tokens"], feats["amcap_mean_tokens"] = summary.key, summary.mean
-            feats["amcap_key_global"] = summary.key_global
+            feats["amcap_anchor_global"] = summary.anchor_global
             if summary.key_images is not None:  # AMCAP.REGION_FEATURE masked
                 feats["amcap_key_images"] = summary.key_images
         return feats
@@ -124,7 +124,7 @@ class MCDP_FSAR(PrototypeHead):  # noqa: N801  (registered name)
             episode_seed(self.seed, f"amcap/{episode.split}", int(episode.episode_index)))
         support_tokens, query_tokens = (
             VideoTokens(key=f.encoded["amcap_key_tokens"], mean=f.encoded["amcap_mean_tokens"],
-                        key_global=f.encoded["amcap_key_global"], key_images=f.encoded.get("amcap_key_images"))
+                        anchor_global=f.encoded["amcap_anchor_global"], key_images=f.encoded.get("amcap_key_images"))
             for f in (support, query))
         dynamic = self.amcap(self.backbone, support_tokens, query_tokens, episode.class_names, support_labels,
                              generator)
