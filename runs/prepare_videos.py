@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # `python runs/prepare_videos.py`: this repositor
     # `datasets` installed in the same environment must not shadow ours; see README, Layout)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.prepared import PreparedForm, read_prepared_form, write_prepared_form  # noqa: E402
+from datasets.prepared import PreparedForm, read_prepared_form, write_frames_fps, write_prepared_form  # noqa: E402
 from datasets.splits import SPLITS, parse_split_file, split_files  # noqa: E402
 from datasets.video import BadVideoError, resized_size, rgb24  # noqa: E402
 from utils.cli import non_negative_int, positive_int  # noqa: E402
@@ -61,7 +61,7 @@ class Job:
 @dataclass(frozen=True)
 class Outcome:
     rel: str
-    status: str  # done | skipped | failed
+    status: str  # done | skipped | missing (not in --data-root) | failed
     frames: int = 0
     bytes: int = 0
     reason: str = ""
@@ -145,9 +145,12 @@ def _write_frames(source: str, partial: str, short_side: int, quality: int, squa
     from PIL import Image
 
     os.makedirs(partial)
-    count = 0
-    for count, (rgb, _, _) in enumerate(_decoded_frames(source, short_side, even=False, squash=squash), start=1):
+    count, rate = 0, None
+    for count, (rgb, _, fps) in enumerate(_decoded_frames(source, short_side, even=False, squash=squash), start=1):
         Image.fromarray(rgb).save(os.path.join(partial, f"img_{count:05d}.jpg"), quality=quality)
+        rate = fps
+    if rate is not None:  # the clip window of DATA.FRAME_SAMPLING clip scales with it (datasets/sampling.py)
+        write_frames_fps(partial, float(rate))
     return count
 
 
@@ -173,10 +176,14 @@ def convert(job: Job, fmt: str, short_side: int, quality: int = 90, gop: int = 1
     """Convert one video (skipped if its output exists); never raises, a failure is an Outcome with a reason."""
     if os.path.exists(job.target):
         return Outcome(job.rel, "skipped", bytes=_size_on_disk(job.target))
+    if not os.path.isfile(job.source):  # a partial download: reported apart, and no folder is made for it
+        return Outcome(job.rel, "missing")
     partial = job.target + ".partial"
+    parent = os.path.dirname(job.target) or "."
+    made = not os.path.isdir(parent)
     try:
         _remove(partial)  # left by an interrupted run
-        os.makedirs(os.path.dirname(job.target) or ".", exist_ok=True)
+        os.makedirs(parent, exist_ok=True)
         if fmt == "frames":
             count = _write_frames(job.source, partial, short_side, quality, squash)
         else:
@@ -187,6 +194,8 @@ def convert(job: Job, fmt: str, short_side: int, quality: int = 90, gop: int = 1
         return Outcome(job.rel, "done", count, _size_on_disk(job.target))
     except Exception as e:  # one broken video must not stop the others; its reason goes into the summary
         _remove(partial)
+        if made and os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)  # no empty class folder for a class whose only video failed
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         text = re.sub(r"^\[Errno -?\d+\] ", "", text)  # PyAV's FFmpeg error numbers say nothing more
         return Outcome(job.rel, "failed", reason=text[:300])
@@ -282,12 +291,16 @@ def record_form(args: argparse.Namespace) -> None:
 
 
 def summarize(outcomes: list[Outcome], args: argparse.Namespace) -> int:
-    by = {s: [o for o in outcomes if o.status == s] for s in ("done", "skipped", "failed")}
+    by = {s: [o for o in outcomes if o.status == s] for s in ("done", "skipped", "missing", "failed")}
     ready = by["done"] + by["skipped"]
     size = sum(o.bytes for o in ready)
     print(f"{len(outcomes)} videos: {len(by['done'])} converted, {len(by['skipped'])} already there (skipped), "
-          f"{len(by['failed'])} failed; {size / 2**20:.1f} MiB in {args.out}"
-          + (f" ({size / len(ready) / 2**10:.0f} KiB per video)" if ready else ""))
+          f"{len(by['missing'])} not in {args.data_root}, {len(by['failed'])} failed; {size / 2**20:.1f} MiB in "
+          f"{args.out}" + (f" ({size / len(ready) / 2**10:.0f} KiB per video)" if ready else ""))
+    if by["missing"]:
+        shown = ", ".join(o.rel for o in sorted(by["missing"], key=lambda o: o.rel)[:3])
+        print(f"  missing: {len(by['missing'])} listed videos were never downloaded (e.g. {shown}); train on the "
+              f"others with DATA.ON_MISSING_VIDEO drop")
     for o in sorted(by["failed"], key=lambda o: o.rel):
         print(f"  failed: {o.rel}: {o.reason}")
     if ready:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,7 @@ from test_decoders import frame_numbers, write_numbered_clip
 
 from datasets import build_dataset
 from datasets.checks import check_run_data
-from datasets.prepared import PreparedForm, read_prepared_form
+from datasets.prepared import PreparedForm, read_frames_fps, read_prepared_form
 from datasets.splits import parse_split_file
 from datasets.transforms import ViewParams, frames_to_tensor
 from datasets.video import FramesFolderSource, PyAVSource, build_video_source
@@ -84,9 +85,10 @@ def test_rerun_skips_finished_videos_and_replaces_interrupted_ones(raw, tmp_path
     os.rename(out / "run" / "v_run_01", out / "run" / "v_run_01.partial")
     capsys.readouterr()
     assert _prepare(raw_root, split, out, "--workers", "1") == 0
-    assert "4 videos: 1 converted, 3 already there (skipped), 0 failed" in capsys.readouterr().out
+    assert f"4 videos: 1 converted, 3 already there (skipped), 0 not in {raw_root}, 0 failed" in capsys.readouterr().out
     assert finished.stat().st_mtime_ns == stamp
-    assert len(os.listdir(out / "run" / "v_run_01")) == 36 and not (out / "run" / "v_run_01.partial").exists()
+    assert len(list((out / "run" / "v_run_01").glob("img_*.jpg"))) == 36
+    assert not (out / "run" / "v_run_01.partial").exists()
 
 
 def test_a_corrupt_video_is_listed_with_its_reason_and_sets_exit_code_5(raw, tmp_path, capsys):
@@ -95,10 +97,29 @@ def test_a_corrupt_video_is_listed_with_its_reason_and_sets_exit_code_5(raw, tmp
     out = tmp_path / "frames"
     assert _prepare(raw_root, split, out, "--workers", "2") == 5
     printed = capsys.readouterr().out
-    assert "4 videos: 3 converted, 0 already there (skipped), 1 failed" in printed
+    assert f"4 videos: 3 converted, 0 already there (skipped), 0 not in {raw_root}, 1 failed" in printed
     failed = [line for line in printed.splitlines() if line.startswith("  failed: ")]
     assert len(failed) == 1 and failed[0].startswith("  failed: walk/v_walk_02.webm: ") and len(failed[0]) > 30
     assert sorted(os.listdir(out / "walk")) == ["v_walk_01"]  # nothing half-written for the broken one
+
+
+def test_missing_sources_are_counted_apart_from_failures_and_leave_no_folders(raw, tmp_path, capsys):
+    """A partial download: listed videos that were never downloaded are one summary line (exit 0, nothing failed),
+    and no class folder is made for a class none of whose videos is there; frames folders record the frame rate."""
+    raw_root, split = raw
+    (raw_root / "walk" / "v_walk_01.mp4").unlink()
+    (raw_root / "walk" / "v_walk_02.webm").unlink()
+    out = tmp_path / "frames"
+    assert _prepare(raw_root, split, out) == 0
+    printed = capsys.readouterr().out
+    assert f"4 videos: 2 converted, 0 already there (skipped), 2 not in {raw_root}, 0 failed" in printed
+    assert ("  missing: 2 listed videos were never downloaded (e.g. walk/v_walk_01.mp4, walk/v_walk_02.webm); "
+            "train on the others with DATA.ON_MISSING_VIDEO drop") in printed
+    assert not any(line.startswith("  failed: ") for line in printed.splitlines())
+    assert "walk" not in os.listdir(out) and sorted(os.listdir(out / "run")) == ["v_run_01", "v_run_02"]
+    with av.open(str(raw_root / "run" / "v_run_01.avi")) as container:
+        rate = float(container.streams.video[0].average_rate)
+    assert read_frames_fps(str(out / "run" / "v_run_01")) == pytest.approx(rate)
 
 
 def test_a_split_line_leaving_the_data_root_is_refused_and_nothing_is_written_outside_out(raw, tmp_path, capsys):
@@ -152,7 +173,7 @@ def test_a_second_writer_on_one_out_is_refused_and_the_first_finishes_every_vide
     assert first.wait(timeout=120) == 0, first.stderr.read().decode()[-2000:]
     expected = {os.path.splitext(rel)[0]: n for rel, _, _, n, _, _ in VIDEOS}
     expected.update({f"walk/copy_{k:02d}": 30 for k in range(30)})
-    assert {f"{p.parent.name}/{p.name}": len(os.listdir(p)) for p in out.glob("*/*")} == expected  # every frame
+    assert {f"{p.parent.name}/{p.name}": len(list(p.glob("img_*.jpg"))) for p in out.glob("*/*")} == expected
     assert not list(out.rglob("*.partial")) and not (out / "prepare.lock").exists()
 
 
