@@ -186,8 +186,10 @@ class VFAM(nn.Module):
         out = seq.reshape(b, k, t, d).permute(0, 2, 1, 3)
         return torch.where(mask[..., None], out, torch.zeros_like(out))
 
-    def forward(self, frame_global: Tensor, frame_desc: Tensor, entity_feats: Tensor, entity_mask: Tensor) -> Tensor:
-        """[B,T,D] global tokens, [B,T,F] descriptors, [B,T,K,D] entities, [B,T,K] mask -> [B,T,F] descriptors."""
+    def _frame_attention(self, frame_global: Tensor, entity_feats: Tensor, entity_mask: Tensor,
+                         need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The global token of each frame attending to its entities: (context [B*T,1,D], has_entity [B*T],
+        attention weights averaged over heads [B*T,1,K] or None)."""
         b, t, k, d = entity_feats.shape
         mask = entity_mask.bool()
         entities = torch.where(mask[..., None], entity_feats, torch.zeros_like(entity_feats))
@@ -196,7 +198,21 @@ class VFAM(nn.Module):
         query = self.query_norm(frame_global).reshape(b * t, 1, d)
         keys = self.entity_norm(entities).reshape(b * t, k, d)
         padding, has_entity = _safe_key_padding(mask.reshape(b * t, k))
-        context, _ = self.frame_attn(query, keys, keys, key_padding_mask=padding, need_weights=False)
+        context, weights = self.frame_attn(query, keys, keys, key_padding_mask=padding, need_weights=need_weights)
+        return context, has_entity, weights
+
+    def attention(self, frame_global: Tensor, entity_feats: Tensor, entity_mask: Tensor) -> Tensor:
+        """[B,T,K]: each frame's attention over its entity slots (mean over heads; 0 for masked slots), the weights
+        the fused context is made of (`runs/visualize.py vfam-stats`)."""
+        b, t, k = entity_mask.shape
+        _, has_entity, weights = self._frame_attention(frame_global, entity_feats, entity_mask, need_weights=True)
+        weights = weights.reshape(b, t, k) * entity_mask.bool()
+        return weights * has_entity.reshape(b, t, 1)
+
+    def forward(self, frame_global: Tensor, frame_desc: Tensor, entity_feats: Tensor, entity_mask: Tensor) -> Tensor:
+        """[B,T,D] global tokens, [B,T,F] descriptors, [B,T,K,D] entities, [B,T,K] mask -> [B,T,F] descriptors."""
+        b, t, _, d = entity_feats.shape
+        context, has_entity, _ = self._frame_attention(frame_global, entity_feats, entity_mask)
         context = self.drop(self.proj(context.reshape(b, t, d)))  # [B,T,F]
         has_entity = has_entity.reshape(b, t, 1)
         # Frames without entities get exactly 0 (not proj's bias), so they keep the baseline descriptor.

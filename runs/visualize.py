@@ -7,6 +7,8 @@ Commands:
   region-stats  on the synthetic world, how often the salient regions land on the acting entity (ground-truth
             tracks) and their aligned tokens name it, query and support side, against chance:
             python runs/visualize.py region-stats --cfg <world yaml> [--split test] [--videos N] [--json out.json]
+  vfam-stats  on the synthetic world, the attention mass VFAM gives the acting entity's track vs each distractor's:
+            python runs/visualize.py vfam-stats --cfg <world yaml> [--checkpoint PTH] [--split test] [--videos N]
   curves    a run's training loss and learning rate, and validation accuracy with its 95% CI, vs iteration:
             python runs/visualize.py curves --run <OUTPUT_DIR> [--out curves.png]
   text-similarity  how alike the class texts are (cosine of "a photo of {name}" through the text tower; a tower
@@ -188,6 +190,48 @@ def add_region_stats_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_region_stats)
 
 
+# ---------------------------------------------------------------------------------------------- vfam-stats
+def run_vfam_stats(args: argparse.Namespace) -> int:
+    from runs.vfam_attention import VFAM_MEASURES, vfam_stats
+
+    if args.videos < 0:
+        raise ArgumentError(f"--videos must be >= 0 (videos per class; 0 = all), got {args.videos}")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise ArgumentError(f"{args.checkpoint}: --checkpoint file not found")
+    cfg = load_config(args.cfg or None, args.opts)
+    if not cfg.DATA.ANNO_DIR:
+        raise ArgumentError("vfam-stats: set DATA.ANNO_DIR (the world's split lists and meta.json)")
+    result = {"config": args.cfg, "checkpoint": args.checkpoint, "overrides": list(args.opts),
+              **vfam_stats(cfg, args.split, args.videos, args.checkpoint)}
+    print(f"vfam-stats: {result['videos']} {args.split} videos, VFAM.MODE {cfg.VFAM.MODE}, gate |mean| "
+          f"{result['gate']:.4f}; per frame with the actor and a distractor in view (mean over videos ± 95% CI):")
+    for name in VFAM_MEASURES:
+        entry = result["measures"][name]
+        value = "-" if entry["mean"] is None else f"{entry['mean']:.3f}" + (
+            f" ± {entry['ci95']:.3f}" if entry["ci95"] is not None else "")
+        print(f"  {name}: {value}")
+    actor, distractor = (result["measures"][k]["mean"] for k in ("actor_mass", "distractor_mass"))
+    if actor is not None and distractor:
+        print(f"  actor / distractor mass: {actor / distractor:.2f}x")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_vfam_stats_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("vfam-stats", help="does VFAM's frame attention go to the synthetic world's actor")
+    p.add_argument("--cfg", default="", help="config YAML of a synthetic world (DATA.ANNO_DIR holds its meta.json)")
+    p.add_argument("--checkpoint", default="", help="a run's checkpoint (its trained VFAM); default: untrained")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to measure")
+    p.add_argument("--videos", type=int, default=0, help="first N videos of each class (0 = all)")
+    p.add_argument("--json", default="", help="also write the measures to this JSON file")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    p.set_defaults(func=run_vfam_stats)
+
+
 # ---------------------------------------------------------------------------------------------- curves, episode
 def run_curves(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(args.run, "metrics.jsonl")):
@@ -291,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_regions_parser(commands)
     add_region_stats_parser(commands)
+    add_vfam_stats_parser(commands)
     add_curves_parser(commands)
     add_text_similarity_parser(commands)
     add_episode_parser(commands)

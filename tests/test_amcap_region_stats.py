@@ -103,3 +103,35 @@ def test_negative_video_count_is_refused(world, capsys):
     with pytest.raises(SystemExit):
         visualize.main(["region-stats", "--cfg", WORLD_DEMO, "--videos", "-1", *_data(world)])
     assert "--videos" in capsys.readouterr().err
+
+
+def test_vfam_stats_reads_the_heads_attention_per_frame_with_the_actor_beside_a_distractor(world, tmp_path, capsys):
+    """`visualize.py vfam-stats` in-process on the tiny world (random tower, untrained head): every measure is a
+    fraction, and the attention it reads is the one VFAM fuses (rows sum to 1 over the slots in view)."""
+    from runs import vfam_attention
+
+    out = tmp_path / "vfam.json"
+    argv = ["vfam-stats", "--cfg", WORLD_DEMO, "--videos", "1", "--json", str(out), *_data(world)]
+    assert visualize.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "vfam-stats:" in printed and "actor_mass:" in printed
+    saved = json.loads(out.read_text())
+    for name in vfam_attention.VFAM_MEASURES:
+        entry = saved["measures"][name]
+        assert entry["n"] > 0 and 0.0 <= entry["mean"] <= 1.0, (name, entry)
+    assert saved["gate"] == 0.0  # an untrained VFAM fuses nothing yet (its gate starts at 0)
+    with pytest.raises(SystemExit):
+        visualize.main([*argv[:-len(_data(world))], *_data(world), "VFAM.ENABLE", "False"])
+    assert "set VFAM.ENABLE True" in capsys.readouterr().err
+
+
+def test_vfam_frame_measures_on_planted_attention():
+    from runs.vfam_attention import frame_measures
+
+    weights = np.array([[0.6, 0.3, 0.1, 0.0],  # actor in slot 0, two distractors, an empty slot
+                        [0.2, 0.5, 0.3, 0.0],
+                        [1.0, 0.0, 0.0, 0.0]])  # no distractor in view: not counted
+    present = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 0, 0, 0]], bool)
+    got = frame_measures(weights, present, [0])
+    assert got == pytest.approx({"actor_mass": 0.4, "distractor_mass": 0.3, "actor_top": 0.5, "top_chance": 1 / 3})
+    assert all(np.isnan(v) for v in frame_measures(weights[2:], present[2:], [0]).values())

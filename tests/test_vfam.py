@@ -277,3 +277,31 @@ def test_modes_with_the_tiny_clip_backbone(tiny_clip: nn.Module, mode: str) -> N
     assert not torch.allclose(out[0], baseline, atol=1e-4)
     if mode != "crop_frames":
         assert vfam.frame_attn.in_proj_weight.grad.abs().sum() > 0
+
+
+def test_attention_weights_are_the_fused_ones_over_the_slots_in_view() -> None:
+    """VFAM.attention: per frame a distribution over the slots in view (0 for masked slots and frames without
+    entities), and the context VFAM fuses is exactly that mixture of the attention's values."""
+    frame_global, frame_desc, entities, mask = _inputs()
+    vfam = _vfam(temporal=False)
+    with torch.no_grad():
+        weights = vfam.attention(frame_global, entities, mask)  # [B, T, K]
+        vfam.gate.fill_(1.0)
+        fused = vfam(frame_global, frame_desc, entities, mask) - frame_desc
+        attn = vfam.frame_attn
+        values = torch.nn.functional.linear(vfam.entity_norm(entities * mask[..., None]),
+                                            attn.in_proj_weight[2 * D:], attn.in_proj_bias[2 * D:])
+        # the same attention by hand, head by head
+        q = torch.nn.functional.linear(vfam.query_norm(frame_global), attn.in_proj_weight[:D], attn.in_proj_bias[:D])
+        k = torch.nn.functional.linear(vfam.entity_norm(entities * mask[..., None]), attn.in_proj_weight[D:2 * D],
+                                       attn.in_proj_bias[D:2 * D])
+        heads, hd = attn.num_heads, D // attn.num_heads
+        scores = torch.einsum("bthe,btkhe->bthk", q.reshape(B, T, heads, hd), k.reshape(B, T, K, heads, hd))
+        per_head = (scores / hd ** 0.5).masked_fill(~mask[:, :, None], float("-inf")).softmax(-1)
+        context = torch.einsum("bthk,btkhe->bthe", per_head, values.reshape(B, T, K, heads, hd)).reshape(B, T, D)
+        expected = vfam.proj(attn.out_proj(context))
+    present = mask.any(-1)
+    torch.testing.assert_close(weights[present].sum(-1), torch.ones(int(present.sum())))
+    assert bool((weights[~mask] == 0).all())
+    torch.testing.assert_close(weights[present], per_head.mean(2)[present])
+    torch.testing.assert_close(fused[present], expected[present], rtol=1e-4, atol=1e-5)
