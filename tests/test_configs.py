@@ -36,3 +36,21 @@ def test_config_loads_and_builds(path):
 def test_five_shot_configs_train_with_five_shots():
     cfg = load_config([p for p in CONFIGS if p.endswith("MCDPFSAR_HMDB51_5shot_RN50.yaml")][0], TINY)
     assert cfg.TRAIN.SHOT == 5 and cfg.TRAIN.SHOT_TEST in (0, 5) and cfg.TRAIN.MERGE_BEFORE
+
+
+@pytest.mark.parametrize("benchmark, expected", [
+    ("ucf101", "data/ucf101/videos/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"),
+    ("hmdb51", "data/hmdb51/videos/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi"),
+    ("kinetics100", "data/kinetics400/train_256/air_drumming/-VtLx-mcPds_000012_000022.mp4"),
+    ("ssv2_small", "data/ssv2/videos/51958.webm"),
+    ("ssv2_full", "data/ssv2/videos/78687.webm"),
+])
+def test_shipped_benchmark_configs_read_the_official_download_layout(shared_splits, benchmark, expected):
+    """The first video of each public training list resolves, with the shipped DATA_ROOT_DIR and VIDEO_EXT, to where
+    the benchmark's own download puts it (UCF101/HMDB51 lists name videos/..., SSv2 ships .webm)."""
+    from datasets.splits import parse_split_file
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(str(root / "configs" / "projects" / "CLIPFSAR" / benchmark / "base.yaml"), [])
+    entries = parse_split_file(str(shared_splits / "clipfsar" / benchmark / "train_few_shot.txt"))
+    assert entries[0].video_path(cfg.DATA.DATA_ROOT_DIR, cfg.DATA.VIDEO_EXT) == expected
