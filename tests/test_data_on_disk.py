@@ -181,3 +181,22 @@ def test_resample_never_opens_a_known_bad_video_again_and_episodes_do_not_change
         assert (again.support_ids, again.target_ids, again.replaced_videos) == (
             episodes[i].support_ids, episodes[i].target_ids, episodes[i].replaced_videos)
         assert torch.equal(again.support_set, episodes[i].support_set)
+
+
+def test_a_benchmark_config_tries_out_on_cpu_through_the_overlay(benchmarks, tmp_path):
+    """README "Try a benchmark config on a laptop": a three-line child of the shipped UCF101 config and
+    configs/overlays/cpu_trial.yaml runs end to end on a partial download in the real layout (tiny tower, 64 px)."""
+    from runs.run import main
+
+    repo, root = Path(__file__).resolve().parents[1], benchmarks["ucf101"]
+    child = tmp_path / "trial.yaml"
+    child.write_text(f"_BASE_: [{repo}/configs/projects/CLIPFSAR/ucf101/CLIPFSAR_UCF101_1shot_ViT-B16.yaml, "
+                     f"{repo}/configs/overlays/cpu_trial.yaml]\n"
+                     f"DATA: {{DATA_ROOT_DIR: {root}, ANNO_DIR: {root}, ON_MISSING_VIDEO: drop}}\n")
+    cfg = load_config(str(child), [])
+    assert (cfg.DATA.DATASET, cfg.VIDEO.HEAD.BACKBONE_NAME, cfg.DATA.TEST_CROP_SIZE) == (
+        "Ucf101_few_shot", "FSAR-Tiny-ViT", 64)
+    result = main(["--cfg", str(child), "OUTPUT_DIR", str(tmp_path / "run"), "TRAIN.WAY", "2",
+                   "TRAIN.QUERY_PER_CLASS", "1", "TRAIN.NUM_TRAIN_TASKS", "2", "TRAIN.VAL_FRE_ITER", "2",
+                   "TRAIN.NUM_VAL_TASKS", "1", "TRAIN.NUM_TEST_TASKS", "2", "DATA.NUM_WORKERS", "0"])
+    assert result["episodes"] == 2 and 0.0 <= result["accuracy"] <= 100.0
