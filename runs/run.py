@@ -225,7 +225,24 @@ def check_run_config(cfg: CfgNode) -> None:
             raise ConfigError(f"TRAIN.VIDEO_TEXT_TARGETS orthogonal: {', '.join(uses_text)} needs video embeddings "
                               f"trained towards the class texts (set TRAIN.VIDEO_TEXT_TARGETS class_text or turn "
                               f"{' and '.join(uses_text)} off)")
+    check_head_sections(cfg)
     check_train_config(cfg)
+
+
+def check_head_sections(cfg: CfgNode) -> None:
+    """A head-specific section set away from its defaults under a head that does not read it (e.g. AMCAP.ENABLE True
+    under CNN_OTAM_CLIPFSAR, which would run the baseline) is a config error naming the keys."""
+    from models.build import HEAD_REGISTRY
+    from models.heads.base import FewShotHead
+
+    head = HEAD_REGISTRY.get(cfg.VIDEO.HEAD.NAME, "VIDEO.HEAD.NAME")
+    defaults = get_cfg()
+    unread = [s for s in FewShotHead.HEAD_SECTIONS if s not in head.reads_sections]
+    changed = [f"{s}.{k}" for s in unread for k, v in cfg[s].items() if v != defaults[s][k]]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)}: VIDEO.HEAD.NAME {cfg.VIDEO.HEAD.NAME} does not read "
+                          f"{' or '.join(unread)} (it would run without them; use a head that does, e.g. MCDP_FSAR, "
+                          f"or drop the keys)")
 
 
 def run_worker(cfg_yaml: str, resume: bool, changes: tuple[str, ...] = (), data: dict | None = None) -> dict | None:

@@ -54,3 +54,31 @@ def test_shipped_benchmark_configs_read_the_official_download_layout(shared_spli
     cfg = load_config(str(root / "configs" / "projects" / "CLIPFSAR" / benchmark / "base.yaml"), [])
     entries = parse_split_file(str(shared_splits / "clipfsar" / benchmark / "train_few_shot.txt"))
     assert entries[0].video_path(cfg.DATA.DATA_ROOT_DIR, cfg.DATA.VIDEO_EXT) == expected
+
+
+def test_every_shipped_config_sets_only_sections_its_head_reads():
+    from runs.run import check_head_sections
+
+    for path in CONFIGS:
+        check_head_sections(load_config(path, TINY))
+
+
+def test_a_section_the_head_does_not_read_is_refused_at_start_up(tmp_path, capsys):
+    """A switch means one thing: AMCAP or MCDP keys under CNN_OTAM_CLIPFSAR would silently run CLIP-FSAR."""
+    from runs.run import main
+    from utils.config import ConfigError
+
+    clipfsar = [p for p in CONFIGS if p.endswith("CLIPFSAR_UCF101_1shot_RN50.yaml")][0]
+    for opts, keys in ((["AMCAP.ENABLE", "True"], "AMCAP.ENABLE"),
+                       (["MCDP.FUSION_WEIGHT", "0.5", "AMCAP.NUM_REGIONS", "6"],
+                        "AMCAP.NUM_REGIONS, MCDP.FUSION_WEIGHT")):
+        with pytest.raises(SystemExit) as info:
+            main(["--cfg", clipfsar, "OUTPUT_DIR", str(tmp_path / "run"), *opts])
+        assert info.value.code == ConfigError.exit_code
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {keys}") and "VIDEO.HEAD.NAME CNN_OTAM_CLIPFSAR does not read" in err, err
+    assert not (tmp_path / "run").exists()
+    mcdp = [p for p in CONFIGS if p.endswith("MCDPFSAR_UCF101_1shot_RN50.yaml")][0]
+    from runs.run import check_head_sections
+
+    check_head_sections(load_config(mcdp, ["AMCAP.NUM_REGIONS", "6", "MCDP.FUSION_WEIGHT", "0.5"]))

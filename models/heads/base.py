@@ -45,6 +45,10 @@ class FewShotHead(nn.Module, ABC):
     # look for such parameters every step (find_unused_parameters, a graph traversal per step). A head that is
     # sure every trainable parameter is reached says False; unknown heads keep the safe default.
     may_leave_parameters_unused: bool = True
+    # Config sections only some heads read: a head lists those it reads, and a config that sets one its head does not
+    # read is refused at start-up (runs/run.py), so an ablation never runs the baseline silently.
+    HEAD_SECTIONS = ("AMCAP", "MCDP")
+    reads_sections: tuple[str, ...] = ()
 
     @abstractmethod
     def forward(self, episode: Episode, features: tuple[VideoFeatures, VideoFeatures] | None = None) -> dict[str, Any]:

@@ -74,6 +74,8 @@ class DynamicClassText:
 
 @HEAD_REGISTRY.register()
 class MCDP_FSAR(PrototypeHead):  # noqa: N801  (registered name)
+    reads_sections = ("AMCAP", "MCDP")
+
     def __init__(self, *, amcap: AMCAP | None = None, fusion_weight: float = 1.0, seed: int = 0, **parts: Any):
         if amcap is not None and parts.get("text_cache") is None:
             parts["text_cache"] = amcap.text_cache  # one class-text cache for the head and AMCAP
