@@ -270,3 +270,22 @@ def test_load_openai_checkpoints_with_quick_gelu(tmp_path):
 def test_missing_checkpoint_path_is_a_clear_error():
     with pytest.raises(ConfigError, match="VIDEO.HEAD.PRETRAINED '/no/such.pt': no such file .*OpenAI's RN50.pt"):
         CLIPBackbone(TINY, pretrained="/no/such.pt")
+
+
+@pytest.mark.parametrize("name", ["ViT-B/16", "RN50"])
+def test_value_tokens_and_masked_embeddings_on_the_real_architectures(name):
+    """The lineage's towers (random weights): the value-path token grid has the tower's grid and width, showing
+    every patch gives the plain embedding, and hiding half of them changes it."""
+    torch.manual_seed(0)
+    backbone = CLIPBackbone(name, "", finetune="frozen", dense_tokens="value").eval()
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    h, w = backbone.grid_size
+    with torch.no_grad():
+        out = backbone.encode_frames(images, dense=True)
+        everything = backbone.encode_masked(images, torch.ones(1, h, w, dtype=torch.bool))
+        half = torch.zeros(1, h, w, dtype=torch.bool)
+        half[:, :, : w // 2] = True
+        left = backbone.encode_masked(images, half)
+    assert out["tokens"].shape == (1, h, w, backbone.embed_dim)
+    torch.testing.assert_close(everything, out["global"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(left, out["global"], atol=1e-3)
