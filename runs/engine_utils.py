@@ -80,8 +80,12 @@ class StopRequest:
                 raise KeyboardInterrupt  # second Ctrl-C: abort now, without saving
             return
         self.signum = signum
-        logger.warning("received %s: stopping at the next optimizer step and saving checkpoints/last.pth "
-                       "(Ctrl-C again aborts without saving)", signal.Signals(signum).name)
+        # Logged from another thread: this handler may have interrupted the main thread inside a log handler's
+        # emit, and writing to the same stream from here is a reentrant call (a "Logging error" traceback); the
+        # thread waits for the handler's lock instead.
+        threading.Thread(target=logger.warning, daemon=True, name="stop-request-log",
+                         args=("received %s: stopping at the next optimizer step and saving checkpoints/last.pth "
+                               "(Ctrl-C again aborts without saving)", signal.Signals(signum).name)).start()
 
 
 STOP = StopRequest()  # one per process: signal handlers are process-wide
