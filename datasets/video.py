@@ -524,6 +524,7 @@ class _FramesFolderVideo(OpenedVideo):
                 with open(self.files[i], "rb") as f:
                     data = io.BytesIO(f.read())  # one read, not PIL's many small ones
                 with Image.open(data) as img:
+                    self._check_size(self.files[i], img.size)
                     # JPEG draft mode decodes at a reduced DCT scale (>= the target), the cheap part of resizing.
                     img.draft("RGB", self.size)
                     img = img.convert("RGB")
@@ -533,6 +534,12 @@ class _FramesFolderVideo(OpenedVideo):
             except (OSError, ValueError) as e:
                 raise BadVideoError(self.path, "unreadable", f"{self.files[i]}: {_first_line(e)}") from None
         return out
+
+    def _check_size(self, file: str, size: tuple[int, int]) -> None:
+        """Every frame must have frame 1's size: one resampled from another size would pass unseen."""
+        if size != (self.width, self.height):
+            raise BadVideoError(self.path, "wrong size", f"{file} is {size[0]}x{size[1]}, frame 1 is {self.width}x"
+                                f"{self.height}; all frames of a video share one size: prepare this video again")
 
 
 class FramesFolderSource(VideoSource):
