@@ -244,6 +244,14 @@ def timestamps_are_exact(info: StreamInfo) -> bool:
             or info.codec in TIMESTAMP_CODECS_ANY_CONTAINER)
 
 
+def check_stream_size(path: str, index: int, frame: np.ndarray, info: StreamInfo) -> None:
+    """A decoded frame [h, w, 3] must have the stream's size: a resolution that changes mid-stream is a bad video."""
+    if frame.shape[:2] != (info.height, info.width):
+        raise BadVideoError(path, "wrong size", f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, the stream's "
+                            f"frames {info.width}x{info.height}: its resolution changes mid-stream; re-encode it at "
+                            f"one size, e.g. with runs/prepare_videos.py")
+
+
 class _PyAVVideo(OpenedVideo):
     def __init__(self, path: str, container, index: FrameIndex, info: StreamInfo, size: tuple[int, int]):
         self.path, self.container, self.index, self.info = path, container, index, info
@@ -273,6 +281,8 @@ class _PyAVVideo(OpenedVideo):
             raise
         except Exception as e:  # PyAV raises many error types for corrupt streams
             raise BadVideoError(self.path, "unreadable", f"decoding frames {wanted}: {_first_line(e)}") from None
+        for i in indices:
+            check_stream_size(self.path, i, found[i], self.info)
         # Resized by us, not by swscale: its scaled YUV->RGB path shifted colours by up to 0.29 at a 64 -> 72 px
         # upscale (tests/test_data_tracks.py), while at the original size it equals decord.
         return resize_frames(np.stack([found[i] for i in indices]), self.size)
