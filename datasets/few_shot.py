@@ -57,7 +57,9 @@ class FewShotDataset(torch.utils.data.Dataset):
         if on_bad_video not in BAD_VIDEO_POLICIES:
             raise ValueError(f"DATA.ON_BAD_VIDEO must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
         self.split, self.split_name = split, split.name
-        self.episode_indices = [int(i) for i in episode_indices]
+        # a range stays lazy (training's indices: TRAIN.NUM_TRAIN_TASKS may be huge); other sequences are copied
+        self.episode_indices = episode_indices if isinstance(episode_indices, range) else [int(i) for i in
+                                                                                            episode_indices]
         self.sampler, self.views, self.source = sampler, views, source
         self.frame_sampler, self.tracks = frames or FrameSampler(), tracks
         self.way, self.shot, self.query = sampler.way, sampler.shot, sampler.query

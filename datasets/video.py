@@ -244,6 +244,14 @@ def timestamps_are_exact(info: StreamInfo) -> bool:
             or info.codec in TIMESTAMP_CODECS_ANY_CONTAINER)
 
 
+def check_stream_size(path: str, index: int, frame: np.ndarray, info: StreamInfo) -> None:
+    """A decoded frame [h, w, 3] must have the stream's size: a resolution that changes mid-stream is a bad video."""
+    if frame.shape[:2] != (info.height, info.width):
+        raise BadVideoError(path, "wrong size", f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, the stream's "
+                            f"frames {info.width}x{info.height}: its resolution changes mid-stream; re-encode it at "
+                            f"one size, e.g. with runs/prepare_videos.py")
+
+
 class _PyAVVideo(OpenedVideo):
     def __init__(self, path: str, container, index: FrameIndex, info: StreamInfo, size: tuple[int, int]):
         self.path, self.container, self.index, self.info = path, container, index, info
@@ -273,6 +281,8 @@ class _PyAVVideo(OpenedVideo):
             raise
         except Exception as e:  # PyAV raises many error types for corrupt streams
             raise BadVideoError(self.path, "unreadable", f"decoding frames {wanted}: {_first_line(e)}") from None
+        for i in indices:
+            check_stream_size(self.path, i, found[i], self.info)
         # Resized by us, not by swscale: its scaled YUV->RGB path shifted colours by up to 0.29 at a 64 -> 72 px
         # upscale (tests/test_data_tracks.py), while at the original size it equals decord.
         return resize_frames(np.stack([found[i] for i in indices]), self.size)
@@ -524,6 +534,7 @@ class _FramesFolderVideo(OpenedVideo):
                 with open(self.files[i], "rb") as f:
                     data = io.BytesIO(f.read())  # one read, not PIL's many small ones
                 with Image.open(data) as img:
+                    self._check_size(self.files[i], img.size)
                     # JPEG draft mode decodes at a reduced DCT scale (>= the target), the cheap part of resizing.
                     img.draft("RGB", self.size)
                     img = img.convert("RGB")
@@ -533,6 +544,12 @@ class _FramesFolderVideo(OpenedVideo):
             except (OSError, ValueError) as e:
                 raise BadVideoError(self.path, "unreadable", f"{self.files[i]}: {_first_line(e)}") from None
         return out
+
+    def _check_size(self, file: str, size: tuple[int, int]) -> None:
+        """Every frame must have frame 1's size: one resampled from another size would pass unseen."""
+        if size != (self.width, self.height):
+            raise BadVideoError(self.path, "wrong size", f"{file} is {size[0]}x{size[1]}, frame 1 is {self.width}x"
+                                f"{self.height}; all frames of a video share one size: prepare this video again")
 
 
 class FramesFolderSource(VideoSource):

@@ -8,6 +8,7 @@ prompt token *embeddings* (learned prompts), always with gradients flowing throu
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from open_clip.utils import freeze_batch_norm_2d
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from utils.checkpoint import CheckpointError
 from utils.config import NON_NEGATIVE, PATH, CfgNode, ConfigError, one_of, rules, section
 from utils.logger import get_logger
 from utils.pixels import normalise
@@ -87,6 +89,24 @@ def _read_local_checkpoint(path: str) -> tuple[dict[str, Tensor] | None, bool]:
     return None, False
 
 
+# What torch.load, torch.jit.load and open_clip raise for a file that is no checkpoint of theirs.
+_UNREADABLE = (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError, KeyError, AttributeError,
+               IndexError, zipfile.BadZipFile)
+_PRETRAINED_HINT = "give an open_clip state dict, OpenAI's TorchScript .pt, or '' for random weights"
+
+
+def _read_pretrained(path: str) -> tuple[dict[str, Tensor] | None, bool]:
+    """`_read_local_checkpoint`, with any file it cannot read a one-line CheckpointError (pickled code never runs:
+    state dicts are read with weights_only)."""
+    try:
+        return _read_local_checkpoint(path)
+    except _UNREADABLE as e:
+        why = ("it holds pickled Python objects, which are never unpickled" if isinstance(e, pickle.UnpicklingError)
+               else _first_line(e))
+        raise CheckpointError(f"VIDEO.HEAD.PRETRAINED {path}: not a CLIP checkpoint this code can read ({why}) "
+                              f"({_PRETRAINED_HINT})") from None
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else type(err).__name__
@@ -130,10 +150,15 @@ def _create_model(name: str, pretrained: str) -> nn.Module:
         # OpenAI weights were trained with QuickGELU; open_clip's plain names default to nn.GELU.
         return open_clip.create_model(oc_name, pretrained="openai", force_quick_gelu=True)
     path = os.path.expanduser(pretrained)
-    state, is_openai = _read_local_checkpoint(path)
+    state, is_openai = _read_pretrained(path)
     model = open_clip.create_model(oc_name, pretrained=None, force_quick_gelu=is_openai)
     if not is_openai:
-        open_clip.load_checkpoint(model, path, strict=True)
+        try:
+            open_clip.load_checkpoint(model, path, strict=True)
+        except _UNREADABLE as e:  # strict loading: the key or shape diff
+            raise CheckpointError(f"VIDEO.HEAD.PRETRAINED {path}: does not fit {oc_name} ({_first_line(e)}) (build "
+                                  f"with the VIDEO.HEAD.BACKBONE_NAME it was trained as, or {_PRETRAINED_HINT})"
+                                  ) from None
         return model
     for key in _OPENAI_EXTRA_KEYS:
         state.pop(key, None)
@@ -142,8 +167,9 @@ def _create_model(name: str, pretrained: str) -> nn.Module:
     transient = {name for name, _ in model.named_buffers()} - set(model.state_dict())
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in transient}, strict=False)
     if missing or unexpected:
-        raise ValueError(f"models/clip.py: checkpoint {path} does not fit {oc_name}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise CheckpointError(f"VIDEO.HEAD.PRETRAINED {path}: does not fit {oc_name} (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}) (build with the VIDEO.HEAD.BACKBONE_NAME it was "
+                              f"trained as)")
     logger.info("loaded OpenAI-format CLIP weights from %s (QuickGELU)", path)
     return model
 

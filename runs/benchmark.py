@@ -28,8 +28,8 @@ if __package__ in (None, ""):  # `python runs/benchmark.py`: this repository's p
 import simplejson as json  # noqa: E402
 
 from datasets.video import DecordSource, OpenedVideo, VideoSource, resize_frames, resized_size  # noqa: E402
-from utils.cli import int_shape, non_negative_int, positive_int  # noqa: E402
-from utils.errors import entry_point  # noqa: E402
+from utils.cli import int_shape, non_negative_int, positive_float, positive_int  # noqa: E402
+from utils.errors import ArgumentError, entry_point  # noqa: E402
 
 
 def write_json(path: str, data: dict) -> None:
@@ -225,6 +225,9 @@ def bench_data(args: argparse.Namespace) -> dict:
     from datasets.splits import parse_split_file
     from runs import prepare_videos
 
+    if args.seconds[0] > args.seconds[1]:
+        raise ArgumentError(f"--seconds {args.seconds[0]:g} {args.seconds[1]:g}: the shorter length comes first "
+                            f"(--seconds MIN MAX)")
     torch.set_num_threads(1)  # as in every DataLoader worker: 0 workers is then exactly one core
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or os.path.join(tmp, "realistic")
@@ -288,18 +291,20 @@ def _report_data(args: argparse.Namespace, methods: dict, results: dict[str, dic
 
 def add_data_parser(subparsers) -> None:
     p = subparsers.add_parser("data", help="episodic loader throughput: raw videos vs prepared data, per codec")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (the median is reported)")
-    p.add_argument("--episodes", type=int, default=1, help="episodes per timed run")
-    p.add_argument("--workers", type=int, nargs="+", default=[0], help="DataLoader worker counts (0: one core)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per setting (the median is reported)")
+    p.add_argument("--episodes", type=positive_int, default=1, help="episodes per timed run")
+    p.add_argument("--workers", type=non_negative_int, nargs="+", default=[0],
+                   help="DataLoader worker counts (0: one core)")
     p.add_argument("--kinds", nargs="+", choices=list(CLIP_KINDS), default=list(CLIP_KINDS), help="codecs")
-    p.add_argument("--seconds", type=float, nargs=2, default=[2.0, 10.0], help="clip length range (uniform)")
-    p.add_argument("--classes", type=int, default=5, help="classes per codec")
-    p.add_argument("--videos-per-class", type=int, default=6)
+    p.add_argument("--seconds", type=positive_float, nargs=2, default=[2.0, 10.0],
+                   help="clip length range MIN MAX (uniform)")
+    p.add_argument("--classes", type=positive_int, default=5, help="classes per codec")
+    p.add_argument("--videos-per-class", type=positive_int, default=6)
     p.add_argument("--full-res", action="store_true", help="also decode at full resolution, then resize")
     p.add_argument("--root", default="", help="keep the generated videos here and reuse them (default: temporary)")
-    p.add_argument("--way", type=int, default=5)
-    p.add_argument("--shot", type=int, default=1)
-    p.add_argument("--query", type=int, default=5)
+    p.add_argument("--way", type=positive_int, default=5)
+    p.add_argument("--shot", type=positive_int, default=1)
+    p.add_argument("--query", type=positive_int, default=5)
     p.add_argument("--json", default="", help="write the results here")
     p.set_defaults(func=bench_data)
 
@@ -357,6 +362,9 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+OTAM_MAX_CELLS = 1 << 26  # --shape's bound: 256 MiB per float32 tensor; the benchmark holds several (and gradients)
+
+
 def add_model_parsers(subparsers) -> None:
     from runs import bench_model as bm
 
@@ -396,7 +404,7 @@ def add_model_parsers(subparsers) -> None:
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed episodes of the uncached variant")
     p.set_defaults(func=report(bm.bench_train_cache))
     p = subparsers.add_parser("otam", help="OTAM forward+backward: vectorised vs per-cell loop")
-    p.add_argument("--shape", type=int_shape(4, "queries, prototypes, query frames, prototype frames"),
+    p.add_argument("--shape", type=int_shape(4, "queries, prototypes, query frames, prototype frames", OTAM_MAX_CELLS),
                    default="25,5,8,8")
     p.add_argument("--repeats", type=positive_int, default=20)
     p.add_argument("--warmup", type=non_negative_int, default=3)

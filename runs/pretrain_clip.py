@@ -52,6 +52,7 @@ from utils.cli import non_negative_int, positive_int  # noqa: E402
 from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, ConfigError, rules, section  # noqa: E402
 from utils.errors import ArgumentError, entry_point  # noqa: E402
 from utils.logger import get_logger  # noqa: E402
+from utils.textfiles import read_text  # noqa: E402
 
 logger = get_logger(__name__)
 
@@ -271,8 +272,38 @@ def train_and_evaluate(world: WorldArgs, args: PretrainArgs) -> tuple[CLIPBackbo
 def write_pretrained(backbone: CLIPBackbone, summary: dict, out: str) -> None:
     """The checkpoint, then its summary JSON beside it (the summary's key marks the checkpoint complete)."""
     save_checkpoint(backbone, out)
-    summary = {**summary, "checkpoint": os.path.abspath(out)}
+    summary = {**summary, "checkpoint": os.path.abspath(out), "sha256": file_sha256(out)}
     atomic_write(summary_path(out), lambda f: json.dump(summary, f, indent=2), binary=False)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stale_reason(path: str, key: str) -> str:
+    """Why the cached checkpoint `path` cannot be reused for settings `key` ('' when it can): the cache is keyed by
+    the settings and by the file's own digest, so a file replaced or damaged after it was written is not used."""
+    record = summary_path(path)
+    if not os.path.isfile(path):
+        return "no such file"
+    if not os.path.isfile(record):
+        return f"no summary {record} beside it"
+    try:
+        summary = json.loads(read_text(record, "pretraining summary", ConfigError))
+    except (ValueError, ConfigError) as e:
+        return f"its summary {record} is not readable JSON ({str(e).splitlines()[0]})"
+    if not isinstance(summary, dict) or summary.get("key") != key:
+        return "it was pretrained with other settings"
+    if "sha256" not in summary:
+        return f"its summary {record} records no sha256 of it (written by an older version)"
+    if file_sha256(path) != summary["sha256"]:
+        return (f"its sha256 differs from the one {record} recorded when it was written (the file was replaced or "
+                f"damaged)")
+    return ""
 
 
 def pretrain(world: WorldArgs, args: PretrainArgs, out: str) -> dict:
@@ -308,12 +339,11 @@ def ensure_pretrained(cfg: CfgNode) -> str:
         raise ConfigError(f"PRETRAIN.GENERATE pretrains on the synthetic world: set SYNTHETIC.KIND world, got "
                           f"'{cfg.SYNTHETIC.KIND}'")
     world, args = args_from_config(cfg)
-    key = cache_key(world, args)
-    if os.path.isfile(path) and os.path.isfile(summary_path(path)):
-        with open(summary_path(path), encoding="utf-8") as f:
-            if json.load(f).get("key") == key:
-                return path
-        logger.warning("%s was pretrained with other settings: rebuilding it", path)
+    reason = stale_reason(path, cache_key(world, args))
+    if not reason:
+        return path
+    if os.path.isfile(path):
+        logger.warning("%s: %s: rebuilding it (PRETRAIN.GENERATE)", path, reason)
     logger.info("pretraining the tiny CLIP into %s (%d steps x %d pairs)", path, args.steps, args.batch_size)
     pretrain(world, args, path)
     return path

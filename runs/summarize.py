@@ -12,6 +12,7 @@ merged runs.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -43,9 +44,10 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def find_results(root: str) -> list[str]:
+    """Every path named results.json below `root`, folders too: those are then listed as skipped, not ignored."""
     found = []
-    for folder, _, files in os.walk(root):
-        if "results.json" in files:
+    for folder, dirs, files in os.walk(root):
+        if "results.json" in files or "results.json" in dirs:
             found.append(os.path.join(folder, "results.json"))
     return sorted(found)
 
@@ -59,6 +61,11 @@ def read_run(path: str) -> dict:
     missing = [key for key in ("accuracy", "ci95", "config") if not isinstance(result, dict) or key not in result]
     if missing:
         raise ArgumentError(f"{path}: not a results.json of this framework (no '{missing[0]}')")
+    for key in ("accuracy", "ci95"):
+        value = result[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ArgumentError(f"{path}: {key} is {value!r}, not a finite number (a run that did not finish its "
+                                f"test; rerun it)")
     try:
         config = yaml.safe_load(result["config"])
     except yaml.YAMLError as e:

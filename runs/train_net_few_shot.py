@@ -66,10 +66,11 @@ def check_train_cache(cfg: CfgNode, model: torch.nn.Module) -> None:
         raise ConfigError(f"TRAIN.FEATURE_CACHE: head {type(model).__name__} does not support per-video features")
 
 
-def train_episode_indices(start: int, stop: int) -> list[int]:
-    """Global episode index of iteration i on rank r of W is i*W + r: ranks never share an episode."""
+def train_episode_indices(start: int, stop: int) -> range:
+    """Global episode index of iteration i on rank r of W is i*W + r: ranks never share an episode. A range, not a
+    list: TRAIN.NUM_TRAIN_TASKS may be as large as a run could ever go (10**12) at no memory cost."""
     world, rank = du.get_world_size(), du.get_rank()
-    return [i * world + rank for i in range(start, stop)]
+    return range(start * world + rank, stop * world + rank, world)
 
 
 class Trainer:

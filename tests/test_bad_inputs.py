@@ -144,3 +144,26 @@ def test_a_checkpoint_with_integer_or_non_finite_weights_is_refused_for_test_and
     assert line == (f"error: {last}: {first} holds NaN or inf (the run had diverged when this was saved; use an "
                     f"earlier checkpoint)")
     assert last.read_bytes() == before
+
+
+def test_a_huge_num_train_tasks_trains_on_lazy_episode_indices(synthetic_root, tmp_path):
+    """TRAIN.NUM_TRAIN_TASKS 10**12 used to build every episode index as one list before iteration 1 (MemoryError);
+    the indices are a range now: training starts at once, and SIGTERM stops it as usual. The run has 8 GiB of address
+    space, so the old behaviour fails within seconds instead of taking the machine's memory."""
+    import os
+    import resource
+    import signal
+
+    from test_preemption import error_line, run_py, wait_for_training
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    out = tmp_path / "huge"
+    argv = tiny_argv(synthetic_root, out, "TRAIN.NUM_TRAIN_TASKS", str(10**12), "TEST.ENABLE", "False")
+    proc = run_py(argv, preexec_fn=limit_memory)
+    wait_for_training(out, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, line = error_line(proc)
+    assert code == 10 and line.startswith(f"error: {out}/checkpoints/last.pth: training stopped by SIGTERM at "
+                                          f"iteration ") and f"of {10**12};" in line, line

@@ -289,3 +289,40 @@ def test_value_tokens_and_masked_embeddings_on_the_real_architectures(name):
     assert out["tokens"].shape == (1, h, w, backbone.embed_dim)
     torch.testing.assert_close(everything, out["global"], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(left, out["global"], atol=1e-3)
+
+
+class _RunsCode:
+    """Unpickling this would run `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pretrained_weights_that_are_a_code_running_pickle_or_a_fake_torchscript_are_one_line_exit_7(
+        synthetic_root, tmp_path, capsys):
+    """VIDEO.HEAD.PRETRAINED pointing at a pickle that would run code, or at a zip that claims to be TorchScript:
+    refused with one line naming the file (exit 7, the checkpoint family), and no code runs."""
+    import pickle
+    import zipfile
+
+    from tiny_run import refused, tiny_argv
+
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state_dict": _RunsCode(marker)}))
+    fake = tmp_path / "fake_torchscript.pt"
+    with zipfile.ZipFile(fake, "w") as archive:
+        archive.writestr("fake/code/__torch__.py", f"import os\nos.system('touch {marker}')\n")
+        archive.writestr("fake/data.pkl", b"not a pickle")
+    for path in (evil, fake):
+        line = refused(capsys, 7, tiny_argv(synthetic_root, tmp_path / path.stem, "VIDEO.HEAD.PRETRAINED",
+                                            str(path)))
+        assert line.startswith(f"error: VIDEO.HEAD.PRETRAINED {path}: not a CLIP checkpoint this code can read ("), \
+            line
+        assert line.endswith("(give an open_clip state dict, OpenAI's TorchScript .pt, or '' for random weights)")
+    assert not marker.exists()

@@ -222,3 +222,15 @@ def test_openai_image_tower_names_are_open_clips():
     for tower in (resnet, vit):
         assert [k for k in tower.state_dict() if not _OPENAI_VISUAL.fullmatch(k)] == []
     assert not _OPENAI_VISUAL.fullmatch("transformer.resblocks.0.ls_1.gamma")  # layer scale: not in OpenAI CLIP
+
+
+def test_a_pyth_whose_scale_has_another_shape_is_a_key_diff(tmp_path, trained):
+    """`head.scale` of shape [2] used to fail in a reshape with a raw RuntimeError."""
+    state = lineage_model_state(trained)
+    state["head.scale"] = torch.ones(2)
+    path = tmp_path / "checkpoint_epoch_00010.pyth"
+    save_pyth(path, state)
+    with pytest.raises(CheckpointError, match=r"CLIP-FSAR checkpoint does not fit this model \(.*text_logit_scale "
+                                              r"\(2,\) vs \(\)") as err:
+        convert_lineage_state(load_checkpoint(str(path)), make_head(), str(path))
+    assert err.value.exit_code == 7 and str(err.value).startswith(f"{path}: ")

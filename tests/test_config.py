@@ -205,3 +205,46 @@ def test_config_errors_for_directories_sections_syntax_and_empty_files(tmp_path)
 def test_a_key_in_the_wrong_section_suggests_its_full_name(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key WAY \(did you mean TRAIN\.WAY\?\)"):
         load_config(write(tmp_path / "top.yaml", "WAY: 5\n"))
+
+
+def test_a_seed_beyond_64_bits_is_one_config_error_before_the_run_folder_is_made(synthetic_root, tmp_path, capsys):
+    """RANDOM_SEED 10**30 used to fail in torch.manual_seed after config.yaml was written (the retry then exit 9)."""
+    from tiny_run import refused, tiny_argv
+
+    out = tmp_path / "run"
+    line = refused(capsys, 3, tiny_argv(synthetic_root, out, "RANDOM_SEED", str(10**30)))
+    assert line == f"error: command line: RANDOM_SEED must be in [0, 2**63), got {10**30}"
+    assert not out.exists()
+
+
+def test_yaml_aliases_are_refused_before_they_are_expanded(tmp_path):
+    """A billion-laughs file under an unknown key used to expand for a minute and gigabytes before any key check."""
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"{chr(98 + k)}: &{chr(98 + k)} [" + ", ".join([f"*{chr(97 + k)}"] * 10) + "]" for k in range(8)]
+    bomb = write(tmp_path / "bomb.yaml", "UNKNOWN:\n" + "".join(f"  {line}\n" for line in levels))
+    with pytest.raises(ConfigError) as err:
+        load_config(bomb)
+    assert str(err.value) == (f"{bomb}:3:10: invalid YAML (YAML alias *a: config files do not use anchors and "
+                              f"aliases; write the value out, or share settings between files with _BASE_)")
+    with pytest.raises(ConfigError, match=r"command line: TRAIN.WAY: cannot parse .*YAML alias \*a"):
+        load_config(None, ["TRAIN.WAY", "[&a 1, *a]"])
+
+
+def test_an_unquoted_list_on_the_command_line_suggests_quoting():
+    """`DATA.TRAIN_JITTER_SCALES [72, 80]` reaches us as two words; the second used to be called a key without a
+    value."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["DATA.TRAIN_JITTER_SCALES", "[72,", "80]"])
+    assert str(err.value) == ("command line: DATA.TRAIN_JITTER_SCALES: cannot parse '[72,' (the shell split a list "
+                              "at its spaces: quote it, DATA.TRAIN_JITTER_SCALES '[72, 80]', or write it without "
+                              "spaces, [72,80])")
+
+
+def test_a_yaml_merge_key_then_an_explicit_key_is_not_a_duplicate(tmp_path):
+    """YAML defines `<<: {WAY: 5}` then `WAY: 3` as WAY 3 (the explicit key overrides the merged one)."""
+    cfg_file = write(tmp_path / "merge.yaml", "TRAIN:\n  <<: {WAY: 5, SHOT: 2}\n  WAY: 3\n")
+    cfg = load_config(cfg_file)
+    assert (cfg.TRAIN.WAY, cfg.TRAIN.SHOT) == (3, 2)
+    twice = write(tmp_path / "twice.yaml", "TRAIN:\n  <<: {WAY: 5}\n  WAY: 3\n  WAY: 4\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml:4: duplicate key 'WAY' \(first on line 3"):
+        load_config(twice)

@@ -188,3 +188,35 @@ def test_decoder_key_is_declared_and_unknown_or_unavailable_decoders_are_config_
             build_video_source(False, decoder="torchcodec")
     else:
         assert isinstance(build_video_source(False, decoder="torchcodec"), TorchcodecSource)
+
+
+def write_resolution_change(path: str) -> None:
+    """An MPEG-TS H.264 stream whose frames 8..15 are 32x24 after 8 frames at 64x48 (two segments joined, as a
+    capture that changed resolution mid-stream)."""
+    with open(path, "wb") as joined:
+        for start, (width, height) in ((0, (64, 48)), (8, (32, 24))):
+            segment = f"{path}.{start}.ts"
+            with av.open(segment, "w", format="mpegts") as container:
+                stream = container.add_stream("libx264", rate=25)
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                for k in range(8):
+                    frame = av.VideoFrame.from_ndarray(numbered_frame(start + k, width, height), "rgb24")
+                    frame.pts = start + k
+                    container.mux(stream.encode(frame))
+                container.mux(stream.encode())
+            joined.write(open(segment, "rb").read())
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_a_resolution_change_mid_stream_is_a_wrong_size_video_naming_the_file(tmp_path, decoder):
+    """Both readers used to end in a raw ValueError (frames of two sizes stacked); DATA.DECODER decord hands
+    MPEG-TS to PyAV."""
+    path = str(tmp_path / "resized_mid_stream.ts")
+    write_resolution_change(path)
+    video = build_video_source(False, decoder=decoder).open(path, 0)
+    assert frame_numbers(video.frames([0, 7])) == [0, 7]
+    with pytest.raises(BadVideoError) as bad:
+        video.frames([0, 9])
+    assert bad.value.exit_code == 5 and str(bad.value) == (
+        f"{path}: wrong size video (frame 9 is 32x24, the stream's frames 64x48: its resolution changes mid-stream; "
+        f"re-encode it at one size, e.g. with runs/prepare_videos.py)")

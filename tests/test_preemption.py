@@ -22,11 +22,12 @@ from utils.logger import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_py(argv: list[str]) -> subprocess.Popen:
+def run_py(argv: list[str], preexec_fn=None) -> subprocess.Popen:
     """runs/run.py in its own session, as a cluster or a terminal would start it (signals can reach the group)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, str(REPO / "runs" / "run.py"), *argv], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=preexec_fn)
 
 
 def wait_for_training(out: Path, proc: subprocess.Popen, timeout: float = 240) -> None:

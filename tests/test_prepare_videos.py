@@ -241,3 +241,25 @@ def test_uint8_crops_normalised_on_the_device_equal_the_loaders_float_normalisat
     with pytest.raises(ValueError, match="uint8 output needs an exact crop"):
         frames_to_tensor(frames, ViewParams(0, 32, 0.5, 0.5, False, 40), mean, std,
                          out=torch.empty((3, 3, 32, 32), dtype=torch.uint8))
+
+
+def test_a_prepared_frame_of_another_size_than_frame_1_is_a_wrong_size_video_naming_the_frame(raw, tmp_path):
+    """Frames 2..n shrunk to 40x40 while prepared.json and frame 1 say 64x64 are refused, not resampled and tested."""
+    from PIL import Image
+
+    from datasets.video import BadVideoError
+
+    raw_root, split = raw
+    out = tmp_path / "squashed"
+    assert _prepare(raw_root, split, out, "--squash", "64") == 0
+    folder = Path(parse_split_file(split)[0].video_path(str(out), frames_folder=True))
+    frames = sorted(folder.glob("img_*.jpg"))
+    for frame in frames[1:16]:
+        Image.open(frame).convert("RGB").resize((40, 40)).save(frame)
+    video = FramesFolderSource().open(str(folder), 0)
+    assert (video.width, video.height) == (64, 64)
+    with pytest.raises(BadVideoError) as bad:
+        video.frames([0, 5])
+    assert bad.value.exit_code == 5 and bad.value.reason == "wrong size"
+    assert str(bad.value) == (f"{folder}: wrong size video ({frames[5]} is 40x40, frame 1 is 64x64; all frames of a "
+                              f"video share one size: prepare this video again)")

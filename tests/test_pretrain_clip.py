@@ -158,9 +158,9 @@ def _cfg(path: str, **changes):
     for key, value in dict(CLASSES=WORLD.classes, VIDEOS_PER_CLASS=WORLD.videos_per_class, FRAMES=WORLD.frames,
                            SIZE=WORLD.size, SEED=WORLD.seed, DISTRACTORS=WORLD.distractors).items():
         cfg.SYNTHETIC[key] = value
-    for key, value in dict(GENERATE=True, STEPS=PRETRAIN.steps, BATCH_SIZE=PRETRAIN.batch_size, LR=PRETRAIN.lr,
-                           WARMUP_STEPS=PRETRAIN.warmup_steps, EVAL_SCENES=PRETRAIN.eval_scenes,
-                           EVAL_EPISODES=PRETRAIN.eval_episodes, **changes).items():
+    for key, value in {**dict(GENERATE=True, STEPS=PRETRAIN.steps, BATCH_SIZE=PRETRAIN.batch_size, LR=PRETRAIN.lr,
+                              WARMUP_STEPS=PRETRAIN.warmup_steps, EVAL_SCENES=PRETRAIN.eval_scenes,
+                              EVAL_EPISODES=PRETRAIN.eval_episodes), **changes}.items():
         cfg.PRETRAIN[key] = value
     cfg.VIDEO.HEAD.BACKBONE_NAME = PRETRAIN.backbone
     cfg.VIDEO.HEAD.PRETRAINED = path
@@ -223,3 +223,34 @@ def test_masked_patches_find_the_actor_where_dense_tokens_do_not(pretrained, wor
     masked, dense, area = (support[k]["mean"] for k in ("patch_hit_masked", "patch_hit_dense", "area_chance"))
     print(f"support side: masked patch {masked:.3f}, dense patch {dense:.3f}, actor area {area:.3f}")
     assert masked >= dense + 0.15 and masked >= 5 * area
+
+
+def test_a_replaced_or_cut_cached_checkpoint_is_rebuilt_with_the_reason(tmp_path):
+    """The cache is keyed by the file too: a checkpoint pretrained with another seed put in place of the world's
+    (its JSON kept), or one cut to half, no longer matches the sha256 its summary recorded and is rebuilt, with a
+    warning that says why, instead of being used as it is (or failing with a traceback when loaded)."""
+    from tiny_run import log_records
+
+    tiny = dict(STEPS=2, BATCH_SIZE=8, EVAL_SCENES=8, EVAL_EPISODES=2)
+    path, other = str(tmp_path / "clip_pretrained.pt"), str(tmp_path / "other_seed.pt")
+    ensure_pretrained(_cfg(path, **tiny))
+    ensure_pretrained(_cfg(other, SEED=1, **tiny))
+
+    def sha256(p: str) -> str:
+        return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+    recorded = json.loads(Path(summary_path(path)).read_text())["sha256"]
+    assert recorded == sha256(path) != sha256(other)
+    Path(path).write_bytes(Path(other).read_bytes())  # another seed's weights, the world's JSON kept
+    with log_records() as records:
+        ensure_pretrained(_cfg(path, **tiny))
+    assert any("its sha256 differs from the one" in r.getMessage() and "rebuilding it" in r.getMessage()
+               for r in records), [r.getMessage() for r in records]
+    assert sha256(path) == json.loads(Path(summary_path(path)).read_text())["sha256"] != sha256(other)
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])  # cut to half
+    with log_records() as records:
+        ensure_pretrained(_cfg(path, **tiny))
+    assert any("sha256 differs" in r.getMessage() for r in records)
+    torch.load(path, weights_only=True)  # whole again
+    assert sha256(path) == json.loads(Path(summary_path(path)).read_text())["sha256"]

@@ -137,7 +137,7 @@ def test_training_episodes_differ_across_ranks(monkeypatch):
     for rank in range(2):
         monkeypatch.setattr(du, "get_rank", lambda rank=rank: rank)
         monkeypatch.setattr(du, "get_world_size", lambda: 2)
-        seen.append(train_episode_indices(3, 7))
+        seen.append(list(train_episode_indices(3, 7)))
     assert seen == [[6, 8, 10, 12], [7, 9, 11, 13]]
     assert not set(seen[0]) & set(seen[1])
 

@@ -96,3 +96,24 @@ def test_paired_refuses_a_malformed_spec_and_different_episode_counts(tmp_path):
         with pytest.raises(SystemExit) as refused:
             main([str(tmp_path), "--paired", spec])
         assert refused.value.code != 0
+
+
+def test_a_nan_accuracy_a_folder_named_results_json_and_a_symlink_loop_are_skipped_with_the_reason(tmp_path,
+                                                                                                     capsys):
+    cfg = {"DATA": {"DATASET": "Synthetic_few_shot"}, "TRAIN": {"SHOT": 1}}
+    fake_run(tmp_path, "good", cfg, 50.0, 1.0)
+    fake_run(tmp_path, "nan_text", cfg, "NaN", 1.0)
+    fake_run(tmp_path, "nan_number", cfg, 50.0, float("nan"))  # a bare NaN, which JSON does not allow
+    (tmp_path / "folder" / "results.json").mkdir(parents=True)
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "results.json").symlink_to("results.json")
+    table = main([str(tmp_path)])
+    assert list(table["run"]) == ["good"]
+    skipped = sorted(line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped: "))
+    assert skipped == [
+        f"skipped: {tmp_path}/folder/results.json: is a directory, not a results file",
+        f"skipped: {tmp_path}/loop/results.json: cannot read results file (Too many levels of symbolic links)",
+        f"skipped: {tmp_path}/nan_number/results.json: invalid JSON (Expecting value at line 1; half written?)",
+        f"skipped: {tmp_path}/nan_text/results.json: accuracy is 'NaN', not a finite number (a run that did not "
+        f"finish its test; rerun it)",
+    ]

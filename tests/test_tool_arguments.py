@@ -66,3 +66,19 @@ def test_summarize_refuses_a_folder_without_readable_results(capsys, tmp_path):
     code, err = _refused(capsys, summarize.main, [str(tmp_path)])
     assert code == 2 and err.endswith(f"error: {tmp_path}: no readable results.json below it (1 unreadable, listed "
                                       f"above)\n")
+
+
+def test_benchmark_refuses_absurd_shapes_and_data_settings_naming_the_argument(capsys, tmp_path):
+    """`otam --shape 100000,100000,64,64` would allocate 150 GiB before failing; negative seconds and zero classes
+    used to reach the video writer (whose error named an internal temporary folder)."""
+    code, err = _refused(capsys, benchmark.main, ["otam", "--shape", "100000,100000,64,64"])
+    assert code == 2 and err.splitlines()[-1].endswith(
+        "otam: error: argument --shape: '100000,100000,64,64' has 40960000000000 cells, more than "
+        "the 67108864 this benchmark allows (256 MiB per float32 tensor; it holds several): use a smaller shape")
+    code, err = _refused(capsys, benchmark.main, ["data", "--seconds", "-5", "-1", "--root", str(tmp_path / "r")])
+    assert code == 2 and err.splitlines()[-1].endswith("argument --seconds: must be a positive number, got '-5'")
+    code, err = _refused(capsys, benchmark.main, ["data", "--seconds", "9", "2", "--root", str(tmp_path / "r")])
+    assert (code, err) == (2, "error: --seconds 9 2: the shorter length comes first (--seconds MIN MAX)\n")
+    code, err = _refused(capsys, benchmark.main, ["data", "--classes", "0", "--root", str(tmp_path / "r")])
+    assert code == 2 and err.splitlines()[-1].endswith("argument --classes: must be a positive integer, got '0'")
+    assert not (tmp_path / "r").exists()

@@ -59,6 +59,7 @@ class Rule:
 POSITIVE = Rule("> 0", lambda v: v > 0)
 NON_NEGATIVE = Rule(">= 0", lambda v: v >= 0)
 PROBABILITY = Rule("in [0, 1]", lambda v: 0 <= v <= 1)
+SEED = Rule("in [0, 2**63)", lambda v: 0 <= v < 2**63)  # what torch.manual_seed and a torch.Generator accept
 # Paths: `~` expands as in `_BASE_`; a value that starts with '-' is a forgotten value followed by a flag.
 PATH = Rule("a path (not a flag)", lambda v: not v.startswith("-"), os.path.expanduser)
 RUN_FOLDER = Rule("a non-empty folder path (not a flag)", lambda v: bool(v.strip()) and not v.startswith("-"),
@@ -102,7 +103,7 @@ def _base_defaults() -> CfgNode:
     _C.DIST_BACKEND = "auto"  # auto (nccl with CUDA, gloo otherwise), nccl or gloo
     _C.DEVICE = "auto"  # auto (cuda if available), cpu or cuda
     _C.DETERMINISTIC = False  # torch.use_deterministic_algorithms; bit-exact resume on CPU needs no more
-    rules("", NUM_GPUS=POSITIVE, NUM_SHARDS=POSITIVE, OUTPUT_DIR=RUN_FOLDER, RANDOM_SEED=NON_NEGATIVE,
+    rules("", NUM_GPUS=POSITIVE, NUM_SHARDS=POSITIVE, OUTPUT_DIR=RUN_FOLDER, RANDOM_SEED=SEED,
           LOG_PERIOD=POSITIVE, DIST_BACKEND=one_of("auto", "nccl", "gloo"), DEVICE=one_of("auto", "cpu", "cuda"))
     return _C
 
@@ -143,10 +144,16 @@ class _DuplicateKey(Exception):
                          f"silently)")
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
+    """Explicit keys given twice are refused; a key merged in by `<<` is overridden by an explicit one, as YAML says
+    (so the check runs before the merge is flattened in)."""
     first: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
         key = loader.construct_object(key_node, deep=deep)
         line = key_node.start_mark.line + 1
         try:
@@ -161,9 +168,22 @@ def _construct_mapping_without_duplicates(loader: _Loader, node: yaml.MappingNod
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_without_duplicates)
 
 
-def parse_literal(text: str) -> Any:
-    """Parse one YAML scalar/list literal as the command line and YAML files do."""
-    return yaml.load(text, Loader=_Loader)
+class _NoAliasLoader(_Loader):
+    """What config files and command-line values are read with: an alias (`*a`) is refused where it is met, before
+    anything is expanded, so a billion-laughs file costs nothing (and settings are shared with `_BASE_`)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML alias *{event.anchor}: config files do not use anchors and aliases; write the "
+                f"value out, or share settings between files with _BASE_", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_literal(text: str, aliases: bool = False) -> Any:
+    """Parse one YAML scalar/list literal as the command line and YAML files do (aliases refused unless allowed)."""
+    return yaml.load(text, Loader=_Loader if aliases else _NoAliasLoader)
 
 
 def _yaml_error(path: str, err: yaml.YAMLError) -> ConfigError:
@@ -180,7 +200,7 @@ def _read_yaml(path: str) -> dict:
         raise ConfigError(f"{path}: config file not found")
     text = read_text(path, "config file", ConfigError)
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = parse_literal(text)
     except yaml.YAMLError as e:
         raise _yaml_error(path, e) from None
     except _DuplicateKey as e:
@@ -342,6 +362,7 @@ def _first_source(item: dict) -> str:
 def merge_opts(cfg: CfgNode, opts: Iterable[str]) -> None:
     """Merge command-line `KEY VALUE` pairs, each value parsed as a YAML literal."""
     opts = list(opts)
+    _refuse_split_lists(opts)
     if len(opts) % 2:
         raise ConfigError(f"command line: overrides come in KEY VALUE pairs, got an odd count: {opts}")
     for full_key, text in zip(opts[0::2], opts[1::2], strict=True):
@@ -366,6 +387,20 @@ def merge_opts(cfg: CfgNode, opts: Iterable[str]) -> None:
         node[leaf] = coerce(node[leaf], value, full_key, "command line")
 
 
+def _refuse_split_lists(opts: list[str]) -> None:
+    """An unquoted `[72, 80]` reaches us as `[72,` and `80]`: say so, instead of calling `80]` a key."""
+    for i in range(1, len(opts), 2):  # value positions, up to the first split list
+        text = opts[i]
+        if text.startswith(("[", "{")) and not text.endswith(("]", "}")):
+            closing = "]" if text.startswith("[") else "}"
+            end = next((j for j in range(i + 1, len(opts)) if opts[j].endswith(closing)), None)
+            if end is not None:
+                whole = " ".join(opts[i:end + 1])
+                raise ConfigError(f"command line: {opts[i - 1]}: cannot parse {text!r} (the shell split a list at "
+                                  f"its spaces: quote it, {opts[i - 1]} '{whole}', or write it without spaces, "
+                                  f"{whole.replace(' ', '')})")
+
+
 def merge_config(defaults: CfgNode, path: str | None = None, opts: Iterable[str] = (),
                  freeze: bool = True) -> CfgNode:
     """`defaults` <- YAML file (with bases) <- command-line pairs; frozen unless asked otherwise."""
@@ -380,7 +415,7 @@ def merge_config(defaults: CfgNode, path: str | None = None, opts: Iterable[str]
 
 def config_from_text(defaults: CfgNode, text: str) -> CfgNode:
     """Rebuild a frozen config from `cfg.dump()` output (e.g. the copy stored in a checkpoint)."""
-    data = parse_literal(text) or {}
+    data = parse_literal(text, aliases=True) or {}  # written by cfg.dump(), not by a user
     merge_dict(defaults, _origin_tag(data, "<stored config>"))
     defaults.freeze()
     return defaults

@@ -99,7 +99,8 @@ def _map_lineage_keys(state: dict[str, Tensor], prefix: str, source: str) -> dic
         if key.startswith("backbone.") and _OPENAI_VISUAL.fullmatch(key[len("backbone."):]):
             out[_OUR_VISUAL + key[len("backbone."):]] = value
         elif key == "scale":
-            out["text_logit_scale"] = value.reshape(())  # theirs [1], ours a scalar
+            # theirs [1], ours a scalar; another shape stays as it is, to be named in the key diff
+            out["text_logit_scale"] = value.reshape(()) if value.numel() == 1 else value
         elif layer and layer["rest"] in _BLOCK_MAP:
             out[f"temporal.{layer['i']}.{_BLOCK_MAP[layer['rest']]}"] = value
         elif layer and layer["rest"] in _QKV:
