@@ -34,7 +34,7 @@ from utils.logger import get_logger
 logger = get_logger(__name__)
 
 DECODERS = ("decord", "pyav", "torchcodec")
-DEFAULT_DECODER = "pyav"  # exact everywhere and as fast as decord or faster (runs/benchmark.py data; README)
+DEFAULT_DECODER = "pyav"  # exact everywhere, as fast as decord or faster (runs/benchmark.py data; docs/performance.md)
 
 
 def add_video_config(cfg: CfgNode) -> None:

@@ -55,7 +55,7 @@ def add_clip_backbone_config(cfg: CfgNode) -> None:
     # Dense patch tokens (AMCAP's regions, VFAM's RoI entities; CLIP-FSAR reads none). output: the last block's
     # patch tokens through ln_post/proj, which CLIP never aligned with text; value: the last attention block's value
     # path (ln_1, value projection, out_proj; no attention mixing, residual or MLP, as MaskCLIP/ClearCLIP) through
-    # ln_post/proj, far better aligned (README, AMCAP on the world). ResNet towers use their attention pool's value
+    # ln_post/proj, far better aligned (docs/world.md). ResNet towers use their attention pool's value
     # path either way.
     _H.DENSE_TOKENS = "output"
     _T = section(cfg, "TRAIN")

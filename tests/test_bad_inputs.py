@@ -1,7 +1,7 @@
 """Bad inputs the engine meets: non-finite losses, test-only runs without or with mismatched weights.
 
 Data-side cases (videos, split lists, track files) live in test_data_*.py, config cases in test_config.py,
-checkpoint cases in test_checkpoint.py; README's "what happens when" table lists them all.
+checkpoint cases in test_checkpoint.py; docs/failures.md lists them all.
 """
 import pytest
 import torch

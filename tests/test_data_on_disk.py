@@ -184,7 +184,7 @@ def test_resample_never_opens_a_known_bad_video_again_and_episodes_do_not_change
 
 
 def test_a_benchmark_config_tries_out_on_cpu_through_the_overlay(benchmarks, tmp_path):
-    """README "Try a benchmark config on a laptop": a three-line child of the shipped UCF101 config and
+    """docs/training.md "Try a benchmark config on a laptop": a three-line child of the shipped UCF101 config and
     configs/overlays/cpu_trial.yaml runs end to end on a partial download in the real layout (tiny tower, 64 px)."""
     from runs.run import main
 

@@ -208,7 +208,7 @@ BENCHMARK_DIGEST = "b2302918cb374b827ae0f538109eb0bff646f29f"
 
 
 def test_masked_patches_find_the_actor_where_dense_tokens_do_not(pretrained, world_root):
-    """AMCAP.REGION_FEATURE masked rests on this (README, AMCAP on the world): with the pretrained tower and the
+    """AMCAP.REGION_FEATURE masked rests on this (docs/world.md): with the pretrained tower and the
     class text as anchor, the one patch whose frame-with-only-it-visible embedding is closest to the text lies on the
     acting entity far more often than the patch whose dense token is closest, and far above the actor's area."""
     from runs.amcap_regions import region_stats

@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 
 
 class UserError(Exception):
-    """Bad input the user can fix; `exit_code` identifies the family (README: "Exit codes")."""
+    """Bad input the user can fix; `exit_code` identifies the family (docs/failures.md: "Errors and exit codes")."""
 
     exit_code = 1
     family = "error"

@@ -43,7 +43,7 @@ def add_clipfsar_config(cfg: CfgNode) -> None:
     # positional encoding, so it cannot tell a frame's neighbours). difference: each descriptor concatenated with
     # its change to the next frame (twice the width). pixel_difference: the tower encodes each frame's pixel change
     # to the next instead of the frame (TSN's RGB difference). The last frame repeats the previous change. For
-    # towers trained from scratch (README "Where we differ").
+    # towers trained from scratch (docs/lineage.md).
     _H.FRAME_MOTION = "none"
     _H.PROJ_DIM = 0  # >0: learned linear map of frame descriptors (and text) to this width before the transformer
     _H.TRANSFORMER_HEADS = 8  # attention heads of the temporal transformer (CLIP-FSAR: 8, fixed in its code)
@@ -55,7 +55,7 @@ def add_clipfsar_config(cfg: CfgNode) -> None:
     # CLIP-FSAR adds the attention and feed-forward branches to the residual unscaled: 1.0 (no parameter). Below
     # 1: each branch times a learned per-channel scale starting here (LayerScale); 0 starts the transformer as the
     # identity, so the prototypes start as the frame descriptors (from scratch the lineage's branches outweigh
-    # the descriptors at init; README "Where we differ").
+    # the descriptors at init; docs/lineage.md).
     _H.TRANSFORMER_LAYER_SCALE = 1.0
     # CLIP-FSAR appends each support's class-text token to its frames in the temporal transformer (prototype
     # modulation): True. False: supports pass through it alone, as queries do (a text tower trained from scratch
@@ -81,7 +81,7 @@ def add_clipfsar_config(cfg: CfgNode) -> None:
     # through the text encoder). orthogonal: one fixed orthonormal code per class of the split (seeded; random unit
     # codes when the split has more classes than the embedding has dimensions). For text towers that carry no
     # meaning: there order-swapped class names encode to near-identical texts (cosine 0.97-0.99), so the loss
-    # cannot separate the fine-grained pairs (README "Where we differ"). Needs EVAL_TEXT, COMBINE and AMCAP off.
+    # cannot separate the fine-grained pairs (docs/lineage.md). Needs EVAL_TEXT, COMBINE and AMCAP off.
     _T.VIDEO_TEXT_TARGETS = "class_text"
     _T.MERGE_BEFORE = False  # average shots per class before the temporal transformer (else after)
     _T.SINGLE_DIRECT = False  # OTAM query->support only (else bidirectional)
