@@ -104,7 +104,6 @@ def analyse_encoded(context: RegionContext, encoded: dict[str, torch.Tensor],
         labels = torch.tensor([label], device=encoded["tokens"].device)
     tokens = amcap.video_tokens(encoded["tokens"][None], encoded["global"][None], encoded["images"][None])
     info = amcap.describe(tokens, text, labels, amcap.coalitions(None), context.backbone)
-    anchor = amcap._anchors(tokens, text, labels)[0][0]  # [K, D] the anchor of each key frame
     class_weights = None if info["anchor_weights"] is None else info["anchor_weights"][0].mean(dim=0).cpu()
     best_class = int(class_weights.argmax()) if label is None else label
     key_frames = amcap.key_frame_indices(encoded["tokens"].shape[0]).tolist()
@@ -113,7 +112,7 @@ def analyse_encoded(context: RegionContext, encoded: dict[str, torch.Tensor],
     global_best = int((F.normalize(text.features.float(), dim=-1) @ video).argmax())
     return {"info": info, "text": text, "best_class": best_class, "key_frames": key_frames,
             "class_weights": class_weights, "global_best_class": global_best,
-            "best_patches": best_patches(context.backbone, encoded, key_frames, anchor)}
+            "best_patches": best_patches(context.backbone, encoded, key_frames, info["anchor"][0])}
 
 
 def best_patches(backbone: CLIPBackbone, encoded: dict[str, torch.Tensor], key_frames: list[int],

@@ -152,14 +152,29 @@ def add_regions_parser(commands: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- region-stats
-def run_region_stats(args: argparse.Namespace) -> int:
+def world_config(args: argparse.Namespace) -> CfgNode:
+    """The config of a world-statistics command (region-stats, vfam-stats), its arguments checked."""
     if args.videos < 0:
         raise ArgumentError(f"--videos must be >= 0 (videos per class; 0 = all), got {args.videos}")
     cfg = load_config(args.cfg or None, args.opts)
     if not cfg.DATA.ANNO_DIR:
-        raise ArgumentError("region-stats: set DATA.ANNO_DIR (the world's split lists and meta.json)")
+        raise ArgumentError(f"{args.command}: set DATA.ANNO_DIR (the world's split lists and meta.json)")
     if cfg.DATA.FRAMES_FOLDER:
-        raise ArgumentError("region-stats reads video files; DATA.FRAMES_FOLDER True is not supported")
+        raise ArgumentError(f"{args.command} reads video files; DATA.FRAMES_FOLDER True is not supported")
+    return cfg
+
+
+def write_json(path: str, result: dict) -> None:
+    """`--json`: the measures as a file (nothing without a path)."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {path}")
+
+
+def run_region_stats(args: argparse.Namespace) -> int:
+    cfg = world_config(args)
     result = {"config": args.cfg, "overrides": list(args.opts), **region_stats(cfg, args.split, args.videos)}
     a = cfg.AMCAP
     print(f"region-stats: {result['videos']} {args.split} videos, {len(result['classes'])} classes; AMCAP GRID "
@@ -172,11 +187,7 @@ def run_region_stats(args: argparse.Namespace) -> int:
         print(f"{setting} side, adjacent-cell interactions (mean, share > 0, pairs): " + "; ".join(
             f"{kind} " + ("-" if v["n"] == 0 else f"{v['mean']:+.4f}, {v['positive']:.2f}, {v['n']}")
             for kind, v in result["pair_interactions"][setting].items()))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return 0
 
 
@@ -194,13 +205,9 @@ def add_region_stats_parser(commands: argparse._SubParsersAction) -> None:
 def run_vfam_stats(args: argparse.Namespace) -> int:
     from runs.vfam_attention import VFAM_MEASURES, vfam_stats
 
-    if args.videos < 0:
-        raise ArgumentError(f"--videos must be >= 0 (videos per class; 0 = all), got {args.videos}")
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise ArgumentError(f"{args.checkpoint}: --checkpoint file not found")
-    cfg = load_config(args.cfg or None, args.opts)
-    if not cfg.DATA.ANNO_DIR:
-        raise ArgumentError("vfam-stats: set DATA.ANNO_DIR (the world's split lists and meta.json)")
+    cfg = world_config(args)
     result = {"config": args.cfg, "checkpoint": args.checkpoint, "overrides": list(args.opts),
               **vfam_stats(cfg, args.split, args.videos, args.checkpoint)}
     print(f"vfam-stats: {result['videos']} {args.split} videos, VFAM.MODE {cfg.VFAM.MODE}, gate |mean| "
@@ -213,11 +220,7 @@ def run_vfam_stats(args: argparse.Namespace) -> int:
     actor, distractor = (result["measures"][k]["mean"] for k in ("actor_mass", "distractor_mass"))
     if actor is not None and distractor:
         print(f"  actor / distractor mass: {actor / distractor:.2f}x")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return 0
 
 

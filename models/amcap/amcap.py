@@ -61,20 +61,20 @@ def add_amcap_config(cfg: CfgNode) -> None:
     # Which interactions join adjacent cells: "synergy" (> MERGE_THRESHOLD; docs/design.md §6 step 5) or
     # "redundancy" (< -MERGE_THRESHOLD). Under the cosine game two cells of one object that both match the anchor
     # substitute for each other (negative interaction), so synergy splits objects and joins background; measured
-    # with `runs/visualize.py region-stats` on the world (README, AMCAP on the world).
+    # with `runs/visualize.py region-stats` on the world (docs/world.md).
     _A.MERGE_ON = "synergy"
     _A.REGION_SCORE = "value"  # rank regions by "value" (cosine with the anchor) or "interaction" (cohesion)
     # What a region is to the rest of AMCAP (its value for ranking, its feature for saliency, alignment and the
     # prompt): "tokens", the mean of its dense tokens over all frames (docs/design.md §6); "masked", the CLIP
     # embedding of each key frame with only the region's patches visible (models/clip.py:encode_masked), averaged
-    # over key frames: in CLIP's joint space, where the class texts are (README, AMCAP on the world). Costs one
+    # over key frames: in CLIP's joint space, where the class texts are (docs/world.md). Costs one
     # image-tower pass per (region of the partition, key frame) and keeps the key frames' images per video.
     _A.REGION_FEATURE = "tokens"
     _A.NUM_REGIONS = 4  # regions kept per video
     _A.TOP_K = 2  # salient regions per (video, class) passed to the prompt generator
     # Which kept regions are salient: "tokens", the best scores against each class's name tokens (the attention-score
     # matrix, docs/design.md §6 step 6), or "value", the kept regions' own ranking (AMCAP.REGION_SCORE; the same
-    # regions for every class; README, AMCAP on the world).
+    # regions for every class; docs/world.md).
     _A.SALIENCY = "tokens"
     _A.N_CTX = 4  # generated context embeddings per prompt
     _A.NUM_HEADS = 4  # attention heads of the prompt generator (must divide the text width)
@@ -82,12 +82,12 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.SUPPORT_CLASS_ANCHOR = True  # supports use their class text as Shapley anchor (else the label-free one)
     _A.ANCHOR_TEMPERATURE = 0.07  # softmax temperature of the label-free anchor over class texts
     # What the label-free anchor compares with the class texts: "mean_token" (the key frame's mean dense token) or
-    # "global" (the video's CLIP embedding, the one pretraining aligned with text; README, AMCAP on the world).
+    # "global" (the video's CLIP embedding, the one pretraining aligned with text; docs/world.md).
     _A.QUERY_ANCHOR = "mean_token"
     _A.TOKEN_TEMPERATURE = 0.07  # softmax temperature of region -> text-token alignment
     # The class-name tokens regions align to: "contextual", the class text's per-token outputs (docs/design.md §6
     # step 6), or "word", each name token's own text embedding ("a photo of red."), in the joint space where CLIP
-    # compares texts with images (README, AMCAP on the world).
+    # compares texts with images (docs/world.md).
     _A.TOKEN_FEATURE = "contextual"
     _A.ALIGN_LOSS_WEIGHT = 0.0  # weight of the support region / class-token alignment loss (0 = off)
     _A.TEXT_TEMPLATE = "a photo of {}."  # class text for anchors and the tokens regions align to
@@ -126,27 +126,15 @@ class AMCAP(nn.Module):
                  query_anchor: str = "mean_token", region_feature: str = "tokens", token_feature: str = "contextual",
                  saliency: str = "tokens", text_cache: ClassTextCache | None = None):
         super().__init__()
-        if saliency not in SALIENCIES:
-            raise ValueError(f"models/amcap/amcap.py: AMCAP.SALIENCY must be one of {SALIENCIES}, got '{saliency}'")
-        self.saliency = saliency
-        if token_feature not in TOKEN_FEATURES:
-            raise ValueError(f"models/amcap/amcap.py: AMCAP.TOKEN_FEATURE must be one of {TOKEN_FEATURES}, "
-                             f"got '{token_feature}'")
-        self.token_feature = token_feature
-        if region_feature not in REGION_FEATURES:
-            raise ValueError(f"models/amcap/amcap.py: AMCAP.REGION_FEATURE must be one of {REGION_FEATURES}, "
-                             f"got '{region_feature}'")
-        self.region_feature = region_feature
-        if query_anchor not in QUERY_ANCHORS:
-            raise ValueError(f"models/amcap/amcap.py: AMCAP.QUERY_ANCHOR must be one of {QUERY_ANCHORS}, "
-                             f"got '{query_anchor}'")
+        choices_of = (("SALIENCY", saliency, SALIENCIES), ("TOKEN_FEATURE", token_feature, TOKEN_FEATURES),
+                      ("REGION_FEATURE", region_feature, REGION_FEATURES),
+                      ("QUERY_ANCHOR", query_anchor, QUERY_ANCHORS), ("EMPTY_VALUE", empty_value, EMPTY_VALUES),
+                      ("REGION_SCORE", region_score, REGION_SCORES), ("MERGE_ON", merge_on, MERGE_RULES))
+        for key, value, choices in choices_of:
+            if value not in choices:
+                raise ValueError(f"models/amcap/amcap.py: AMCAP.{key} must be one of {choices}, got '{value}'")
+        self.saliency, self.token_feature, self.region_feature = saliency, token_feature, region_feature
         self.query_anchor = query_anchor
-        if empty_value not in EMPTY_VALUES:
-            raise ValueError(f"models/amcap/amcap.py: AMCAP.EMPTY_VALUE must be one of {EMPTY_VALUES}, "
-                             f"got '{empty_value}'")
-        if region_score not in REGION_SCORES:
-            raise ValueError(f"models/amcap/amcap.py: AMCAP.REGION_SCORE must be one of {REGION_SCORES}, "
-                             f"got '{region_score}'")
         for key, value in (("GRID", grid), ("KEY_FRAMES", key_frames), ("NUM_REGIONS", num_regions),
                            ("TOP_K", top_k), ("NUM_COALITIONS", num_coalitions)):
             if value < 1:
@@ -156,8 +144,6 @@ class AMCAP(nn.Module):
         self.per_class, self.support_class_anchor = per_class, support_class_anchor
         self.anchor_temperature, self.token_temperature = anchor_temperature, token_temperature
         self.align_loss_weight, self.merge_threshold = align_loss_weight, merge_threshold
-        if merge_on not in MERGE_RULES:
-            raise ValueError(f"models/amcap/amcap.py: AMCAP.MERGE_ON must be one of {MERGE_RULES}, got '{merge_on}'")
         self.merge_on = merge_on
         self.region_score, self.text_template, self.seed = region_score, text_template, seed
         self.empty_value = empty_value
@@ -276,14 +262,15 @@ class AMCAP(nn.Module):
     def _anchors(self, tokens: VideoTokens, text: ClassText, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Shapley anchors [V, K, D] on the key frames: class text of `labels`, else the label-free soft maximum of
         the class texts around the key frame's mean token or CLIP embedding (AMCAP.QUERY_ANCHOR)."""
-        frame = tokens.key.detach().float().mean(dim=(2, 3))  # [V, K, D]
         class_feats = text.features.detach().float()
         if labels is not None:
-            return F.normalize(class_feats, dim=-1)[labels][:, None].expand_as(frame), None
-        if self.query_anchor == "global":
-            if tokens.anchor_global is None:
-                raise ValueError("models/amcap/amcap.py: AMCAP.QUERY_ANCHOR global needs the video's CLIP "
-                                 "embedding (VideoTokens.anchor_global)")
+            return F.normalize(class_feats, dim=-1)[labels][:, None].expand(-1, tokens.key.shape[1], -1), None
+        if self.query_anchor == "mean_token":
+            frame = tokens.key.detach().float().mean(dim=(2, 3))  # [V, K, D]
+        elif tokens.anchor_global is None:
+            raise ValueError("models/amcap/amcap.py: AMCAP.QUERY_ANCHOR global needs the video's CLIP "
+                             "embedding (VideoTokens.anchor_global)")
+        else:
             frame = tokens.anchor_global.detach().float()
         return self.label_free_anchor(frame, class_feats, self.anchor_temperature)
 
@@ -318,7 +305,8 @@ class AMCAP(nn.Module):
                                                    self.token_temperature)
         picked = feats[:, None].expand(-1, selected.shape[1], -1, -1).gather(
             2, selected[..., None].expand(-1, -1, -1, feats.shape[-1]))  # [V, C, K, D]
-        return {"regions": regions, "interactions": found["interactions"], "anchor_weights": anchor_weights,
+        return {"regions": regions, "interactions": found["interactions"], "anchor": anchor,
+                "anchor_weights": anchor_weights,
                 "features": feats, "scores": scores, "selected": selected, "saliency": saliency,
                 "selected_valid": selected_valid, "picked": picked, "aligned": tokens_aligned,
                 "top_token": top_token}
