@@ -18,12 +18,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, one_of, rules, section
 
 VFAM_MODES = ("roi", "crop", "crop_frames")
+VFAM_ATTEND = ("frame", "motion")
+VFAM_FUSION = ("residual", "replace")
+MOTION_DIMS = 3  # a track's step to the next sampled frame: centre dx, dy and the change of sqrt(box area)
+SCORE_HIDDEN = 32  # hidden width of the motion attention's track scorer
 
 
 def add_vfam_config(cfg: CfgNode) -> None:
@@ -37,8 +42,19 @@ def add_vfam_config(cfg: CfgNode) -> None:
     _V.CROP_MARGIN = 0.1  # crop_frames: main-track box enlarged by this fraction of its size on every side
     _V.DROPOUT = 0.0  # dropout on the attention weights and on the fused context
     _V.GATE = "scalar"  # fusion gate: scalar (one number) or channel (one per descriptor channel); starts at 0
+    # Which entity the context comes from (docs/design.md §6): frame (each frame's global token attends to that
+    # frame's entities, the formulation so far) or motion (one weight per track for the whole video, scored by a
+    # small MLP from the track's motion; "which entity acts" is learned from the class labels alone).
+    _V.ATTEND = "frame"
+    _V.ENTITY_MOTION = False  # add each entity's track motion to the next sampled frame (box centre, size) to its token
+    _V.MOTION_SCALE = 30.0  # track motion (crop units per sampled frame) is multiplied by this before any layer
+    # How the context enters the descriptor: residual (frame descriptor + gate * proj(context), gate from 0: the
+    # baseline at start) or replace (the descriptor is proj(context), proj starting as the identity: the acting
+    # entity's joint-space token instead of the whole scene; frames without entities keep the scene's).
+    _V.FUSION = "residual"
     rules("VFAM", MODE=one_of("roi", "crop", "crop_frames"), NUM_HEADS=POSITIVE, ROI_SIZE=POSITIVE,
-          CROP_SIZE=POSITIVE, CROP_MARGIN=NON_NEGATIVE, DROPOUT=PROBABILITY, GATE=one_of("scalar", "channel"))
+          CROP_SIZE=POSITIVE, CROP_MARGIN=NON_NEGATIVE, DROPOUT=PROBABILITY, GATE=one_of("scalar", "channel"),
+          ATTEND=one_of(*VFAM_ATTEND), MOTION_SCALE=POSITIVE, FUSION=one_of(*VFAM_FUSION))
 
 
 def _safe_key_padding(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,13 +151,32 @@ def crop_frames_to_main_track(frames: Tensor, boxes: Tensor, mask: Tensor, margi
     return torch.where(has_track[:, None, None, None, None], cropped, frames)
 
 
+def track_motion(boxes: Tensor, mask: Tensor) -> Tensor:
+    """[B,T,K,3] each entity's step to the next sampled frame: its box centre's (dx, dy) and the change of the square
+    root of its area, in crop units (boxes [B,T,K,4] normalised x0,y0,x1,y1; mask [B,T,K]). The last frame repeats
+    the step before it; a step is 0 where the entity is absent in either frame."""
+    centre = torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], dim=-1)
+    size = ((boxes[..., 2] - boxes[..., 0]).clamp_min(0) * (boxes[..., 3] - boxes[..., 1]).clamp_min(0)).sqrt()
+    state = torch.cat([centre, size[..., None]], dim=-1).float()  # [B,T,K,3]
+    if state.shape[1] < 2:
+        return torch.zeros_like(state)
+    both = (mask[:, 1:] & mask[:, :-1])[..., None]
+    step = torch.where(both, state[:, 1:] - state[:, :-1], torch.zeros_like(state[:, 1:]))
+    return torch.cat([step, step[:, -1:]], dim=1)
+
+
 class VFAM(nn.Module):
     """Entity attention and gated residual fusion into the head's frame descriptors."""
 
     def __init__(self, dim: int, out_dim: int, num_heads: int = 4, temporal: bool = True, dropout: float = 0.0,
                  roi_size: int = 2, mode: str = "roi", crop_size: int = 224, crop_margin: float = 0.1,
-                 gate: str = "scalar") -> None:
+                 gate: str = "scalar", attend: str = "frame", entity_motion: bool = False,
+                 motion_scale: float = 30.0, fusion: str = "residual") -> None:
         super().__init__()
+        if attend not in VFAM_ATTEND:
+            raise ValueError(f"VFAM.ATTEND must be one of {', '.join(VFAM_ATTEND)}, got '{attend}'")
+        if fusion not in VFAM_FUSION:
+            raise ValueError(f"VFAM.FUSION must be one of {', '.join(VFAM_FUSION)}, got '{fusion}'")
         if mode not in VFAM_MODES:
             raise ValueError(f"VFAM.MODE must be one of {', '.join(VFAM_MODES)}, got '{mode}'")
         if num_heads < 1 or dim % num_heads:
@@ -155,13 +190,27 @@ class VFAM(nn.Module):
         if temporal:
             self.time_norm = nn.LayerNorm(dim)
             self.time_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.query_norm = nn.LayerNorm(dim)
-        self.entity_norm = nn.LayerNorm(dim)
-        self.frame_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.attend, self.fusion, self.motion_scale = attend, fusion, motion_scale
+        # ENTITY_MOTION: a track's step, embedded into the token space and added to the entity's token.
+        self.motion_embed = nn.Linear(MOTION_DIMS, dim, bias=False) if entity_motion else None
+        if attend == "frame":
+            self.query_norm = nn.LayerNorm(dim)
+            self.entity_norm = nn.LayerNorm(dim)
+            self.frame_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        else:  # a track's score from its mean absolute and mean signed step over the frames where it moves
+            self.track_score = nn.Sequential(nn.Linear(2 * MOTION_DIMS, SCORE_HIDDEN), nn.ReLU(),
+                                             nn.Linear(SCORE_HIDDEN, 1))
         self.proj = nn.Linear(dim, out_dim)
         self.drop = nn.Dropout(dropout)
-        # Zero gate: the fused descriptor equals the baseline's until training moves it (docs/design.md §6).
-        self.gate = nn.Parameter(torch.zeros(1 if gate == "scalar" else out_dim))
+        if fusion == "residual":
+            # Zero gate: the fused descriptor equals the baseline's until training moves it (docs/design.md §6).
+            self.gate = nn.Parameter(torch.zeros(1 if gate == "scalar" else out_dim))
+        else:
+            self.gate = None
+            if out_dim == dim:  # the acting entity's own token at start
+                with torch.no_grad():
+                    self.proj.weight.copy_(torch.eye(dim))
+                    self.proj.bias.zero_()
 
     @classmethod
     def from_config(cls, cfg: CfgNode, dim: int, out_dim: int) -> dict[str, Any]:
@@ -169,7 +218,8 @@ class VFAM(nn.Module):
         v = cfg.VFAM
         return {"dim": dim, "out_dim": out_dim, "num_heads": v.NUM_HEADS, "temporal": v.TEMPORAL,
                 "dropout": v.DROPOUT, "roi_size": v.ROI_SIZE, "mode": v.MODE, "crop_size": v.CROP_SIZE,
-                "crop_margin": v.CROP_MARGIN, "gate": v.GATE}
+                "crop_margin": v.CROP_MARGIN, "gate": v.GATE, "attend": v.ATTEND, "entity_motion": v.ENTITY_MOTION,
+                "motion_scale": v.MOTION_SCALE, "fusion": v.FUSION}
 
     def _attend_along_tracks(self, entities: Tensor, mask: Tensor) -> Tensor:
         """Each slot attends over the frames where it is present: [B,T,K,D] -> [B,T,K,D] (masked = 0).
@@ -186,35 +236,73 @@ class VFAM(nn.Module):
         out = seq.reshape(b, k, t, d).permute(0, 2, 1, 3)
         return torch.where(mask[..., None], out, torch.zeros_like(out))
 
-    def _frame_attention(self, frame_global: Tensor, entity_feats: Tensor, entity_mask: Tensor,
-                         need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The global token of each frame attending to its entities: (context [B*T,1,D], has_entity [B*T],
-        attention weights averaged over heads [B*T,1,K] or None)."""
-        b, t, k, d = entity_feats.shape
+    def _entities(self, entity_feats: Tensor, entity_mask: Tensor,
+                  entity_motion: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The entity tokens the context is made of [B,T,K,D] (masked = 0) and the mask as bool: unit length under
+        ATTEND motion, with their motion embedded (ENTITY_MOTION), pooled along tracks (TEMPORAL)."""
         mask = entity_mask.bool()
         entities = torch.where(mask[..., None], entity_feats, torch.zeros_like(entity_feats))
+        if self.attend == "motion":
+            entities = F.normalize(entities, dim=-1)
+        if self.motion_embed is not None:
+            step = self._motion(entity_motion, "VFAM.ENTITY_MOTION")
+            entities = entities + torch.where(mask[..., None], self.motion_embed(step).to(entities.dtype), 0.0)
         if self.temporal:
             entities = self._attend_along_tracks(entities, mask)
+        return entities, mask
+
+    def _motion(self, entity_motion: Tensor | None, key: str) -> Tensor:
+        if entity_motion is None:
+            raise ValueError(f"{key} needs the entities' track motion (VFAM.encode's 'entity_motion')")
+        return self.motion_scale * entity_motion.float()
+
+    def _track_weights(self, entity_mask: Tensor, entity_motion: Tensor | None) -> Tensor:
+        """ATTEND motion: [B,T,K] each frame's weights over its entities: one softmax over the video's tracks,
+        scored from each track's mean absolute and mean signed step, renormalised over the entities in view."""
+        mask = entity_mask.bool()
+        step = self._motion(entity_motion, "VFAM.ATTEND motion")  # [B,T,K,3]
+        present = mask[..., None].float()
+        frames = present.sum(1).clamp_min(1.0)  # [B,K,1]
+        summary = torch.cat([(step.abs() * present).sum(1), (step * present).sum(1)], dim=-1) / frames
+        scores = self.track_score(summary.to(self.proj.weight.dtype)).squeeze(-1).float()  # [B,K]
+        scores = scores.masked_fill(~mask.any(1), float("-inf"))
+        track = torch.softmax(scores.masked_fill(~mask.any(1).any(1, keepdim=True), 0.0), dim=-1)  # [B,K]
+        weights = track[:, None, :] * mask.float()  # [B,T,K]
+        return weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    def _context(self, frame_global: Tensor, entity_feats: Tensor, entity_mask: Tensor, entity_motion: Tensor | None,
+                 need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(context [B,T,D], has_entity [B,T], weights [B,T,K] over each frame's entities, mean over heads; None
+        under ATTEND frame unless `need_weights`)."""
+        b, t, k, d = entity_feats.shape
+        entities, mask = self._entities(entity_feats, entity_mask, entity_motion)
+        if self.attend == "motion":
+            weights = self._track_weights(mask, entity_motion)
+            context = torch.einsum("btk,btkd->btd", weights.to(entities.dtype), entities)
+            return context, mask.any(-1), weights
         query = self.query_norm(frame_global).reshape(b * t, 1, d)
         keys = self.entity_norm(entities).reshape(b * t, k, d)
         padding, has_entity = _safe_key_padding(mask.reshape(b * t, k))
         context, weights = self.frame_attn(query, keys, keys, key_padding_mask=padding, need_weights=need_weights)
-        return context, has_entity, weights
+        weights = weights.reshape(b, t, k) if weights is not None else None
+        return context.reshape(b, t, d), has_entity.reshape(b, t), weights
 
-    def attention(self, frame_global: Tensor, entity_feats: Tensor, entity_mask: Tensor) -> Tensor:
+    def attention(self, frame_global: Tensor, entity_feats: Tensor, entity_mask: Tensor,
+                  entity_motion: Tensor | None = None) -> Tensor:
         """[B,T,K]: each frame's attention over its entity slots (mean over heads; 0 for masked slots), the weights
         the fused context is made of (`runs/visualize.py vfam-stats`)."""
-        b, t, k = entity_mask.shape
-        _, has_entity, weights = self._frame_attention(frame_global, entity_feats, entity_mask, need_weights=True)
-        weights = weights.reshape(b, t, k) * entity_mask.bool()
-        return weights * has_entity.reshape(b, t, 1)
+        _, has_entity, weights = self._context(frame_global, entity_feats, entity_mask, entity_motion, True)
+        return weights * entity_mask.bool() * has_entity[..., None]
 
-    def forward(self, frame_global: Tensor, frame_desc: Tensor, entity_feats: Tensor, entity_mask: Tensor) -> Tensor:
-        """[B,T,D] global tokens, [B,T,F] descriptors, [B,T,K,D] entities, [B,T,K] mask -> [B,T,F] descriptors."""
-        b, t, _, d = entity_feats.shape
-        context, has_entity, _ = self._frame_attention(frame_global, entity_feats, entity_mask)
-        context = self.drop(self.proj(context.reshape(b, t, d)))  # [B,T,F]
-        has_entity = has_entity.reshape(b, t, 1)
+    def forward(self, frame_global: Tensor, frame_desc: Tensor, entity_feats: Tensor, entity_mask: Tensor,
+                entity_motion: Tensor | None = None) -> Tensor:
+        """[B,T,D] global tokens, [B,T,F] descriptors, [B,T,K,D] entities, [B,T,K] mask (+ [B,T,K,3] track motion,
+        needed by ATTEND motion and ENTITY_MOTION) -> [B,T,F] descriptors."""
+        context, has_entity, _ = self._context(frame_global, entity_feats, entity_mask, entity_motion)
+        context = self.drop(self.proj(context))  # [B,T,F]
+        has_entity = has_entity[..., None]
+        if self.gate is None:  # FUSION replace: frames without entities keep the scene's descriptor
+            return torch.where(has_entity, context.to(frame_desc.dtype), frame_desc)
         # Frames without entities get exactly 0 (not proj's bias), so they keep the baseline descriptor.
         context = torch.where(has_entity, context, torch.zeros_like(context))
         return frame_desc + (self.gate * context).to(frame_desc.dtype)
@@ -224,7 +312,8 @@ class VFAM(nn.Module):
         """Run the backbone on videos [B,T,3,H,W] and extract entity features for this module's mode.
 
         Returns {"global": [B,T,D], "tokens": [B,T,h,w,D] (dense only), "entity_feats": [B,T,K,D],
-        "entity_mask": [B,T,K]}. `boxes` [B,T,K,4] (normalised) / `mask` [B,T,K] may be None (no tracks).
+        "entity_mask": [B,T,K], "entity_motion": [B,T,K,3] (`track_motion`)}. `boxes` [B,T,K,4] (normalised) /
+        `mask` [B,T,K] may be None (no tracks).
         """
         b, t = videos.shape[:2]
         if boxes is None or mask is None:
@@ -248,6 +337,7 @@ class VFAM(nn.Module):
             entities = out["global"].new_zeros(*flat_mask.shape, out["global"].shape[-1])
         result["entity_feats"] = entities.reshape(b, t, *entities.shape[1:])
         result["entity_mask"] = flat_mask.reshape(b, t, -1)
+        result["entity_motion"] = track_motion(boxes, result["entity_mask"])  # no parameters: cacheable
         return result
 
     def _encode_crops(self, backbone: nn.Module, frames: Tensor, boxes: Tensor, mask: Tensor) -> Tensor:

@@ -49,7 +49,8 @@ def video_attention(model, cfg: CfgNode, entry, record: dict) -> dict[str, float
     boxes, mask = transform_boxes(boxes, mask, clip.video.size, clip.view)  # crop units, as the loader's
     vfam, device = model.vfam, model.backbone.device
     encoded = vfam.encode(model.backbone, clip.images[None].to(device), boxes[None].to(device), mask[None].to(device))
-    weights = vfam.attention(encoded["global"], encoded["entity_feats"], encoded["entity_mask"])[0]
+    weights = vfam.attention(encoded["global"], encoded["entity_feats"], encoded["entity_mask"],
+                             encoded["entity_motion"])[0]
     actor = [k for k, track in enumerate(ranked) if track.label == record["actor"]]
     present = encoded["entity_mask"][0].bool().cpu().numpy()
     return frame_measures(weights.float().cpu().numpy(), present, actor)
@@ -75,6 +76,6 @@ def vfam_stats(cfg: CfgNode, split: str, videos_per_class: int, checkpoint: str 
         values = np.array([r[name] for r in rows if not np.isnan(r[name])])
         ci = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else None
         out[name] = {"mean": float(values.mean()) if len(values) else None, "ci95": ci, "n": int(len(values))}
-    gate = model.vfam.gate.detach().float()
+    gate = model.vfam.gate  # None under VFAM.FUSION replace (the context is the descriptor)
     return {"split": split, "videos": len(entries), "classes": class_names, "measures": out,
-            "gate": float(gate.abs().mean())}
+            "gate": None if gate is None else float(gate.detach().float().abs().mean())}

@@ -210,8 +210,9 @@ def run_vfam_stats(args: argparse.Namespace) -> int:
     cfg = world_config(args)
     result = {"config": args.cfg, "checkpoint": args.checkpoint, "overrides": list(args.opts),
               **vfam_stats(cfg, args.split, args.videos, args.checkpoint)}
-    print(f"vfam-stats: {result['videos']} {args.split} videos, VFAM.MODE {cfg.VFAM.MODE}, gate |mean| "
-          f"{result['gate']:.4f}; per frame with the actor and a distractor in view (mean over videos ± 95% CI):")
+    gate = "none (FUSION replace)" if result["gate"] is None else f"{result['gate']:.4f}"
+    print(f"vfam-stats: {result['videos']} {args.split} videos, VFAM.MODE {cfg.VFAM.MODE}, ATTEND {cfg.VFAM.ATTEND}, "
+          f"gate |mean| {gate}; per frame with the actor and a distractor in view (mean over videos ± 95% CI):")
     for name in VFAM_MEASURES:
         entry = result["measures"][name]
         value = "-" if entry["mean"] is None else f"{entry['mean']:.3f}" + (

@@ -248,3 +248,35 @@ def test_value_saliency_picks_the_best_kept_regions_for_every_class(backbone, ep
     assert bool((scores[:, :-1] >= scores[:, 1:]).all())  # kept in order of value: the first are the best
     with pytest.raises(ValueError, match="AMCAP.SALIENCY must be one of"):
         _module(backbone, saliency="attention")
+
+
+def test_motion_saliency_picks_the_kept_regions_whose_tokens_change_most_and_motion_score_keeps_them(
+        backbone, episode_tokens):
+    """AMCAP.SALIENCY motion: a region's motion is the mean over its tokens of the L2 change between consecutive
+    frames (computed here by hand); the salient regions are the kept ones that move most, for every class. With
+    REGION_SCORE motion the kept regions themselves are the most moving parts of the partition."""
+    support, _ = episode_tokens
+    tokens = support[:, :1].repeat(1, FRAMES, 1, 1, 1) + 0.01 * support  # nearly still videos
+    tokens[:, :, 2:4, 4:6] += torch.arange(FRAMES, dtype=tokens.dtype)[None, :, None, None, None] * 0.5  # cell 6
+    text = _module(backbone).class_text(backbone, NAMES)
+    labels = _support_labels()
+    motion = (tokens[:, 1:] - tokens[:, :-1]).norm(dim=-1).mean(dim=1)  # [V, 8, 8]
+    for region_score in ("value", "motion"):
+        module = _module(backbone, saliency="motion", region_score=region_score, num_regions=3, top_k=2)
+        with torch.no_grad():
+            info = module.describe(module.video_tokens(tokens), text, labels, module.coalitions(None))
+        regions = info["regions"]
+        for video in range(WAY * SHOT):
+            kept = [r for r in range(3) if regions.valid[video, r]]
+            moves = {r: float(motion[video][regions.token_masks[video, r]].mean()) for r in kept}
+            expected = sorted(kept, key=lambda r: -moves[r])[:2]
+            valid = info["selected_valid"][video, 0]
+            assert info["selected"][video, 0][valid].tolist() == expected
+            assert bool((info["selected"][video] == info["selected"][video, :1]).all())  # the same for every class
+            if region_score == "motion":  # the moving cell's region is kept, and first
+                partition_motion = {int(s): float(motion[video][(regions.labels[video] == s)[
+                    torch.arange(64) // 16 * 4 + torch.arange(64) % 8 // 2].reshape(8, 8)].mean())
+                    for s in regions.labels[video].unique()}
+                best = max(partition_motion, key=partition_motion.get)
+                assert int(regions.slots[video, 0]) == best
+                assert bool(regions.token_masks[video, 0, 2, 4])

@@ -305,3 +305,97 @@ def test_attention_weights_are_the_fused_ones_over_the_slots_in_view() -> None:
     assert bool((weights[~mask] == 0).all())
     torch.testing.assert_close(weights[present], per_head.mean(2)[present])
     torch.testing.assert_close(fused[present], expected[present], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- motion (issue 29)
+def test_track_motion_is_each_boxes_step_to_the_next_frame_by_hand() -> None:
+    from models.vfam import track_motion
+
+    boxes = torch.zeros(1, 3, 2, 4)
+    boxes[0, :, 0] = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.2, 0.1, 0.4, 0.3], [0.2, 0.0, 0.5, 0.3]])
+    boxes[0, :, 1] = torch.tensor([0.5, 0.5, 0.6, 0.6])
+    mask = torch.tensor([[[True, True], [True, False], [True, True]]])
+    motion = track_motion(boxes, mask)
+    # slot 0: centre (0.2,0.2) -> (0.3,0.2) -> (0.35,0.15); sqrt(area) 0.2 -> 0.2 -> 0.3
+    expected0 = torch.tensor([[0.1, 0.0, 0.0], [0.05, -0.05, 0.1], [0.05, -0.05, 0.1]])
+    torch.testing.assert_close(motion[0, :, 0], expected0)
+    assert bool((motion[0, :, 1] == 0).all())  # absent at frame 1: no step on either side of it
+
+
+def _moving_inputs() -> tuple[torch.Tensor, ...]:
+    """One video: slot 1 moves right every frame, slots 0 and 2 stay; all in view."""
+    frame_global, frame_desc, entities, _ = _inputs()
+    mask = torch.ones(B, T, K, dtype=torch.bool)
+    motion = torch.zeros(B, T, K, 3)
+    motion[:, :, 1, 0] = 0.05
+    return frame_global, frame_desc, entities, mask, motion
+
+
+def test_motion_attention_weights_one_score_per_track_over_the_slots_in_view() -> None:
+    frame_global, frame_desc, entities, mask, motion = _moving_inputs()
+    mask[0, 2, 1] = False  # the moving track leaves view in frame 2 of video 0
+    mask[1] = False  # a video without tracks
+    vfam = _vfam(attend="motion", temporal=False)
+    weights = vfam.attention(frame_global, entities, mask, motion)
+    assert bool((weights[~mask] == 0).all())
+    torch.testing.assert_close(weights[0].sum(-1), torch.ones(T))
+    # the same track score in every frame: frames 0 and 3 (all in view) have the same weights
+    torch.testing.assert_close(weights[0, 0], weights[0, 3])
+    # frame 2 renormalises the two tracks in view in the same ratio
+    torch.testing.assert_close(weights[0, 2, 0] / weights[0, 2, 2], weights[0, 0, 0] / weights[0, 0, 2])
+    out = vfam(frame_global, frame_desc, entities, mask, motion)
+    assert torch.isfinite(out).all() and torch.equal(out[1], frame_desc[1])
+
+
+def test_replace_fusion_starts_as_the_weighted_unit_entity_tokens_plus_motion_embedding() -> None:
+    frame_global, _, entities, mask, motion = _moving_inputs()
+    vfam = VFAM(dim=D, out_dim=D, num_heads=4, temporal=False, attend="motion", entity_motion=True,
+                fusion="replace", motion_scale=10.0).eval()
+    assert vfam.gate is None
+    frame_desc = torch.randn(B, T, D)
+    with torch.no_grad():
+        out = vfam(frame_global, frame_desc, entities, mask, motion)
+        weights = vfam.attention(frame_global, entities, mask, motion)
+        tokens = torch.nn.functional.normalize(entities, dim=-1) + vfam.motion_embed(10.0 * motion)
+    torch.testing.assert_close(out, torch.einsum("btk,btkd->btd", weights, tokens))  # proj is the identity
+    with pytest.raises(ValueError, match="entity_motion"):
+        vfam(frame_global, frame_desc, entities, mask)
+
+
+def test_motion_attention_learns_to_pick_the_moving_track_from_episode_labels_alone() -> None:
+    """Two classes differ only in how the acting track moves (right vs up); a still distractor with the other
+    class's look sits in every video. Trained on the classes' labels (never told which slot acts), the track
+    weights go to the moving slot and the descriptors separate the classes."""
+    g = torch.Generator().manual_seed(0)
+    n, looks = 32, torch.randn(2, D, generator=g)
+    labels = torch.arange(n) % 2
+    entities = torch.zeros(n, T, 2, D)
+    motion = torch.zeros(n, T, 2, 3)
+    actor = torch.randint(0, 2, (n,), generator=g)  # which slot acts varies
+    for i in range(n):
+        a = int(actor[i])
+        entities[i, :, a] = looks[0]  # the actor always looks the same: only its motion tells the class
+        entities[i, :, 1 - a] = looks[1] + 0.1 * torch.randn(D, generator=g)
+        motion[i, :, a, int(labels[i])] = 0.04
+        motion[i, :, 1 - a] = 0.004 * torch.randn(T, 3, generator=g)  # a distractor's wander
+    mask = torch.ones(n, T, 2, dtype=torch.bool)
+    torch.manual_seed(0)
+    vfam = VFAM(dim=D, out_dim=D, num_heads=4, temporal=False, attend="motion", entity_motion=True, fusion="replace")
+    head = nn.Linear(D, 2)
+    opt = torch.optim.Adam([*vfam.parameters(), *head.parameters()], lr=1e-2)
+    frame_global, frame_desc = torch.zeros(n, T, D), torch.zeros(n, T, D)
+    with torch.no_grad():
+        untrained = vfam.attention(frame_global, entities, mask, motion)[:, 0][torch.arange(n), actor]
+    assert float(untrained.max()) < 0.7  # nothing picks the actor before training
+    for _ in range(150):
+        out = vfam(frame_global, frame_desc, entities, mask, motion).mean(1)
+        loss = nn.functional.cross_entropy(head(out), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        weights = vfam.attention(frame_global, entities, mask, motion)[:, 0]  # [n, 2]
+        accuracy = (head(vfam(frame_global, frame_desc, entities, mask, motion).mean(1)).argmax(1) == labels)
+    on_actor = weights[torch.arange(n), actor]
+    assert float(on_actor.min()) > 0.7, on_actor  # at least 2.3x the distractor's weight in every video
+    assert float(accuracy.float().mean()) == 1.0

@@ -28,6 +28,7 @@ from models.amcap.regions import (
     partition_cells,
     region_features,
     region_interactions,
+    region_motion,
     region_values,
     select_salient,
     slot_masks,
@@ -46,7 +47,7 @@ from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, one_of, rules, section
 
 QUERY_ANCHORS = ("mean_token", "global")
 REGION_FEATURES = ("tokens", "masked")
-SALIENCIES = ("tokens", "value")
+SALIENCIES = ("tokens", "value", "motion")
 
 
 def add_amcap_config(cfg: CfgNode) -> None:
@@ -63,7 +64,9 @@ def add_amcap_config(cfg: CfgNode) -> None:
     # substitute for each other (negative interaction), so synergy splits objects and joins background; measured
     # with `runs/visualize.py region-stats` on the world (docs/world.md).
     _A.MERGE_ON = "synergy"
-    _A.REGION_SCORE = "value"  # rank regions by "value" (cosine with the anchor) or "interaction" (cohesion)
+    # Rank regions by "value" (cosine with the anchor), "interaction" (cohesion) or "motion" (how much the region's
+    # dense tokens change between consecutive frames: where something moves; docs/world.md).
+    _A.REGION_SCORE = "value"
     # What a region is to the rest of AMCAP (its value for ranking, its feature for saliency, alignment and the
     # prompt): "tokens", the mean of its dense tokens over all frames (docs/design.md §6); "masked", the CLIP
     # embedding of each key frame with only the region's patches visible (models/clip.py:encode_masked), averaged
@@ -74,7 +77,8 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.TOP_K = 2  # salient regions per (video, class) passed to the prompt generator
     # Which kept regions are salient: "tokens", the best scores against each class's name tokens (the attention-score
     # matrix, docs/design.md §6 step 6), or "value", the kept regions' own ranking (AMCAP.REGION_SCORE; the same
-    # regions for every class; docs/world.md).
+    # regions for every class; docs/world.md), or "motion", the kept regions whose dense tokens change most over the
+    # clip (label-free, the same for every class).
     _A.SALIENCY = "tokens"
     _A.N_CTX = 4  # generated context embeddings per prompt
     _A.NUM_HEADS = 4  # attention heads of the prompt generator (must divide the text width)
@@ -93,7 +97,7 @@ def add_amcap_config(cfg: CfgNode) -> None:
     _A.TEXT_TEMPLATE = "a photo of {}."  # class text for anchors and the tokens regions align to
     _A.SEED = 0  # seeds the coalitions when the caller passes no generator
     rules("AMCAP", GRID=POSITIVE, NUM_COALITIONS=POSITIVE, KEY_FRAMES=POSITIVE,
-          EMPTY_VALUE=one_of("zero", "singleton_mean"), REGION_SCORE=one_of("value", "interaction"),
+          EMPTY_VALUE=one_of("zero", "singleton_mean"), REGION_SCORE=one_of(*REGION_SCORES),
           MERGE_ON=one_of(*MERGE_RULES),
           NUM_REGIONS=POSITIVE, TOP_K=POSITIVE, N_CTX=POSITIVE, NUM_HEADS=POSITIVE, ANCHOR_TEMPERATURE=POSITIVE,
           QUERY_ANCHOR=one_of(*QUERY_ANCHORS), REGION_FEATURE=one_of(*REGION_FEATURES),
@@ -112,6 +116,8 @@ class VideoTokens:
     # video's CLIP embedding (the mean of its frames' normalised embeddings, as CLIP-FSAR's text rule reads a video)
     anchor_global: Tensor | None = None
     key_images: Tensor | None = None  # [V, K, 3, H, W] the key frames' tower input (AMCAP.REGION_FEATURE masked)
+    # [V, h, w] each token's mean change between consecutive frames (L2; REGION_SCORE / SALIENCY motion)
+    motion: Tensor | None = None
 
 
 class AMCAP(nn.Module):
@@ -196,8 +202,13 @@ class AMCAP(nn.Module):
             video = F.normalize(frame_global.float(), dim=-1).mean(dim=1)  # [V, D]
             anchor_global = video[:, None].expand(-1, len(frames), -1).to(frame_global.dtype)
         key_images = None if images is None or self.region_feature != "masked" else images[:, frames]
+        motion = None
+        if "motion" in (self.region_score, self.saliency):
+            steps = tokens[:, 1:].float() - tokens[:, :-1].float()
+            motion = steps.norm(dim=-1).mean(dim=1) if tokens.shape[1] > 1 else tokens.new_zeros(tokens.shape[:1]
+                                                                                                 + tokens.shape[2:4])
         return VideoTokens(key=tokens[:, frames], mean=tokens.mean(dim=1), anchor_global=anchor_global,
-                           key_images=key_images)
+                           key_images=key_images, motion=motion)
 
     def coalitions(self, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """One coalition set per episode, shared by all videos so no video's result depends on another's."""
@@ -230,9 +241,12 @@ class AMCAP(nn.Module):
 
     @torch.no_grad()
     def find_regions(self, key_tokens: Tensor, anchor: Tensor, coalitions: tuple[Tensor, Tensor],
-                     masked: Callable[[Tensor], Tensor] | None = None) -> dict[str, Any]:
+                     masked: Callable[[Tensor], Tensor] | None = None,
+                     token_motion: Tensor | None = None) -> dict[str, Any]:
         """Key-frame tokens [V, K, h, w, D] and their anchors [V, K, D] -> kept regions and interactions; with
-        `masked` (labels -> the slots' masked embeddings [V, K, n_slots, D]) regions are valued by those."""
+        `masked` (labels -> the slots' masked embeddings [V, K, n_slots, D]) regions are valued by those; with
+        REGION_SCORE motion they are ranked by `token_motion` [V, h, w] (VideoTokens.motion). Every found region
+        carries its motion ("motion" [V, R]) when `token_motion` is given."""
         v, k, h, w, d = key_tokens.shape
         key = key_tokens.float()
         anchor = anchor.float()
@@ -245,7 +259,16 @@ class AMCAP(nn.Module):
         slot_feats = None
         if masked is not None:
             slot_feats = masked(labels)  # [V, K, n_slots, D]
-        if slot_feats is not None and self.region_score == "value":
+        slot_motion = None
+        if token_motion is not None:
+            sums, counts = pool_cells(token_motion.float()[..., None], self.grid)  # [V, n, 1], [n]
+            slot_motion = region_motion(labels, sums[..., 0] / counts.clamp_min(1.0))
+        if self.region_score == "motion":
+            if slot_motion is None:
+                raise ValueError("models/amcap/amcap.py: AMCAP.REGION_SCORE motion needs the tokens' motion "
+                                 "(VideoTokens.motion)")
+            slot_scores = slot_motion
+        elif slot_feats is not None and self.region_score == "value":
             slot_scores = masked_region_values(labels, slot_feats, anchor)
         elif self.region_score == "value":
             slot_scores = region_values(labels, cell_sums.reshape(v, k, *cell_sums.shape[1:]), anchor)
@@ -253,6 +276,9 @@ class AMCAP(nn.Module):
             slot_scores = region_interactions(labels, inter, self.pairs)
         regions = keep_top_regions(labels, slot_scores, self.num_regions, self.grid, (h, w))
         found = {"regions": regions, "interactions": inter}
+        if slot_motion is not None:  # the kept slots' motion [V, R] (-inf for invalid slots)
+            kept_motion = slot_motion.gather(1, regions.slots.clamp_min(0))
+            found["motion"] = kept_motion.masked_fill(~regions.valid, float("-inf"))
         if slot_feats is not None:  # the kept slots' features, mean over key frames [V, R, D]
             kept = regions.slots.clamp_min(0)
             feats = slot_feats.mean(dim=1).gather(1, kept[..., None].expand(-1, -1, slot_feats.shape[-1]))
@@ -289,7 +315,7 @@ class AMCAP(nn.Module):
                                  "frames' images (VideoTokens.key_images)")
             hw = tuple(tokens.key.shape[2:4])
             masked = functools.partial(self.masked_slot_features, backbone, tokens.key_images, token_hw=hw)
-        found = self.find_regions(tokens.key, anchor, coalitions, masked)
+        found = self.find_regions(tokens.key, anchor, coalitions, masked, tokens.motion)
         regions = found["regions"]
         if "features" in found:
             feats = found["features"].to(tokens.mean.dtype)  # [V, R, D] masked embeddings (no gradient)
@@ -301,6 +327,11 @@ class AMCAP(nn.Module):
             k = selected.shape[-1]
             selected = torch.arange(k, device=selected.device)[None, None].expand_as(selected)
             selected_valid = regions.valid[:, None, :k].expand_as(selected)
+        elif self.saliency == "motion":  # the kept regions that change most over the clip, for every class
+            k = selected.shape[-1]
+            best, order = found["motion"].topk(k, dim=-1)  # [V, k]
+            selected = order[:, None].expand_as(selected)
+            selected_valid = torch.isfinite(best)[:, None].expand_as(selected)
         tokens_aligned, top_token = aligned_tokens(scores, selected, text.token_features, text.name_mask,
                                                    self.token_temperature)
         picked = feats[:, None].expand(-1, selected.shape[1], -1, -1).gather(

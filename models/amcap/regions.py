@@ -16,7 +16,7 @@ from torch import Tensor
 
 from models.amcap.shapley import cell_index_map
 
-REGION_SCORES = ("value", "interaction")
+REGION_SCORES = ("value", "interaction", "motion")
 
 
 @dataclass
@@ -87,6 +87,14 @@ def masked_region_values(labels: Tensor, slot_feats: Tensor, anchor: Tensor) -> 
     region visible, anchor): labels [V,n], slot_feats [V,K,n_slots,D], anchor [V,K,D] -> [V, n_slots]."""
     cos = torch.einsum("vkld,vkd->vkl", F.normalize(slot_feats, dim=-1), F.normalize(anchor, dim=-1)).mean(dim=1)
     return cos.masked_fill(~slot_masks(labels).any(dim=-1), float("-inf"))
+
+
+def region_motion(labels: Tensor, cell_motion: Tensor) -> Tensor:
+    """How much every region slot changes over the clip: labels [V,n], cell motion [V,n] (each cell's mean token
+    change between consecutive frames) -> [V, n_slots], the mean over the slot's cells; -inf for unused slots."""
+    slots = slot_masks(labels).to(cell_motion.dtype)  # [V, n_slots, n]
+    mean = torch.einsum("vln,vn->vl", slots, cell_motion) / slots.sum(-1).clamp_min(1.0)
+    return mean.masked_fill(slots.sum(-1) == 0, float("-inf"))
 
 
 def region_interactions(labels: Tensor, interactions: Tensor, pairs: Tensor) -> Tensor:

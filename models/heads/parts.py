@@ -185,7 +185,8 @@ class FrameEncoder:
         feats = {"frames": frames.reshape(num_videos, num_frames, -1),
                  "video_text": video_text.reshape(num_videos, num_frames, -1)}
         if vfam is not None:
-            feats.update(entity_feats=out["entity_feats"], entity_mask=out["entity_mask"])
+            feats.update(entity_feats=out["entity_feats"], entity_mask=out["entity_mask"],
+                         entity_motion=out["entity_motion"])
         if vfam is not None or self.keep_tokens:
             feats["frame_global"] = glob.reshape(num_videos, num_frames, -1)  # [B, T, D] CLIP's embeddings
         if self.keep_tokens:

@@ -146,7 +146,8 @@ class PrototypeHead(FewShotHead):
         frame (FRAME_MOTION difference), then projected."""
         frames = encoded["frames"]
         if self.vfam is not None:
-            frames = self.vfam(encoded["frame_global"], frames, encoded["entity_feats"], encoded["entity_mask"])
+            frames = self.vfam(encoded["frame_global"], frames, encoded["entity_feats"], encoded["entity_mask"],
+                               encoded.get("entity_motion"))
         if self.frame_motion == "difference":
             frames = with_motion(frames)
         return self.frame_proj(frames)
