@@ -6,12 +6,13 @@ import re
 import pytest
 import torch
 from open_clip.modified_resnet import ModifiedResNet
-from test_head_clipfsar import FRAMES, tiny_episode
+from test_head_clipfsar import FRAMES, TINY_HEAD, tiny_episode
 from torch import nn
 
 from models.clip import CLIPBackbone
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR
 from models.heads.clipfsar_checkpoint import _OPENAI_VISUAL, convert_lineage_state
+from runs.config import load_config
 from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
 
 DEPTH = 2
@@ -65,10 +66,12 @@ class LineageTransformer(nn.Module):  # Transformer_v1
         return x
 
 
-def make_head(seed: int = 0, depth: int = DEPTH, **kwargs) -> CNN_OTAM_CLIPFSAR:
+def make_head(*opts: str, seed: int = 0, depth: int = DEPTH) -> CNN_OTAM_CLIPFSAR:
+    """CLIP-FSAR's model (global frame features) of the tiny backbone, with config KEY VALUE pairs `opts`."""
     torch.manual_seed(seed)
-    return CNN_OTAM_CLIPFSAR(backbone=CLIPBackbone("FSAR-Tiny-ViT"), frame_feature="global",
-                             transformer_mlp_dim=96, transformer_depth=depth, **kwargs).eval()
+    cfg = load_config(None, [*TINY_HEAD, "VIDEO.HEAD.TRANSFORMER_MLP_DIM", "96", "TRAIN.TRANSFORMER_DEPTH", str(depth),
+                             *opts])
+    return CNN_OTAM_CLIPFSAR(**CNN_OTAM_CLIPFSAR.from_config(cfg)).eval()
 
 
 def lineage_model_state(head: CNN_OTAM_CLIPFSAR) -> dict:
@@ -174,13 +177,14 @@ def test_a_lineage_model_of_another_depth_gives_the_key_diff(trained):
 
 def test_a_model_with_other_head_counts_is_refused(trained):
     with pytest.raises(CheckpointError, match=r"8 heads.*VIDEO\.HEAD\.TRANSFORMER_HEADS 8"):
-        convert_lineage_state({"model_state": lineage_model_state(trained)}, make_head(transformer_heads=4), "x")
+        convert_lineage_state({"model_state": lineage_model_state(trained)},
+                              make_head("VIDEO.HEAD.TRANSFORMER_HEADS", "4"), "x")
 
 
 def test_trainable_parts_clip_fsar_lacks_are_missing_not_filled(trained):
     state = lineage_model_state(trained)
     with pytest.raises(CheckpointError, match=r"missing: frame_proj\.bias, frame_proj\.weight.*PROJ_DIM 0"):
-        convert_lineage_state({"model_state": state}, make_head(proj_dim=64), "x.pyth")
+        convert_lineage_state({"model_state": state}, make_head("VIDEO.HEAD.PROJ_DIM", "64"), "x.pyth")
 
 
 class PreFixBlock(nn.Module):

@@ -51,7 +51,7 @@ _OPENAI_VISUAL = re.compile("|".join([
 ]))
 _OUR_VISUAL = "backbone.model.visual."
 
-# Transformer_v1 block i -> our TemporalBlock i (models/heads/clipfsar.py). q/k/v are concatenated (see below).
+# Transformer_v1 block i -> our TemporalBlock i (models/heads/parts.py). q/k/v are concatenated (see below).
 _LAYER = re.compile(r"context2\.layers\.(?P<i>\d+)\.(?P<rest>.+)")
 _BLOCK_MAP = {
     "0.norm.weight": "norm.weight", "0.norm.bias": "norm.bias",
