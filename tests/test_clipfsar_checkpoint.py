@@ -12,8 +12,10 @@ from torch import nn
 from models.clip import CLIPBackbone
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR
 from models.heads.clipfsar_checkpoint import _OPENAI_VISUAL, convert_lineage_state
+from models.heads.mcdp import MCDP_FSAR
 from runs.config import load_config
-from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from runs.test_net_few_shot import load_weights_for_test
+from utils.checkpoint import CheckpointError, load_checkpoint
 
 DEPTH = 2
 
@@ -121,15 +123,27 @@ def trained():
 def test_clip_fsar_pyth_gives_the_logits_of_the_same_weights_loaded_natively(tmp_path, trained, legacy):
     path = tmp_path / "checkpoint_epoch_00010.pyth"
     save_pyth(path, lineage_model_state(trained), legacy)
-    checkpoint = load_checkpoint(str(path))  # weights_only=True reads CLIP-FSAR's file as it is
     fresh = make_head(seed=1)  # same (stand-in for pretrained) text tower; image tower and head as initialised
     episode = tiny_episode()
     with torch.no_grad():
         reference = trained(episode)["logits"]
         assert not torch.allclose(fresh(episode)["logits"], reference)
-        state = convert_lineage_state(checkpoint, fresh, str(path))
-        load_model_state(fresh, state, str(path))
+        # The door TEST.CHECKPOINT_FILE_PATH goes through: weights_only=True reads CLIP-FSAR's file as it is, and
+        # the head converts its names (PrototypeHead.state_from_checkpoint).
+        load_weights_for_test(fresh, str(path))
         assert torch.equal(fresh(episode)["logits"], reference)
+
+
+def test_mcdp_with_its_modules_off_loads_a_clip_fsar_pyth_too(tmp_path, trained):
+    path = tmp_path / "checkpoint_epoch_00010.pyth"
+    save_pyth(path, lineage_model_state(trained), legacy=False)
+    torch.manual_seed(1)
+    cfg = load_config(None, [*TINY_HEAD, "VIDEO.HEAD.TRANSFORMER_MLP_DIM", "96", "TRAIN.TRANSFORMER_DEPTH",
+                             str(DEPTH), "VIDEO.HEAD.NAME", "MCDP_FSAR"])
+    mcdp = MCDP_FSAR(**MCDP_FSAR.from_config(cfg)).eval()
+    load_weights_for_test(mcdp, str(path))
+    with torch.no_grad():
+        assert torch.equal(mcdp(tiny_episode())["logits"], trained(tiny_episode())["logits"])
 
 
 def test_lineage_transformer_written_here_is_our_temporal_stack(trained):

@@ -1,5 +1,5 @@
 """The prototype flow (models/heads/prototype.py) as a head handed its parts by hand: its logits are the parts'
-composition, and its recipes are siblings."""
+composition, it reads checkpoints through one method, and its recipes are siblings."""
 import ast
 from pathlib import Path
 
@@ -9,6 +9,7 @@ from test_head_clipfsar import FRAMES, QUERY, SHOT, WAY, tiny_episode
 
 from models.amcap import AMCAP
 from models.clip import CLIPBackbone
+from models.heads.base import FewShotHead
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR
 from models.heads.mcdp import MCDP_FSAR
 from models.heads.parts import (
@@ -21,6 +22,7 @@ from models.heads.parts import (
     class_means,
 )
 from models.text_cache import ClassTextCache
+from utils.checkpoint import CheckpointError
 
 HEADS = Path(__file__).resolve().parents[1] / "models" / "heads"
 
@@ -73,6 +75,20 @@ def test_no_projections_handed_in_means_the_identity_under_the_checkpoint_names(
     assert head.model_dim == 64
     names = [n for n in head.state_dict() if not n.startswith("backbone.")]
     assert names == ["text_logit_scale"] + [f"temporal.0.{k}" for k in head.temporal[0].state_dict()]
+
+
+def test_checkpoints_are_read_through_the_head(backbone):
+    head = CNN_OTAM_CLIPFSAR(**hand_parts(backbone))
+    state = head.state_dict()
+    # ours: under "model" (what the trainer writes) or a bare state dict, as stored
+    assert head.state_from_checkpoint({"model": state, "iteration": 3}, "last.pth") is state
+    assert head.state_from_checkpoint(state, "weights.pth") is state
+    assert FewShotHead.state_from_checkpoint(head, {"model": state}, "x") is state  # the base: no other format
+    # CLIP-FSAR's own format goes to its converter (models/heads/clipfsar_checkpoint.py), which refuses this
+    # head's 2 attention heads (the lineage has 8); tests/test_clipfsar_checkpoint.py loads one whole
+    lineage = {"head.context2.layers.0.0.norm.weight": state["temporal.0.norm.weight"]}
+    with pytest.raises(CheckpointError, match=r"x\.pyth: CLIP-FSAR's temporal transformer has 8 heads"):
+        head.state_from_checkpoint({"model_state": lineage}, "x.pyth")
 
 
 def test_mcdp_refuses_amcap_without_its_token_grid_or_a_shared_text_cache(backbone):

@@ -8,7 +8,8 @@ frozen text encoder); shots averaged per class (before the transformer with MERG
 with CLIP-FSAR's cos_sim, x.y / (|x||y| + 0.01); OTAM distance in both directions; logits = -distance. Training
 adds USE_CLASSIFICATION_VALUE * CE of video-text logits over all classes of the split (learnable scale). At test
 time EVAL_TEXT / COMBINE use the text logits as CLIP-FSAR does. Nothing computed for queries reads their labels:
-only the loss uses target labels. CLIP-FSAR's own checkpoints load through models/heads/clipfsar_checkpoint.py.
+only the loss uses target labels. CLIP-FSAR's own checkpoints load through models/heads/clipfsar_checkpoint.py
+(`PrototypeHead.state_from_checkpoint`).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """CLIP-FSAR's own checkpoints (alibaba-mmai-research/CLIP-FSAR) in our CLIP-FSAR head, and refusal of our pre-fix
-temporal-block checkpoints.
+temporal-block checkpoints. Called by the prototype heads' `state_from_checkpoint` (models/heads/prototype.py), the
+one door every weight file goes through (CNN_OTAM_CLIPFSAR; MCDP_FSAR with VFAM and AMCAP off is the same model).
 
 What CLIP-FSAR writes (its utils/checkpoint.py `save_checkpoint`): a `.pyth` holding {"epoch": int, "model_state":
 state dict, "optimizer_state": Adam state, "cfg": JSON text} (+ "model_ema_state" with EMA). Only tensors, numbers,

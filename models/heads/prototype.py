@@ -1,7 +1,8 @@
 """Prototype-modulation heads composed of parts (models/heads/parts.py): the episode flow CLIP-FSAR defines and
 every recipe here shares. The head is handed its parts (built from config in models/heads/parts_from_config.py); a
 recipe (models/heads/clipfsar.py, models/heads/mcdp.py) says where each support's class-text token comes from
-(`class_terms`); nothing in this class exists for one recipe only.
+(`class_terms`); nothing in this class exists for one recipe only. Checkpoints of the flow in CLIP-FSAR's own format
+load through `state_from_checkpoint` (models/heads/clipfsar_checkpoint.py).
 
 Flow: encode the videos (or take the feature cache's); the recipe's class terms (support text tokens, optional
 extra logits and losses); queries through the temporal transformer, supports with their class-text token through
@@ -11,6 +12,7 @@ labels enter any of this: the query labels are read by the losses alone.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from models.clip import CLIPBackbone
 from models.heads.base import FewShotHead, VideoFeatures
+from models.heads.clipfsar_checkpoint import convert_lineage_state
 from models.heads.parts import (
     ClassTextSource,
     FrameEncoder,
@@ -107,6 +110,12 @@ class PrototypeHead(FewShotHead):
     def class_text_features(self, names: list[str]) -> Tensor:
         """[N, D] fixed class-text features of `names` (the class-text source's, on the head's device)."""
         return self.class_text.features(self.backbone, list(names), self.text_logit_scale.device)
+
+    def state_from_checkpoint(self, checkpoint: Mapping, source: str) -> Mapping[str, Tensor]:
+        """Ours as stored, or CLIP-FSAR's own `.pyth` with its names mapped to ours (the flow's parameters are its
+        head's); a checkpoint of our temporal block from before it was CLIP-FSAR's is refused (retrain)."""
+        converted = convert_lineage_state(checkpoint, self, source)
+        return super().state_from_checkpoint(checkpoint, source) if converted is None else converted
 
     # ------------------------------------------------------------------ what a recipe supplies
     @abstractmethod
