@@ -16,8 +16,8 @@ from datasets.video import add_video_config
 from models.amcap.amcap import add_amcap_config
 from models.build import add_model_build_config
 from models.clip import add_clip_backbone_config
-from models.heads.clipfsar import add_clipfsar_config
 from models.heads.mcdp import add_mcdp_config
+from models.heads.parts_from_config import add_parts_config
 from models.vfam import add_vfam_config
 from runs.pretrain_clip import add_pretrain_config
 from runs.test_net_few_shot import add_test_config
@@ -35,7 +35,7 @@ CONFIG_HOOKS = (
     add_amcap_config,  # AMCAP
     add_clip_backbone_config,  # VIDEO.HEAD backbone keys, TRAIN.GRAD_CHECKPOINT
     add_vfam_config,  # VFAM
-    add_clipfsar_config,  # VIDEO.HEAD head keys, TRAIN text/OTAM keys
+    add_parts_config,  # VIDEO.HEAD head-part keys, TRAIN text/OTAM keys (the prototype heads' parts)
     add_mcdp_config,  # MCDP
     add_test_config,  # TEST, TRAIN.NUM_TEST_TASKS/NUM_VAL_TASKS
     add_solver_config,  # SOLVER

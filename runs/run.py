@@ -26,8 +26,8 @@ from models.clip import check_pretrained  # noqa: E402
 from runs.config import config_from_yaml_text, get_cfg, load_config  # noqa: E402
 from runs.engine_utils import STOP  # noqa: E402
 from runs.pretrain_clip import ensure_pretrained  # noqa: E402
-from runs.test_net_few_shot import evaluate  # noqa: E402
-from runs.train_net_few_shot import check_train_config, load_weights_for_test, train  # noqa: E402
+from runs.test_net_few_shot import check_test_config, evaluate, model_for_test  # noqa: E402
+from runs.train_net_few_shot import check_train_config, train  # noqa: E402
 from utils import distributed as du  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
 from utils.config import CfgNode, ConfigError, all_keys  # noqa: E402
@@ -212,9 +212,7 @@ def check_run_config(cfg: CfgNode) -> None:
     if cfg.VFAM.ENABLE and not cfg.DATA.TRACK_DIR:
         raise ConfigError("VFAM.ENABLE: needs DATA.TRACK_DIR (track files from runs/extract_tracks.py); without "
                           "tracks every video would take the baseline path (set DATA.TRACK_DIR or VFAM.ENABLE False)")
-    if not cfg.TRAIN.ENABLE and cfg.TEST.ENABLE and not cfg.TEST.CHECKPOINT_FILE_PATH:
-        raise ConfigError("TEST.CHECKPOINT_FILE_PATH: a test-only run (TRAIN.ENABLE False) needs the weights to "
-                          "test (set TEST.CHECKPOINT_FILE_PATH)")
+    check_test_config(cfg)
     if cfg.DATA.TEST_FRAMES == "random" and cfg.TEST.FEATURE_CACHE:
         raise ConfigError("DATA.TEST_FRAMES random: the feature cache would keep one draw of frames per video for "
                           "every episode (set TEST.FEATURE_CACHE False with it)")
@@ -278,7 +276,7 @@ def _run(cfg: CfgNode, resume: bool, changes: tuple[str, ...] = (), data: dict |
     trainer = train(cfg, device, resume) if cfg.TRAIN.ENABLE else None
     if not cfg.TEST.ENABLE:
         return None
-    model, checkpoint = _model_for_test(cfg, device, trainer)
+    model, checkpoint = model_for_test(cfg, device, trainer)
     result = evaluate(model, cfg, "test", cfg.TRAIN.NUM_TEST_TASKS, device, stop=_stop_during_test(cfg, trainer))
     result.update(checkpoint=checkpoint, best_val_accuracy=trainer.best_acc if trainer else None,
                   skipped_steps=trainer.skipped_steps if trainer else 0, total_seconds=time.time() - start,
@@ -302,22 +300,6 @@ def _stop_during_test(cfg: CfgNode, trainer):
         raise PreemptedError(f"{cfg.OUTPUT_DIR}: test-only run stopped by {STOP.name} (nothing to resume: run it "
                              f"again with a new OUTPUT_DIR)")
     return stop
-
-
-def _model_for_test(cfg: CfgNode, device: torch.device, trainer) -> tuple[torch.nn.Module, str]:
-    from models import build_model
-
-    if cfg.TEST.CHECKPOINT_FILE_PATH:
-        path = cfg.TEST.CHECKPOINT_FILE_PATH
-    elif trainer is not None and trainer.checkpointer.has("best"):
-        path = trainer.checkpointer.path("best")
-    elif trainer is not None:
-        return trainer.model, "last weights in memory (no validation ran)"
-    else:
-        raise ConfigError("TEST.CHECKPOINT_FILE_PATH: a test-only run needs the weights to test")
-    model = trainer.model if trainer is not None else build_model(cfg).to(device)
-    load_weights_for_test(model, path)
-    return model, path
 
 
 def print_summary(cfg: CfgNode, result: dict) -> None:

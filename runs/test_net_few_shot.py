@@ -1,21 +1,27 @@
-"""Episodic evaluation: fixed episodes split across ranks, gathered, each counted exactly once."""
+"""Episodic evaluation: fixed episodes split across ranks, gathered, each counted exactly once; the weights the final
+test reads (TEST.CHECKPOINT_FILE_PATH, declared, checked and loaded here)."""
 from __future__ import annotations
 
 import math
 import time
 from collections import defaultdict
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm import tqdm
 
 from datasets import build_loader
+from models import build_model
 from models.feature_cache import VideoFeatureCache
 from runs.engine_utils import autocast, unwrap, worker_episodes
 from utils import distributed as du
-from utils.config import PATH, POSITIVE, CfgNode, one_of, rules, section
+from utils.checkpoint import load_checkpoint, load_model_state
+from utils.config import PATH, POSITIVE, CfgNode, ConfigError, one_of, rules, section
 from utils.episode import Episode
 from utils.logger import get_logger
+
+if TYPE_CHECKING:
+    from runs.train_net_few_shot import Trainer
 
 logger = get_logger(__name__)
 
@@ -32,6 +38,35 @@ def add_test_config(cfg: CfgNode) -> None:
     _TR.NUM_VAL_TASKS = 1000  # fixed validation episodes used to select the best checkpoint
     rules("TEST", CHECKPOINT_FILE_PATH=PATH, CACHE_SIZE=POSITIVE, CACHE_DEVICE=one_of("cpu", "model"))
     rules("TRAIN", NUM_TEST_TASKS=POSITIVE, NUM_VAL_TASKS=POSITIVE)
+
+
+def check_test_config(cfg: CfgNode) -> None:
+    if not cfg.TRAIN.ENABLE and cfg.TEST.ENABLE and not cfg.TEST.CHECKPOINT_FILE_PATH:
+        raise ConfigError("TEST.CHECKPOINT_FILE_PATH: a test-only run (TRAIN.ENABLE False) needs the weights to "
+                          "test (set TEST.CHECKPOINT_FILE_PATH)")
+
+
+def model_for_test(cfg: CfgNode, device: torch.device, trainer: Trainer | None) -> tuple[torch.nn.Module, str]:
+    """The model the final test runs and where its weights come from: TEST.CHECKPOINT_FILE_PATH, else the run's
+    `best`, else the trainer's last weights in memory (no validation ran)."""
+    if cfg.TEST.CHECKPOINT_FILE_PATH:
+        path = cfg.TEST.CHECKPOINT_FILE_PATH
+    elif trainer is not None and trainer.checkpointer.has("best"):
+        path = trainer.checkpointer.path("best")
+    elif trainer is not None:
+        return trainer.model, "last weights in memory (no validation ran)"
+    else:
+        raise ConfigError("TEST.CHECKPOINT_FILE_PATH: a test-only run needs the weights to test")
+    model = trainer.model if trainer is not None else build_model(cfg).to(device)
+    load_weights_for_test(model, path)
+    return model, path
+
+
+def load_weights_for_test(model: torch.nn.Module, path: str) -> None:
+    """Weights only (strict): a checkpoint from another config fails with the key diff. The head reads the format
+    (models/heads/base.py:state_from_checkpoint; CLIP-FSAR's own `.pyth` for the prototype heads)."""
+    head = unwrap(model)
+    load_model_state(head, head.state_from_checkpoint(load_checkpoint(path), path), path)
 
 
 def summarize_accuracies(records: list[dict], num_episodes: int, split: str) -> dict:

@@ -13,8 +13,7 @@ from tqdm import tqdm
 from datasets import build_loader
 from models import build_model
 from models.feature_cache import VideoFeatureCache
-from models.heads.clipfsar_checkpoint import convert_lineage_state
-from runs.engine_utils import STOP, autocast, unwrap, worker_episodes
+from runs.engine_utils import STOP, autocast, worker_episodes
 from runs.test_net_few_shot import evaluate
 from utils import distributed as du
 from utils.checkpoint import Checkpointer, atomic_save, load_checkpoint, load_model_state, set_rng_state
@@ -113,7 +112,7 @@ class Trainer:
     def resume(self) -> None:
         path = self.checkpointer.path("last")
         state = load_checkpoint(path)
-        load_model_state(self.model, model_state_of(state, self.model, path), path)
+        load_model_state(self.model, self.model.state_from_checkpoint(state, path), path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -277,17 +276,3 @@ def _write_curves(output_dir: str) -> None:
     except (OSError, ValueError) as e:
         logger.warning("could not draw the training curves: %s", e)
 
-
-def load_weights_for_test(model: torch.nn.Module, path: str) -> None:
-    """Weights only (strict): a checkpoint from another config fails with the key diff."""
-    state = load_checkpoint(path)
-    load_model_state(unwrap(model), model_state_of(state, unwrap(model), path), path)
-
-
-def model_state_of(state: dict, model: torch.nn.Module, path: str) -> dict:
-    """The model weights of a checkpoint: ours (`model`, or a bare state dict) or CLIP-FSAR's `.pyth`, whose names
-    are mapped explicitly (models/heads/clipfsar_checkpoint.py; an old-head or unmappable file is a key diff)."""
-    converted = convert_lineage_state(state, model, path)
-    if converted is not None:
-        return converted
-    return state["model"] if "model" in state else state

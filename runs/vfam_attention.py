@@ -60,7 +60,7 @@ def vfam_stats(cfg: CfgNode, split: str, videos_per_class: int, checkpoint: str 
     """VFAM_MEASURES over the split's videos (mean ± 95% CI over videos) with the head of `cfg` and the weights of
     `checkpoint` (a run's; without one, the untrained head the config builds)."""
     from models import build_model
-    from runs.train_net_few_shot import load_weights_for_test
+    from runs.test_net_few_shot import load_weights_for_test
 
     catalogue = read_world_catalogue(cfg.DATA.ANNO_DIR)
     class_names, entries = stats_videos(cfg, split, videos_per_class)

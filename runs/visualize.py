@@ -291,7 +291,7 @@ def class_text_similarity(cfg: CfgNode, names: list[str], checkpoint: str = "") 
     """[N, N] cosines of the class texts the head would use: the head of `cfg` with the weights of `checkpoint`
     (a run's text tower, exactly), or, without one, with the tower VIDEO.HEAD.PRETRAINED builds (seeded)."""
     from models import build_model
-    from runs.train_net_few_shot import load_weights_for_test
+    from runs.test_net_few_shot import load_weights_for_test
 
     seed_everything(cfg.RANDOM_SEED)
     model = build_model(cfg).eval()

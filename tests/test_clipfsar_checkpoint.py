@@ -6,13 +6,16 @@ import re
 import pytest
 import torch
 from open_clip.modified_resnet import ModifiedResNet
-from test_head_clipfsar import FRAMES, tiny_episode
+from test_head_clipfsar import FRAMES, TINY_HEAD, tiny_episode
 from torch import nn
 
 from models.clip import CLIPBackbone
 from models.heads.clipfsar import CNN_OTAM_CLIPFSAR
 from models.heads.clipfsar_checkpoint import _OPENAI_VISUAL, convert_lineage_state
-from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from models.heads.mcdp import MCDP_FSAR
+from runs.config import load_config
+from runs.test_net_few_shot import load_weights_for_test
+from utils.checkpoint import CheckpointError, load_checkpoint
 
 DEPTH = 2
 
@@ -65,10 +68,12 @@ class LineageTransformer(nn.Module):  # Transformer_v1
         return x
 
 
-def make_head(seed: int = 0, depth: int = DEPTH, **kwargs) -> CNN_OTAM_CLIPFSAR:
+def make_head(*opts: str, seed: int = 0, depth: int = DEPTH) -> CNN_OTAM_CLIPFSAR:
+    """CLIP-FSAR's model (global frame features) of the tiny backbone, with config KEY VALUE pairs `opts`."""
     torch.manual_seed(seed)
-    return CNN_OTAM_CLIPFSAR(backbone=CLIPBackbone("FSAR-Tiny-ViT"), frame_feature="global",
-                             transformer_mlp_dim=96, transformer_depth=depth, **kwargs).eval()
+    cfg = load_config(None, [*TINY_HEAD, "VIDEO.HEAD.TRANSFORMER_MLP_DIM", "96", "TRAIN.TRANSFORMER_DEPTH", str(depth),
+                             *opts])
+    return CNN_OTAM_CLIPFSAR(**CNN_OTAM_CLIPFSAR.from_config(cfg)).eval()
 
 
 def lineage_model_state(head: CNN_OTAM_CLIPFSAR) -> dict:
@@ -118,15 +123,27 @@ def trained():
 def test_clip_fsar_pyth_gives_the_logits_of_the_same_weights_loaded_natively(tmp_path, trained, legacy):
     path = tmp_path / "checkpoint_epoch_00010.pyth"
     save_pyth(path, lineage_model_state(trained), legacy)
-    checkpoint = load_checkpoint(str(path))  # weights_only=True reads CLIP-FSAR's file as it is
     fresh = make_head(seed=1)  # same (stand-in for pretrained) text tower; image tower and head as initialised
     episode = tiny_episode()
     with torch.no_grad():
         reference = trained(episode)["logits"]
         assert not torch.allclose(fresh(episode)["logits"], reference)
-        state = convert_lineage_state(checkpoint, fresh, str(path))
-        load_model_state(fresh, state, str(path))
+        # The door TEST.CHECKPOINT_FILE_PATH goes through: weights_only=True reads CLIP-FSAR's file as it is, and
+        # the head converts its names (PrototypeHead.state_from_checkpoint).
+        load_weights_for_test(fresh, str(path))
         assert torch.equal(fresh(episode)["logits"], reference)
+
+
+def test_mcdp_with_its_modules_off_loads_a_clip_fsar_pyth_too(tmp_path, trained):
+    path = tmp_path / "checkpoint_epoch_00010.pyth"
+    save_pyth(path, lineage_model_state(trained), legacy=False)
+    torch.manual_seed(1)
+    cfg = load_config(None, [*TINY_HEAD, "VIDEO.HEAD.TRANSFORMER_MLP_DIM", "96", "TRAIN.TRANSFORMER_DEPTH",
+                             str(DEPTH), "VIDEO.HEAD.NAME", "MCDP_FSAR"])
+    mcdp = MCDP_FSAR(**MCDP_FSAR.from_config(cfg)).eval()
+    load_weights_for_test(mcdp, str(path))
+    with torch.no_grad():
+        assert torch.equal(mcdp(tiny_episode())["logits"], trained(tiny_episode())["logits"])
 
 
 def test_lineage_transformer_written_here_is_our_temporal_stack(trained):
@@ -174,13 +191,14 @@ def test_a_lineage_model_of_another_depth_gives_the_key_diff(trained):
 
 def test_a_model_with_other_head_counts_is_refused(trained):
     with pytest.raises(CheckpointError, match=r"8 heads.*VIDEO\.HEAD\.TRANSFORMER_HEADS 8"):
-        convert_lineage_state({"model_state": lineage_model_state(trained)}, make_head(transformer_heads=4), "x")
+        convert_lineage_state({"model_state": lineage_model_state(trained)},
+                              make_head("VIDEO.HEAD.TRANSFORMER_HEADS", "4"), "x")
 
 
 def test_trainable_parts_clip_fsar_lacks_are_missing_not_filled(trained):
     state = lineage_model_state(trained)
     with pytest.raises(CheckpointError, match=r"missing: frame_proj\.bias, frame_proj\.weight.*PROJ_DIM 0"):
-        convert_lineage_state({"model_state": state}, make_head(proj_dim=64), "x.pyth")
+        convert_lineage_state({"model_state": state}, make_head("VIDEO.HEAD.PROJ_DIM", "64"), "x.pyth")
 
 
 class PreFixBlock(nn.Module):

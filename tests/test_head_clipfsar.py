@@ -1,14 +1,12 @@
 """CLIP-FSAR head on a tiny random 5-way 1-shot episode: losses, label independence, caching, one backbone pass;
-the temporal block and cosine against CLIP-FSAR's equations."""
+the video-text loss against CLIP-FSAR's equations. The parts alone: tests/test_parts.py."""
 import pytest
 import torch
 
 from models.build import HEAD_REGISTRY, build_model
-from models.clip import CLIPBackbone
 from models.heads.base import VideoFeatures
-from models.heads.clipfsar import CNN_OTAM_CLIPFSAR, TemporalBlock, class_means, lineage_cosine
-from models.heads.parts import class_codes, with_motion
-from models.otam import otam_distance
+from models.heads.clipfsar import CNN_OTAM_CLIPFSAR
+from models.heads.parts import class_codes, class_means, with_motion
 from runs.config import load_config
 from runs.run import check_run_config
 from utils.config import ConfigError
@@ -28,11 +26,17 @@ def tiny_episode(seed: int = 0) -> Episode:
                          target_ids=[f"q{i}" for i in range(WAY * QUERY)], episode_index=seed, split="train")
 
 
-def make_head(**kwargs) -> CNN_OTAM_CLIPFSAR:
+# The tiny CLIP from scratch, a narrow feed-forward layer; tests add KEY VALUE pairs.
+TINY_HEAD = ("VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", "", "DATA.TRAIN_CROP_SIZE", "64",
+             "DATA.TEST_CROP_SIZE", "64", "VIDEO.HEAD.TRANSFORMER_MLP_DIM", "256")
+PATCH_MAP = ("VIDEO.HEAD.FRAME_FEATURE", "patch_map")
+
+
+def make_head(*opts: str) -> CNN_OTAM_CLIPFSAR:
+    """The head as `build_model` builds it from config (`opts`: KEY VALUE pairs), seeded: same opts, same weights."""
     torch.manual_seed(0)
-    backbone_kwargs = {k: kwargs.pop(k) for k in ("train_text", "finetune") if k in kwargs}
-    return CNN_OTAM_CLIPFSAR(backbone=CLIPBackbone("FSAR-Tiny-ViT", **backbone_kwargs), transformer_mlp_dim=256,
-                             **kwargs)
+    cfg = load_config(None, [*TINY_HEAD, *opts])
+    return CNN_OTAM_CLIPFSAR(**CNN_OTAM_CLIPFSAR.from_config(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +45,20 @@ def episode() -> Episode:
 
 
 @pytest.mark.parametrize("options", [
-    dict(frame_feature="global"),
-    dict(frame_feature="global", use_classification=False),
-    dict(frame_feature="patch_map", merge_before=True),
-    dict(frame_feature="patch_map", proj_dim=64, single_direct=True, transformer_depth=2),
-    dict(frame_feature="patch_map", support_text_token=False, transformer_layer_scale=0.0),
-    dict(frame_feature="global", frame_motion="difference"),
-    dict(frame_feature="patch_map", frame_motion="difference", proj_dim=64),
-    dict(frame_feature="global", frame_motion="pixel_difference"),
+    (),
+    ("TRAIN.USE_CLASSIFICATION", "False"),
+    (*PATCH_MAP, "TRAIN.MERGE_BEFORE", "True"),
+    (*PATCH_MAP, "VIDEO.HEAD.PROJ_DIM", "64", "TRAIN.SINGLE_DIRECT", "True", "TRAIN.TRANSFORMER_DEPTH", "2"),
+    (*PATCH_MAP, "VIDEO.HEAD.SUPPORT_TEXT_TOKEN", "False", "VIDEO.HEAD.TRANSFORMER_LAYER_SCALE", "0.0"),
+    ("VIDEO.HEAD.FRAME_MOTION", "difference"),
+    (*PATCH_MAP, "VIDEO.HEAD.FRAME_MOTION", "difference", "VIDEO.HEAD.PROJ_DIM", "64"),
+    ("VIDEO.HEAD.FRAME_MOTION", "pixel_difference"),
 ])
 def test_forward_backward_returns_logits_and_losses(episode, options):
-    head = make_head(**options).train()
+    head = make_head(*options).train()
     out = head(episode)
     assert out["logits"].shape == (WAY * QUERY, WAY)
-    expected = {"otam_ce", "video_text_ce"} if options.get("use_classification", True) else {"otam_ce"}
+    expected = {"otam_ce"} if "TRAIN.USE_CLASSIFICATION" in options else {"otam_ce", "video_text_ce"}
     assert set(out["losses"]) == expected
     torch.testing.assert_close(out["loss"], sum(out["losses"].values()))
     out["loss"].backward()
@@ -62,7 +66,7 @@ def test_forward_backward_returns_logits_and_losses(episode, options):
     assert [n for n, p in head.named_parameters() if p.requires_grad and p.grad is None] == []
     assert head.backbone.model.visual.conv1.weight.grad.abs().sum() > 0
     # With patch_map the class-text token reaches the transformer through a learned map.
-    if head.frame_encoder.frame_feature == "patch_map" and head.support_text_token:
+    if head.frame_encoder.frame_feature == "patch_map" and head.temporal.text_token:
         assert head.text_proj.weight.grad.abs().sum() > 0
 
 
@@ -71,9 +75,10 @@ def permuted(episode: Episode, order: torch.Tensor) -> Episode:
                            real_target_labels=episode.real_target_labels[order])
 
 
-@pytest.mark.parametrize("options", [dict(), dict(combine=True)])
+@pytest.mark.parametrize("options", [(), ("TRAIN.COMBINE", "True")])
 def test_query_logits_ignore_query_labels(episode, options):
-    head = make_head(frame_feature="patch_map", transformer_dropout=0.0, transformer_ffn_dropout=0.0, **options)
+    head = make_head(*PATCH_MAP, "VIDEO.HEAD.TRANSFORMER_DROPOUT", "0.0", "VIDEO.HEAD.TRANSFORMER_FFN_DROPOUT", "0.0",
+                     *options)
     order = torch.tensor([2, 0, 4, 1, 3])
     for training in (True, False):
         head.train(training)
@@ -84,7 +89,7 @@ def test_query_logits_ignore_query_labels(episode, options):
 
 
 def test_eval_text_and_combine_follow_clip_fsar(episode):
-    head = make_head(frame_feature="patch_map", eval_text=True).eval()
+    head = make_head(*PATCH_MAP, "TRAIN.EVAL_TEXT", "True").eval()
     with torch.no_grad():
         text_probs = head(episode)["logits"]
         torch.testing.assert_close(text_probs.sum(1), torch.ones(WAY * QUERY))
@@ -97,7 +102,7 @@ def test_eval_text_and_combine_follow_clip_fsar(episode):
 
 
 def test_text_features_are_cached_by_class_name(episode, monkeypatch):
-    head = make_head(frame_feature="patch_map").train()
+    head = make_head(*PATCH_MAP).train()
     calls = []
     original = head.backbone.encode_text
     monkeypatch.setattr(head.backbone, "encode_text", lambda ids: calls.append(ids.shape[0]) or original(ids))
@@ -114,7 +119,7 @@ def test_text_features_are_cached_by_class_name(episode, monkeypatch):
 
 
 def test_trainable_text_encoder_bypasses_cache(episode, monkeypatch):
-    head = make_head(frame_feature="patch_map", train_text=True, use_classification=False).train()
+    head = make_head(*PATCH_MAP, "VIDEO.HEAD.TRAIN_TEXT_ENCODER", "True", "TRAIN.USE_CLASSIFICATION", "False").train()
     calls = []
     original = head.backbone.encode_text
     monkeypatch.setattr(head.backbone, "encode_text", lambda ids: calls.append(ids.shape[0]) or original(ids))
@@ -125,7 +130,7 @@ def test_trainable_text_encoder_bypasses_cache(episode, monkeypatch):
 
 
 def test_one_backbone_call_per_episode(episode, monkeypatch):
-    head = make_head(frame_feature="patch_map").train()
+    head = make_head(*PATCH_MAP).train()
     calls = []
     original = head.backbone.encode_frames
     monkeypatch.setattr(head.backbone, "encode_frames",
@@ -135,7 +140,7 @@ def test_one_backbone_call_per_episode(episode, monkeypatch):
 
 
 def test_forward_equals_encode_videos_then_forward_with_those_features(episode):
-    head = make_head(frame_feature="patch_map").eval()
+    head = make_head(*PATCH_MAP).eval()
     with torch.no_grad():
         support = head.encode_videos(episode.support_set)
         target = head.encode_videos(episode.target_set)
@@ -148,7 +153,7 @@ def test_forward_equals_encode_videos_then_forward_with_those_features(episode):
 @pytest.mark.parametrize("merge_before", [False, True])
 def test_per_video_outputs_give_the_episode_logits(episode, merge_before):
     """The eval cache's per-video outputs (queries alone, supports with their own class text) change nothing."""
-    head = make_head(frame_feature="patch_map", merge_before=merge_before).eval()
+    head = make_head(*PATCH_MAP, "TRAIN.MERGE_BEFORE", str(merge_before)).eval()
     with torch.no_grad():
         support = head.encode_videos(episode.support_set)
         target = head.encode_videos(episode.target_set)
@@ -164,7 +169,7 @@ def test_per_video_outputs_give_the_episode_logits(episode, merge_before):
 
 
 def test_patch_map_descriptor_is_centred_per_channel(episode):
-    head = make_head(frame_feature="patch_map", patch_pool=2).eval()
+    head = make_head(*PATCH_MAP, "VIDEO.HEAD.PATCH_POOL", "2").eval()
     with torch.no_grad():
         frames = head.encode_videos(episode.support_set[:1])["frames"]  # [1, T, D*P*P]
     cells = frames.reshape(FRAMES, 64, 4)
@@ -172,7 +177,7 @@ def test_patch_map_descriptor_is_centred_per_channel(episode):
 
 
 def test_param_groups_split_backbone_and_head():
-    head = make_head(frame_feature="patch_map", finetune="frozen")
+    head = make_head(*PATCH_MAP, "VIDEO.HEAD.FINETUNE", "frozen")
     groups = {g["name"]: g["params"] for g in head.param_groups()}
     assert not groups["backbone"]  # frozen image tower, frozen text tower
     trainable = [p for p in head.parameters() if p.requires_grad]
@@ -184,108 +189,18 @@ def test_param_groups_split_backbone_and_head():
     assert len(full["backbone"]) > 0
 
 
-def test_class_means_averages_shots():
-    features = torch.arange(12.0).reshape(4, 3)
-    torch.testing.assert_close(class_means(features, torch.tensor([1, 0, 1, 0]), 2),
-                               torch.tensor([[6.0, 7.0, 8.0], [3.0, 4.0, 5.0]]))
-
-
 def test_build_model_from_config():
     cfg = load_config(None, ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", "",
                              "DATA.TRAIN_CROP_SIZE", "64", "DATA.TEST_CROP_SIZE", "64",
                              "VIDEO.HEAD.FRAME_FEATURE", "patch_map", "TRAIN.MERGE_BEFORE", "True"])
     model = build_model(cfg)
     assert isinstance(model, HEAD_REGISTRY.get("CNN_OTAM_CLIPFSAR"))
-    assert model.merge_before and model.backbone.image_size == (64, 64)
+    assert model.temporal.merge_before and model.backbone.image_size == (64, 64)
     assert model.model_dim == 64 * cfg.VIDEO.HEAD.PATCH_POOL ** 2
 
 
-def test_invalid_options_are_rejected():
-    backbone = CLIPBackbone("FSAR-Tiny-ViT")
-    with pytest.raises(ValueError, match="FRAME_FEATURE"):
-        CNN_OTAM_CLIPFSAR(backbone=backbone, frame_feature="cls")
-    with pytest.raises(ValueError, match="FRAME_MOTION"):
-        CNN_OTAM_CLIPFSAR(backbone=backbone, frame_motion="flow")
-    with pytest.raises(ValueError, match="PROMPT_TEMPLATE"):
-        CNN_OTAM_CLIPFSAR(backbone=backbone, prompt_template="a photo")
-    with pytest.raises(ValueError, match="TRANSFORMER_HEADS"):
-        CNN_OTAM_CLIPFSAR(backbone=backbone, transformer_heads=7)
-    with pytest.raises(ValueError, match="VIDEO_TEXT_TARGETS"):
-        CNN_OTAM_CLIPFSAR(backbone=backbone, video_text_targets="random")
-
-
-# ---------------------------------------------------------------------------------------------- lineage equations
-def reference_block(x: torch.Tensor, block: TemporalBlock, heads: int) -> torch.Tensor:
-    """CLIP-FSAR's Transformer_v1 block written out: x = attn(LN(x)) + x; x = ff(x) + x (eval mode)."""
-    batch, length, dim = x.shape
-    h = torch.nn.functional.layer_norm(x, (dim,), block.norm.weight, block.norm.bias)
-    w_q, w_k, w_v = block.attn.qkv.weight.chunk(3)
-    q, k, v = ((h @ w.t()).reshape(batch, length, heads, dim // heads).transpose(1, 2) for w in (w_q, w_k, w_v))
-    weights = torch.softmax(q @ k.transpose(-1, -2) * (dim // heads) ** -0.5, dim=-1)
-    attended = (weights @ v).transpose(1, 2).reshape(batch, length, dim)
-    x = attended @ block.attn.to_out.weight.t() + block.attn.to_out.bias + x
-    first, second = block.ffn[0], block.ffn[3]
-    hidden = torch.nn.functional.gelu(x @ first.weight.t() + first.bias)
-    return hidden @ second.weight.t() + second.bias + x
-
-
-def test_temporal_block_computes_clip_fsar_transformer_v1():
-    torch.manual_seed(0)
-    block = TemporalBlock(64, 8, 96, attn_dropout=0.2, ffn_dropout=0.05).eval()
-    for p in block.parameters():  # away from the init (LayerNorm 1/0, ...) so every term shows
-        torch.nn.init.normal_(p, std=0.3)
-    x = torch.randn(3, 9, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(block(x), reference_block(x, block, heads=8))
-    # No second LayerNorm, no q/k/v bias: the only parameters are these.
-    assert sorted(n for n, _ in block.named_parameters()) == [
-        "attn.qkv.weight", "attn.to_out.bias", "attn.to_out.weight", "ffn.0.bias", "ffn.0.weight",
-        "ffn.3.bias", "ffn.3.weight", "norm.bias", "norm.weight"]
-
-
-def test_attention_dropout_drops_the_branch_output_not_the_weights():
-    torch.manual_seed(0)
-    block = TemporalBlock(64, 8, 96, attn_dropout=0.5, ffn_dropout=0.0)
-    x = torch.randn(4, 9, 64)
-    captured = []
-    block.attn.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    with torch.no_grad():
-        block.eval()(x)
-        block.train()(x)
-    clean, dropped = captured
-    kept = dropped != 0
-    assert 0.35 < 1 - kept.float().mean() < 0.65  # about half of the branch output is zeroed
-    # The kept entries are the clean output scaled by 1 / (1 - p): dropout on the output, nothing inside attention.
-    torch.testing.assert_close(dropped[kept], clean[kept] / 0.5)
-
-
-def test_one_head_has_no_output_projection_as_in_clip_fsar():
-    block = TemporalBlock(16, 1, 32, attn_dropout=0.5, ffn_dropout=0.0)
-    assert not any(n.startswith("attn.to_out") for n, _ in block.named_parameters())
-
-
-def test_lineage_cosine_adds_epsilon_to_the_norm_product():
-    x = torch.tensor([[3.0, 4.0]])  # |x| = 5
-    y = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # |y| = 1, 2
-    torch.testing.assert_close(lineage_cosine(x, y, 0.01), torch.tensor([[3 / 5.01, 8 / 10.01]]))
-    torch.testing.assert_close(lineage_cosine(x, y, 0.0), torch.tensor([[0.6, 0.8]]))
-
-
-def test_frame_distances_use_the_lineage_cosine(episode):
-    head = make_head(frame_feature="global").eval()
-    assert head.matcher.cosine_eps == 0.01  # the lineage's default
-    queries, prototypes = torch.randn(2, FRAMES, 64), torch.randn(3, FRAMES, 64)
-    q_norm, p_norm = queries.norm(dim=-1), prototypes.norm(dim=-1)
-    cos = torch.einsum("qtd,csd->qcts", queries, prototypes) / (q_norm[:, None, :, None] * p_norm[None, :, None]
-                                                                + 0.01)
-    torch.testing.assert_close(head.matcher(queries, prototypes), otam_distance(1 - cos, 0.5))
-    head.matcher.cosine_eps = 0.0
-    exact = torch.einsum("qtd,csd->qcts", queries / q_norm[..., None], prototypes / p_norm[..., None])
-    torch.testing.assert_close(head.matcher(queries, prototypes), otam_distance(1 - exact, 0.5))
-
-
 def test_video_text_logits_use_the_lineage_cosine(episode):
-    head = make_head(frame_feature="global").train()
+    head = make_head().train()
     with torch.no_grad():
         head.text_logit_scale.fill_(3.0)
         feats = head.encode_videos(torch.cat([episode.support_set, episode.target_set]))
@@ -314,9 +229,9 @@ def test_depth_is_clip_fsar_train_transformer_depth():
 def test_batchnorm_backbone_encodes_support_and_query_apart_while_training(monkeypatch, finetune, training,
                                                                            expected):
     """CLIP-FSAR's two backbone calls give RN50's training-mode BatchNorm per-set batch statistics."""
-    torch.manual_seed(0)
-    backbone = CLIPBackbone("RN50", finetune=finetune)
-    head = CNN_OTAM_CLIPFSAR(backbone=backbone, transformer_mlp_dim=64).train(training)
+    head = make_head("VIDEO.HEAD.BACKBONE_NAME", "RN50", "VIDEO.HEAD.FINETUNE", finetune,
+                     "VIDEO.HEAD.TRANSFORMER_MLP_DIM", "64").train(training)
+    backbone = head.backbone
     frames = 2
     episode = tiny_episode().replace(support_set=torch.zeros(WAY, frames, 3, 4, 4),
                                      target_set=torch.zeros(WAY * QUERY, frames, 3, 4, 4))
@@ -334,7 +249,7 @@ def test_batchnorm_backbone_encodes_support_and_query_apart_while_training(monke
 
 
 def test_layer_scale_zero_starts_the_transformer_as_the_identity_and_trains_its_scales(episode):
-    head = make_head(frame_feature="patch_map", transformer_layer_scale=0.0, transformer_depth=2)
+    head = make_head(*PATCH_MAP, "VIDEO.HEAD.TRANSFORMER_LAYER_SCALE", "0.0", "TRAIN.TRANSFORMER_DEPTH", "2")
     frames = torch.randn(3, FRAMES, head.model_dim)
     assert torch.equal(head.temporal.eval()(frames), frames)
     head.train()(episode)["loss"].backward()
@@ -346,7 +261,8 @@ def test_layer_scale_zero_starts_the_transformer_as_the_identity_and_trains_its_
 
 def test_without_support_text_tokens_the_class_names_do_not_reach_the_prototypes(episode):
     renamed = episode.replace(class_names=[f"other {i}" for i in range(WAY)])
-    plain = make_head(frame_feature="patch_map", support_text_token=False, transformer_layer_scale=0.5).eval()
+    plain = make_head(*PATCH_MAP, "VIDEO.HEAD.SUPPORT_TEXT_TOKEN", "False",
+                      "VIDEO.HEAD.TRANSFORMER_LAYER_SCALE", "0.5").eval()
     with torch.no_grad():
         assert torch.equal(plain(episode)["logits"], plain(renamed)["logits"])
         # the supports pass the transformer as the queries do
@@ -354,25 +270,15 @@ def test_without_support_text_tokens_the_class_names_do_not_reach_the_prototypes
         prototypes = class_means(plain.temporal(support), episode.support_labels, WAY)
         query = plain.temporal(plain.frame_descriptors(plain.encode_videos(episode.target_set)))
         torch.testing.assert_close(-plain.matcher(query, prototypes), plain(episode)["logits"])
-    lineage = make_head(frame_feature="patch_map").eval()
+    lineage = make_head(*PATCH_MAP).eval()
     with torch.no_grad():
         assert not torch.allclose(lineage(episode)["logits"], lineage(renamed)["logits"])
     assert isinstance(plain.text_proj, torch.nn.Identity)  # no text map without text tokens
 
 
-def test_frame_motion_appends_each_frames_change_to_the_next():
-    frames = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3) ** 2
-    out = with_motion(frames)
-    assert out.shape == (2, 4, 6)
-    assert torch.equal(out[..., :3], frames)
-    torch.testing.assert_close(out[:, :3, 3:], frames[:, 1:] - frames[:, :-1])
-    torch.testing.assert_close(out[:, 3, 3:], frames[:, 3] - frames[:, 2])  # the last frame repeats the change
-    assert torch.equal(with_motion(frames[:, :1])[..., 3:], torch.zeros(2, 1, 3))  # one frame: no change
-
-
 def test_frame_motion_difference_feeds_the_transformer_the_motion_descriptor(episode):
-    head = make_head(frame_feature="patch_map", frame_motion="difference").eval()
-    plain = make_head(frame_feature="patch_map").eval()  # same seed: the same backbone weights
+    head = make_head(*PATCH_MAP, "VIDEO.HEAD.FRAME_MOTION", "difference").eval()
+    plain = make_head(*PATCH_MAP).eval()  # same seed: the same backbone weights
     assert head.model_dim == 2 * plain.model_dim
     with torch.no_grad():
         encoded = head.encode_videos(episode.target_set)
@@ -387,7 +293,7 @@ def test_frame_motion_difference_feeds_the_transformer_the_motion_descriptor(epi
 
 
 def test_frame_motion_pixel_difference_encodes_each_frames_pixel_change_to_the_next(episode):
-    head = make_head(frame_motion="pixel_difference").eval()
+    head = make_head("VIDEO.HEAD.FRAME_MOTION", "pixel_difference").eval()
     plain = make_head().eval()  # same seed: the same backbone weights
     videos = episode.target_set
     with torch.no_grad():
@@ -408,19 +314,10 @@ def test_frame_motion_pixel_difference_encodes_each_frames_pixel_change_to_the_n
 
 
 # ---------------------------------------------------------------------------------------------- video-text targets
-def test_class_codes_are_orthonormal_seeded_and_unit_beyond_the_width():
-    codes = class_codes(12, 64)
-    torch.testing.assert_close(codes @ codes.t(), torch.eye(12), atol=1e-5, rtol=0)
-    torch.testing.assert_close(class_codes(12, 64), codes, atol=0, rtol=0)  # a fresh seeded generator each call
-    assert not torch.allclose(class_codes(12, 64, seed=1), codes)
-    wide = class_codes(80, 64)  # more classes than dimensions: unit codes, no longer orthogonal
-    torch.testing.assert_close(wide.norm(dim=1), torch.ones(80))
-
-
 def test_orthogonal_targets_replace_the_class_texts_in_the_video_text_loss(episode):
     losses = {}
     for targets in ("class_text", "orthogonal"):
-        head = make_head(frame_feature="global", video_text_targets=targets).train()
+        head = make_head("TRAIN.VIDEO_TEXT_TARGETS", targets).train()
         with torch.no_grad():
             head.text_logit_scale.fill_(3.0)
             feats = head.encode_videos(torch.cat([episode.support_set, episode.target_set]))

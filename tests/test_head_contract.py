@@ -186,11 +186,10 @@ def test_heads_that_declare_every_parameter_used_give_each_a_gradient(name):
 
 @pytest.mark.parametrize("finetune, declared", [("full", True), ("frozen", False)])
 def test_resnet_patch_map_declares_its_unused_attention_pool_projections(finetune, declared):
-    from models.clip import CLIPBackbone
-    from models.heads.clipfsar import CNN_OTAM_CLIPFSAR
-
-    head = CNN_OTAM_CLIPFSAR(backbone=CLIPBackbone("RN50", finetune=finetune), frame_feature="patch_map",
-                             patch_pool=1, transformer_mlp_dim=8)
+    cfg = load_config(None, [*TINY, "VIDEO.HEAD.BACKBONE_NAME", "RN50", "VIDEO.HEAD.FINETUNE", finetune,
+                             "VIDEO.HEAD.FRAME_FEATURE", "patch_map", "VIDEO.HEAD.PATCH_POOL", "1",
+                             "VIDEO.HEAD.TRANSFORMER_MLP_DIM", "8"])
+    head = build(cfg)
     assert head.may_leave_parameters_unused is declared
 
 

@@ -9,6 +9,7 @@ each video once with `encode_videos`, keeps what `per_video_outputs` returns for
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,12 @@ class FewShotHead(nn.Module, ABC):
         """Eval-mode outputs of single videos for the feature cache, by role: as queries (`class_names` None) or
         as supports (`class_names`: each support's own class). Default: nothing beyond `encode_videos`."""
         return {}
+
+    def state_from_checkpoint(self, checkpoint: Mapping, source: str) -> Mapping[str, Tensor]:
+        """This head's weights in a loaded checkpoint (`utils.checkpoint.load_checkpoint`'s dict from `source`): ours
+        under "model", or a bare state dict. A head that also reads another codebase's format converts it here
+        (models/heads/prototype.py: CLIP-FSAR's)."""
+        return checkpoint["model"] if "model" in checkpoint else checkpoint
 
     def param_groups(self) -> list[dict]:
         """Trainable parameters split into the backbone (own lr multiplier in the solver) and the head."""

@@ -1,5 +1,6 @@
 """CLIP-FSAR's own checkpoints (alibaba-mmai-research/CLIP-FSAR) in our CLIP-FSAR head, and refusal of our pre-fix
-temporal-block checkpoints.
+temporal-block checkpoints. Called by the prototype heads' `state_from_checkpoint` (models/heads/prototype.py), the
+one door every weight file goes through (CNN_OTAM_CLIPFSAR; MCDP_FSAR with VFAM and AMCAP off is the same model).
 
 What CLIP-FSAR writes (its utils/checkpoint.py `save_checkpoint`): a `.pyth` holding {"epoch": int, "model_state":
 state dict, "optimizer_state": Adam state, "cfg": JSON text} (+ "model_ema_state" with EMA). Only tensors, numbers,
@@ -51,7 +52,7 @@ _OPENAI_VISUAL = re.compile("|".join([
 ]))
 _OUR_VISUAL = "backbone.model.visual."
 
-# Transformer_v1 block i -> our TemporalBlock i (models/heads/clipfsar.py). q/k/v are concatenated (see below).
+# Transformer_v1 block i -> our TemporalBlock i (models/heads/parts.py). q/k/v are concatenated (see below).
 _LAYER = re.compile(r"context2\.layers\.(?P<i>\d+)\.(?P<rest>.+)")
 _BLOCK_MAP = {
     "0.norm.weight": "norm.weight", "0.norm.bias": "norm.bias",

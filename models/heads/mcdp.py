@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from models.amcap import AMCAP, VideoTokens
 from models.build import HEAD_REGISTRY
+from models.clip import CLIPBackbone
 from models.heads.base import VideoFeatures
-from models.heads.clipfsar import clipfsar_parts_from_config
+from models.heads.parts_from_config import build_prototype_parts, build_vfam
 from models.heads.prototype import ClassTerms, PrototypeHead
 from models.text_cache import ClassTextCache
 from utils.config import NON_NEGATIVE, CfgNode, rules, section
@@ -76,25 +77,34 @@ class DynamicClassText:
 class MCDP_FSAR(PrototypeHead):  # noqa: N801  (registered name)
     reads_sections = ("AMCAP", "MCDP")
 
-    def __init__(self, *, amcap: AMCAP | None = None, fusion_weight: float = 1.0, seed: int = 0, **parts: Any):
-        if amcap is not None and parts.get("text_cache") is None:
-            parts["text_cache"] = amcap.text_cache  # one class-text cache for the head and AMCAP
-        # AMCAP reads each video's dense token grid.
-        super().__init__(keep_tokens=amcap is not None, **parts)
+    def __init__(self, *, amcap: AMCAP | None = None, dynamic_text: DynamicClassText | None = None, seed: int = 0,
+                 **parts: Any):
+        """The prototype parts (models/heads/prototype.py), AMCAP (None: off), its fusion (`dynamic_text`, default
+        weight 1) and the seed of AMCAP's per-episode coalitions."""
+        super().__init__(**parts)
+        if amcap is not None:
+            if not self.frame_encoder.keep_tokens:
+                raise ValueError("models/heads/mcdp.py: AMCAP reads each video's dense token grid; build the frame "
+                                 "encoder with keep_tokens=True")
+            if self.class_text.cache is not amcap.text_cache:
+                raise ValueError("models/heads/mcdp.py: the class-text source and AMCAP must share one class-text "
+                                 "cache (loaded weights clear it once for both)")
         self.amcap, self.seed = amcap, seed
-        self.dynamic_text = DynamicClassText(fusion_weight)
+        self.dynamic_text = DynamicClassText(1.0) if dynamic_text is None else dynamic_text
         # Scale of the fused cosine logits (CLIP-FSAR's text scale starts at 1 too); trained only when used.
-        self.fusion_logit_scale = nn.Parameter(torch.ones(()), requires_grad=amcap is not None and fusion_weight != 0)
+        self.fusion_logit_scale = nn.Parameter(
+            torch.ones(()), requires_grad=amcap is not None and self.dynamic_text.fusion_weight != 0)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        backbone = CLIPBackbone(**CLIPBackbone.from_config(cfg))
+        vfam = build_vfam(cfg, backbone)
         text_cache = ClassTextCache()  # shared by the head's class-text source and AMCAP
-        parts = clipfsar_parts_from_config(cfg, text_cache)
-        backbone = parts["backbone"]
-        amcap = None
+        amcap = None  # built before the prototype parts: the order a seeded init draws in (parts_from_config.py)
         if cfg.AMCAP.ENABLE:
             amcap = AMCAP(**AMCAP.from_config(cfg, backbone.embed_dim, backbone.text_width), text_cache=text_cache)
-        return dict(parts, amcap=amcap, fusion_weight=cfg.MCDP.FUSION_WEIGHT, seed=cfg.RANDOM_SEED)
+        parts = build_prototype_parts(cfg, backbone, vfam, keep_tokens=amcap is not None, text_cache=text_cache)
+        return dict(parts, amcap=amcap, dynamic_text=DynamicClassText(cfg.MCDP.FUSION_WEIGHT), seed=cfg.RANDOM_SEED)
 
     def encode_videos(self, videos: Tensor, boxes: Tensor | None = None,
                       box_mask: Tensor | None = None) -> dict[str, Tensor]:

@@ -1,5 +1,6 @@
 """The parts heads are composed of (docs/design.md §5): frame encoder, class-text source, temporal modulator, OTAM
-matcher, video-text loss, test-time text rule. A head is a recipe of these (models/heads/prototype.py).
+matcher, video-text loss, test-time text rule. Each is built from a few numbers, so a test builds one alone;
+models/heads/parts_from_config.py builds them from config, and a head receives them (models/heads/prototype.py).
 
 Parts that own parameters are modules the head registers under the names its checkpoints use (`temporal`, and the
 head's `frame_proj` / `text_proj` / `vfam` / `amcap`); the others hold a few numbers and are plain objects, so the
@@ -118,12 +119,16 @@ class TemporalBlock(nn.Module):
 class TemporalModulator(nn.Sequential):
     """CLIP-FSAR's temporal transformer (a stack of TemporalBlock, shared by queries and supports): over a query's
     frames, and over a support's frames plus its class-text token (prototype modulation). A Sequential, so its
-    parameters keep the checkpoints' names `temporal.{i}.*`."""
+    parameters keep the checkpoints' names `temporal.{i}.*`.
+
+    `text_token` False: supports pass it without a class-text token, as queries do (SUPPORT_TEXT_TOKEN).
+    `merge_before`: shots are averaged per class before it (CLIP-FSAR's MERGE_BEFORE), else after it."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, attn_dropout: float, ffn_dropout: float,
-                 layer_scale: float = 1.0):
+                 layer_scale: float = 1.0, *, text_token: bool = True, merge_before: bool = False):
         super().__init__(*[TemporalBlock(dim, heads, mlp_dim, attn_dropout, ffn_dropout, layer_scale)
                            for _ in range(depth)])
+        self.dim, self.text_token, self.merge_before = dim, text_token, merge_before
 
     def modulate(self, support: Tensor, text_tokens: Tensor | None) -> Tensor:
         """support [S,T,d] with each one's text token [S,d] appended -> [S,T,d] after the transformer; without
@@ -133,11 +138,10 @@ class TemporalModulator(nn.Sequential):
         tokens = torch.cat([support, text_tokens.to(support.dtype)[:, None]], dim=1)
         return self(tokens)[:, :support.shape[1]]
 
-    def prototypes(self, support: Tensor, text_tokens: Tensor | None, labels: Tensor, way: int,
-                   merge_before: bool) -> Tensor:
+    def prototypes(self, support: Tensor, text_tokens: Tensor | None, labels: Tensor, way: int) -> Tensor:
         """support [S,T,d], text_tokens [S,d] (or None) -> class prototypes [way,T,d]; shots averaged before the
-        transformer (`merge_before`, CLIP-FSAR's MERGE_BEFORE) or after it."""
-        if merge_before:
+        transformer (`merge_before`) or after it."""
+        if self.merge_before:
             text = None if text_tokens is None else class_means(text_tokens, labels, way)
             return self.modulate(class_means(support, labels, way), text)
         return class_means(self.modulate(support, text_tokens), labels, way)
@@ -148,25 +152,42 @@ class TemporalModulator(nn.Sequential):
 class FrameEncoder:
     """Videos -> per-video features through the backbone (and VFAM, which encodes entities on the same pass):
     "frames" [B,T,F] descriptors (CLIP's global embedding, or a centred pooled patch map), "video_text" [B,T,D]
-    joint-space embeddings, VFAM's inputs, and with `keep_tokens` the dense token grid "tokens" (AMCAP)."""
+    joint-space embeddings, VFAM's inputs, and with `keep_tokens` the dense token grid "tokens" (AMCAP).
+
+    `motion` (FRAME_MOTION): none (CLIP-FSAR); pixel_difference encodes each frame's pixel change to the next
+    instead of the frame (RGB difference); difference appends to each descriptor its change to the next frame
+    (`add_motion`, after VFAM has fused its context into the descriptors)."""
     frame_feature: str = "global"
     patch_pool: int = 2
     keep_tokens: bool = False
-    pixel_change: bool = False  # encode each frame's pixel change to the next instead of the frame (RGB difference)
+    motion: str = "none"
 
     def __post_init__(self) -> None:
         if self.frame_feature not in FRAME_FEATURES:
             raise ValueError(f"models/heads/parts.py: VIDEO.HEAD.FRAME_FEATURE must be one of {FRAME_FEATURES}, "
                              f"got '{self.frame_feature}'")
+        if self.motion not in FRAME_MOTIONS:
+            raise ValueError(f"models/heads/parts.py: VIDEO.HEAD.FRAME_MOTION must be one of {FRAME_MOTIONS}, "
+                             f"got '{self.motion}'")
 
     def descriptor_dim(self, embed_dim: int) -> int:
+        """Width of the encoded "frames" (what VFAM fuses its context into)."""
         return embed_dim * self.patch_pool ** 2 if self.frame_feature == "patch_map" else embed_dim
+
+    def input_dim(self, embed_dim: int) -> int:
+        """Width of `add_motion`'s output: the temporal transformer's input before any projection."""
+        return self.descriptor_dim(embed_dim) * (2 if self.motion == "difference" else 1)
+
+    def add_motion(self, frames: Tensor) -> Tensor:
+        """[B,T,F] descriptors -> [B,T,2F] with each one's change to the next frame (motion difference); else as
+        they are."""
+        return with_motion(frames) if self.motion == "difference" else frames
 
     def encode(self, backbone: CLIPBackbone, vfam: VFAM | None, videos: Tensor, boxes: Tensor | None,
                box_mask: Tensor | None) -> dict[str, Tensor]:
         """One backbone call over normalised videos [B,T,3,H,W]; every video is encoded on its own."""
         num_videos, num_frames = videos.shape[:2]
-        if self.pixel_change:
+        if self.motion == "pixel_difference":
             videos = change_to_next(videos)
         dense = self.frame_feature == "patch_map" or self.keep_tokens
         if vfam is not None:
@@ -233,9 +254,16 @@ class OTAMMatcher:
 @dataclass
 class VideoTextLoss:
     """CLIP-FSAR's video-text loss: weight * CE(scale * lineage cosine(video, class text)) over the split's
-    classes, with the real (split) labels of supports and queries."""
+    classes, with the real (split) labels of supports and queries. `targets` (VIDEO_TEXT_TARGETS): what each video
+    is pulled towards, its class's text (CLIP-FSAR) or a fixed orthogonal code per class (`class_codes`)."""
     weight: float = 1.0
     cosine_eps: float = 0.01
+    targets: str = "class_text"
+
+    def __post_init__(self) -> None:
+        if self.targets not in VIDEO_TEXT_TARGETS:
+            raise ValueError(f"models/heads/parts.py: TRAIN.VIDEO_TEXT_TARGETS must be one of {VIDEO_TEXT_TARGETS}, "
+                             f"got '{self.targets}'")
 
     def __call__(self, scale: Tensor, video_text: Tensor, class_text: Tensor, real_labels: Tensor) -> Tensor:
         """video_text [V, D]; class_text [N, D] shared by all videos, or [V, N, D] per video."""

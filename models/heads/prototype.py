@@ -1,6 +1,8 @@
 """Prototype-modulation heads composed of parts (models/heads/parts.py): the episode flow CLIP-FSAR defines and
-every recipe here shares. A recipe (models/heads/clipfsar.py, models/heads/mcdp.py) picks the parts and says where
-each support's class-text token comes from (`class_terms`); nothing in this class exists for one recipe only.
+every recipe here shares. The head is handed its parts (built from config in models/heads/parts_from_config.py); a
+recipe (models/heads/clipfsar.py, models/heads/mcdp.py) says where each support's class-text token comes from
+(`class_terms`); nothing in this class exists for one recipe only. Checkpoints of the flow in CLIP-FSAR's own format
+load through `state_from_checkpoint` (models/heads/clipfsar_checkpoint.py).
 
 Flow: encode the videos (or take the feature cache's); the recipe's class terms (support text tokens, optional
 extra logits and losses); queries through the temporal transformer, supports with their class-text token through
@@ -10,6 +12,7 @@ labels enter any of this: the query labels are read by the losses alone.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +22,8 @@ from torch import Tensor, nn
 
 from models.clip import CLIPBackbone
 from models.heads.base import FewShotHead, VideoFeatures
+from models.heads.clipfsar_checkpoint import convert_lineage_state
 from models.heads.parts import (
-    FRAME_MOTIONS,
-    VIDEO_TEXT_TARGETS,
     ClassTextSource,
     FrameEncoder,
     OTAMMatcher,
@@ -30,7 +32,6 @@ from models.heads.parts import (
     VideoTextLoss,
     class_codes,
     class_means,
-    with_motion,
 )
 from models.text_cache import ClassTextCache
 from models.vfam import VFAM
@@ -57,53 +58,33 @@ def _clear_text_cache_after_load(module: PrototypeHead, incompatible_keys: Any) 
 class PrototypeHead(FewShotHead):
     supports_feature_cache = True  # every video is encoded on its own (FrameEncoder)
 
-    def __init__(self, *, backbone: CLIPBackbone, frame_feature: str = "global", frame_motion: str = "none",
-                 patch_pool: int = 2,
-                 proj_dim: int = 0, transformer_depth: int = 1, transformer_heads: int = 8,
-                 transformer_mlp_dim: int = 2048, transformer_dropout: float = 0.2,
-                 transformer_ffn_dropout: float = 0.05, transformer_layer_scale: float = 1.0,
-                 support_text_token: bool = True, cosine_eps: float = 0.01,
-                 prompt_template: str = "a photo of {}", otam_lambda: float = 0.5,
-                 use_classification: bool = True, classification_weight: float = 1.0,
-                 video_text_targets: str = "class_text", merge_before: bool = False, single_direct: bool = False,
-                 eval_text: bool = False, combine: bool = False, text_coff: float = 0.9, vfam: VFAM | None = None,
-                 keep_tokens: bool = False, text_cache: ClassTextCache | None = None):
+    def __init__(self, *, backbone: CLIPBackbone, frame_encoder: FrameEncoder, temporal: TemporalModulator,
+                 class_text: ClassTextSource, matcher: OTAMMatcher, text_eval: TextEvalRule,
+                 video_text_loss: VideoTextLoss | None = None, frame_proj: nn.Module | None = None,
+                 text_proj: nn.Module | None = None, vfam: VFAM | None = None):
+        """The parts (built from config by models/heads/parts_from_config.py:build_prototype_parts). `frame_proj`
+        maps the frame encoder's descriptors to the transformer's width and `text_proj` a class text to it (None:
+        as they are, the lineage's case); `vfam` fuses tracked-entity context into the descriptors (VFAM.ENABLE; its
+        gate starts at 0); `video_text_loss` None trains without it (USE_CLASSIFICATION off or weight 0)."""
         super().__init__()
+        # Modules in the order of the recorded checkpoints (their keys, and the optimizer's parameter order).
         self.backbone = backbone
-        if frame_motion not in FRAME_MOTIONS:
-            raise ValueError(f"models/heads/prototype.py: VIDEO.HEAD.FRAME_MOTION must be one of {FRAME_MOTIONS}, "
-                             f"got '{frame_motion}'")
-        self.frame_encoder = FrameEncoder(frame_feature, patch_pool, keep_tokens, frame_motion == "pixel_difference")
-        self.class_text = ClassTextSource(prompt_template, text_cache)
-        self.matcher = OTAMMatcher(otam_lambda, cosine_eps, bidirectional=not single_direct)
-        self.text_eval = TextEvalRule(eval_text, combine, text_coff)
-        self.merge_before = merge_before
-        self.frame_motion = frame_motion
-        widen = 2 if frame_motion == "difference" else 1  # the descriptor and its change
-        descriptor_dim = self.frame_encoder.descriptor_dim(backbone.embed_dim) * widen
-        self.model_dim = proj_dim if proj_dim > 0 else descriptor_dim
-        self.frame_proj = nn.Linear(descriptor_dim, proj_dim) if proj_dim > 0 else nn.Identity()
-        self.vfam = vfam  # VFAM.ENABLE: tracked-entity context fused into the descriptors; its gate starts at 0
-        # CLIP-FSAR feeds the raw text embedding (same joint space as the global frame embedding). Any other
-        # descriptor needs a learned map; a text vector tiled over cells would be erased by the centring.
-        # Without support text tokens (SUPPORT_TEXT_TOKEN False) there is no text to map.
-        lineage_text = frame_feature == "global" and frame_motion == "none" and proj_dim <= 0
-        needs_map = support_text_token and not lineage_text
-        self.text_proj = nn.Linear(backbone.embed_dim, self.model_dim) if needs_map else nn.Identity()
-        self.temporal = TemporalModulator(self.model_dim, transformer_depth, transformer_heads, transformer_mlp_dim,
-                                          transformer_dropout, transformer_ffn_dropout, transformer_layer_scale)
-        self.support_text_token = support_text_token  # False: supports pass the transformer without a text token
-        use_text_loss = use_classification and classification_weight != 0
-        self.video_text_loss = VideoTextLoss(classification_weight, cosine_eps) if use_text_loss else None
-        if video_text_targets not in VIDEO_TEXT_TARGETS:
-            raise ValueError(f"models/heads/prototype.py: TRAIN.VIDEO_TEXT_TARGETS must be one of "
-                             f"{VIDEO_TEXT_TARGETS}, got '{video_text_targets}'")
-        self.video_text_targets = video_text_targets  # class_text (CLIP-FSAR) or orthogonal per-class codes
+        self.frame_proj = nn.Identity() if frame_proj is None else frame_proj
+        self.vfam = vfam
+        self.text_proj = nn.Identity() if text_proj is None else text_proj
+        self.temporal = temporal
+        self.frame_encoder, self.class_text, self.matcher = frame_encoder, class_text, matcher
+        self.text_eval, self.video_text_loss = text_eval, video_text_loss
         # CLIP-FSAR's learnable `scale` (init 1). Only the video-text loss trains it; frozen otherwise so that
         # no trainable parameter goes without a gradient.
-        self.text_logit_scale = nn.Parameter(torch.ones(()), requires_grad=use_text_loss)
+        self.text_logit_scale = nn.Parameter(torch.ones(()), requires_grad=video_text_loss is not None)
         # Loaded weights may change the text tower; cached class texts would then be stale.
         self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
+
+    @property
+    def model_dim(self) -> int:
+        """Width of the temporal transformer (the frame descriptors after `frame_proj`)."""
+        return self.temporal.dim
 
     @property
     def uses_tracks(self) -> bool:
@@ -130,6 +111,12 @@ class PrototypeHead(FewShotHead):
         """[N, D] fixed class-text features of `names` (the class-text source's, on the head's device)."""
         return self.class_text.features(self.backbone, list(names), self.text_logit_scale.device)
 
+    def state_from_checkpoint(self, checkpoint: Mapping, source: str) -> Mapping[str, Tensor]:
+        """Ours as stored, or CLIP-FSAR's own `.pyth` with its names mapped to ours (the flow's parameters are its
+        head's); a checkpoint of our temporal block from before it was CLIP-FSAR's is refused (retrain)."""
+        converted = convert_lineage_state(checkpoint, self, source)
+        return super().state_from_checkpoint(checkpoint, source) if converted is None else converted
+
     # ------------------------------------------------------------------ what a recipe supplies
     @abstractmethod
     def class_terms(self, support: VideoFeatures, query: VideoFeatures, episode: Episode) -> ClassTerms:
@@ -148,9 +135,7 @@ class PrototypeHead(FewShotHead):
         if self.vfam is not None:
             frames = self.vfam(encoded["frame_global"], frames, encoded["entity_feats"], encoded["entity_mask"],
                                encoded.get("entity_motion"))
-        if self.frame_motion == "difference":
-            frames = with_motion(frames)
-        return self.frame_proj(frames)
+        return self.frame_proj(self.frame_encoder.add_motion(frames))
 
     def forward(self, episode: Episode, features: tuple[VideoFeatures, VideoFeatures] | None = None) -> dict[str, Any]:
         support, query = features if features is not None else self.encode_episode(episode)
@@ -178,9 +163,9 @@ class PrototypeHead(FewShotHead):
         else:
             frames = self.frame_descriptors(support.encoded)
             text_tokens = None
-            if self.support_text_token:
+            if self.temporal.text_token:
                 text_tokens = self.text_proj(terms.support_text.to(frames.dtype))  # [S, d]
-            prototypes = self.temporal.prototypes(frames, text_tokens, support_labels, way, self.merge_before)
+            prototypes = self.temporal.prototypes(frames, text_tokens, support_labels, way)
         dists = self.matcher(queries, prototypes)  # [Q, WAY]
         logits = -dists if terms.extra_logits is None else terms.extra_logits - dists
         return logits, dists
@@ -192,7 +177,7 @@ class PrototypeHead(FewShotHead):
         if self.video_text_loss is not None:
             video_text = torch.cat([support.encoded["video_text"], query.encoded["video_text"]]).float().mean(1)
             class_text = video_class_text
-            if self.video_text_targets == "orthogonal":  # one code per split class, by split index (a QR of N x D)
+            if self.video_text_loss.targets == "orthogonal":  # one code per split class, by split index (a QR of N x D)
                 class_text = class_codes(len(episode.split_class_names), video_text.shape[1]).to(video_text.device)
             elif class_text is None:
                 class_text = self.class_text_features(episode.split_class_names)  # [N_split, D]
@@ -210,10 +195,10 @@ class PrototypeHead(FewShotHead):
             raise RuntimeError("models/heads/prototype.py: per_video_outputs is for eval mode (trainable graph)")
         if class_names is None:
             return {QUERY_TOKENS: self.temporal(self.frame_descriptors(encoded))}
-        if self.merge_before:
+        if self.temporal.merge_before:
             return {}
         frames = self.frame_descriptors(encoded)
-        if not self.support_text_token:
+        if not self.temporal.text_token:
             return {SUPPORT_TOKENS: self.temporal.modulate(frames, None)}
         support_text = self.fixed_support_text(class_names)
         if support_text is None:
