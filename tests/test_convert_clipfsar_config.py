@@ -102,10 +102,8 @@ def lineage_lr(solver: dict, folds: float, iteration: int) -> float:
     epoch = iteration // solver["STEPS_ITER"] + folds * iteration / solver["STEPS_ITER"]
 
     def steps_policy(e: float) -> float:
-        steps = solver["STEPS"] + [solver["MAX_EPOCH"]]
-        for index, step in enumerate(steps):
-            if e < step:
-                break
+        steps = solver["STEPS"] + [solver["MAX_EPOCH"]]  # its get_step_index: the loop's index at its break, or
+        index = next((i for i, step in enumerate(steps) if e < step), len(steps) - 1)  # its last one
         return solver["LRS"][index - 1] * solver["BASE_LR"]
 
     if epoch < solver["WARMUP_EPOCHS"]:
@@ -127,7 +125,8 @@ def test_shipped_and_converted_schedules_give_the_lineage_learning_rate_at_every
     for cfg in (load_config(str(out)), load_config(shipped_config(bench, _conversion(checkout / config)))):
         for i in iterations:
             ours = cfg.SOLVER.BASE_LR * lr_factor(cfg.SOLVER, i)
-            assert ours == pytest.approx(lineage_lr(solver, lineage["TRAIN.NUM_FOLDS"], i), rel=1e-9), (cfg.OUTPUT_DIR, i)
+            theirs = lineage_lr(solver, lineage["TRAIN.NUM_FOLDS"], i)
+            assert ours == pytest.approx(theirs, rel=1e-9), (cfg.OUTPUT_DIR, i)
 
 
 def test_unknown_keys_and_values_it_cannot_express_are_named_together_and_nothing_is_written(
