@@ -264,7 +264,10 @@ def _frame_sampling(c: Conversion) -> None:
                     "from each of NUM_INPUT_FRAMES equal segments (test frames: the segment centres here, "
                     "DATA.TEST_FRAMES; docs/lineage.md)")
         return
-    fps = float(c.get("DATA.TARGET_FPS", 30))
+    if not c.has("DATA.TARGET_FPS"):
+        c.refuse("DATA.SAMPLING_RATE", "a clip window needs DATA.TARGET_FPS, which the lineage's base files set")
+        return
+    fps = float(c.get("DATA.TARGET_FPS"))
     c.set("DATA.FRAME_SAMPLING", "clip", f"CLIP-FSAR SAMPLING_RATE {rate} (<= 40: a clip window)")
     c.set("DATA.SAMPLING_RATE", rate, "CLIP-FSAR DATA.SAMPLING_RATE")
     c.set("DATA.TARGET_FPS", fps, "CLIP-FSAR DATA.TARGET_FPS")
@@ -326,12 +329,16 @@ def _optimizer(c: Conversion) -> None:
     if method not in ("adam", "sgd"):
         c.refuse("OPTIMIZER.OPTIM_METHOD", "adam and sgd are translated")
         return
-    c.set("SOLVER.OPTIM_METHOD", method, "CLIP-FSAR OPTIMIZER.OPTIM_METHOD (what its optimizer reads)")
-    decay = float(c.get("OPTIMIZER.WEIGHT_DECAY", 0.0))
-    c.set("SOLVER.WEIGHT_DECAY", decay, "CLIP-FSAR OPTIMIZER.WEIGHT_DECAY (what its optimizer reads)")
+    if c.has("OPTIMIZER.OPTIM_METHOD"):
+        c.set("SOLVER.OPTIM_METHOD", method, "CLIP-FSAR OPTIMIZER.OPTIM_METHOD (what its optimizer reads)")
+    if c.has("OPTIMIZER.WEIGHT_DECAY"):
+        decay = float(c.get("OPTIMIZER.WEIGHT_DECAY"))
+        c.set("SOLVER.WEIGHT_DECAY", decay, "CLIP-FSAR OPTIMIZER.WEIGHT_DECAY (what its optimizer reads)")
+    written = ", ".join(f"{key} {show(c.ours[key][0])}" for key in ("SOLVER.OPTIM_METHOD", "SOLVER.WEIGHT_DECAY")
+                        if key in c.ours)
     c.translate(("OPTIMIZER.OPTIM_METHOD", "OPTIMIZER.WEIGHT_DECAY"),
-                f"SOLVER.OPTIM_METHOD {method}, SOLVER.WEIGHT_DECAY {decay:g}: the lineage's optimizer reads the "
-                f"OPTIMIZER section (its SOLVER.WEIGHT_DECAY is never read; L2 weight decay as our adam)")
+                f"{written}: the lineage's optimizer reads the OPTIMIZER section (its SOLVER.WEIGHT_DECAY is never "
+                f"read; L2 weight decay, as our adam)")
     if method == "adam":
         for key in ("OPTIMIZER.MOMENTUM", "OPTIMIZER.DAMPENING", "OPTIMIZER.NESTEROV"):
             c.drop(key, "not read by the lineage's Adam, whose betas are (0.9, 0.999): our SOLVER.MOMENTUM 0.9")
