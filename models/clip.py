@@ -162,14 +162,22 @@ def _create_model(name: str, pretrained: str) -> nn.Module:
         return model
     for key in _OPENAI_EXTRA_KEYS:
         state.pop(key, None)
-    resize_pos_embed(state, model)
     # TorchScript archives also store non-persistent buffers (e.g. the causal mask); the model rebuilds those.
     transient = {name for name, _ in model.named_buffers()} - set(model.state_dict())
-    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in transient}, strict=False)
+    state = {k: v for k, v in state.items() if k not in transient}
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"VIDEO.HEAD.PRETRAINED {path}: does not fit {oc_name} (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}) (build with the VIDEO.HEAD.BACKBONE_NAME it was "
                               f"trained as)")
+    resize_pos_embed(state, model)
+    other = [k for k in expected if k != "visual.positional_embedding" and state[k].shape != expected[k].shape]
+    if other:  # the same names, another width or patch size (ViT-B-32.pt under ViT-B/16)
+        raise CheckpointError(f"VIDEO.HEAD.PRETRAINED {path}: does not fit {oc_name} (size mismatch for {other[0]}: "
+                              f"{list(state[other[0]].shape)} in the file, {list(expected[other[0]].shape)} in the "
+                              f"model) (build with the VIDEO.HEAD.BACKBONE_NAME it was trained as)")
+    model.load_state_dict(state)
     logger.info("loaded OpenAI-format CLIP weights from %s (QuickGELU)", path)
     return model
 

@@ -22,7 +22,7 @@ from models.vfam import add_vfam_config
 from runs.pretrain_clip import add_pretrain_config
 from runs.test_net_few_shot import add_test_config
 from runs.train_net_few_shot import add_train_config
-from utils.config import CfgNode, build_defaults, config_from_text, merge_config
+from utils.config import CfgNode, ConfigError, build_defaults, config_from_text, merge_config
 from utils.solver import add_solver_config
 
 CONFIG_HOOKS = (
@@ -49,9 +49,20 @@ def get_cfg() -> CfgNode:
     return build_defaults(CONFIG_HOOKS)
 
 
+# Keys only CLIP-FSAR's own configs carry (every one of its leaf configs sets TASK_TYPE; its base chain the rest).
+CLIPFSAR_ONLY_KEYS = ("TASK_TYPE", "PRETRAIN.ENABLE", "TRAIN.META_BATCH", "TRAIN.DATASET_FEW")
+
+
 def load_config(path: str | None = None, opts: Iterable[str] = (), freeze: bool = True) -> CfgNode:
     """Defaults <- YAML file (with bases) <- command-line KEY VALUE pairs; frozen unless asked otherwise."""
-    return merge_config(get_cfg(), path, opts, freeze)
+    try:
+        return merge_config(get_cfg(), path, opts, freeze)
+    except ConfigError as e:
+        if path and any(key in CLIPFSAR_ONLY_KEYS for key in getattr(e, "unknown_keys", ())):
+            raise ConfigError(f"{e} (this is a CLIP-FSAR config: convert it with python "
+                              f"runs/convert_clipfsar_config.py {path} --out <ours.yaml>; docs/lineage.md, Coming from "
+                              f"CLIP-FSAR)") from None
+        raise
 
 
 def config_from_yaml_text(text: str) -> CfgNode:

@@ -17,6 +17,7 @@ or DEFAULT to download) and `yolo` (Ultralytics, `--weights` a local .pt; needs 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import json
 import multiprocessing as mp
@@ -149,6 +150,41 @@ def _keep(dets: FrameDets, classes: set[str] | None, score_thresh: float) -> Fra
 
 
 # ---------------------------------------------------------------------------------------------- detectors
+def check_detector(args: argparse.Namespace) -> None:
+    """Before anything is written: the detector can be built here. A torchvision model's released weights
+    (`--weights DEFAULT` or a weights name) are fetched into torch's hub cache once, by this process (the workers
+    then read the cache); offline without them is one line naming the flag, not a urllib traceback."""
+    if args.detections:
+        return
+    if args.detector == "yolo":
+        if importlib.util.find_spec("ultralytics") is None:
+            raise ArgumentError("--detector yolo: needs the ultralytics package (pip install ultralytics)")
+        return
+    from torchvision.models import get_model_weights
+
+    try:
+        weights_enum = get_model_weights(args.model)
+    except (KeyError, ValueError):
+        raise ArgumentError(f"--model {args.model}: not a torchvision detection model") from None
+    if args.weights != "DEFAULT" and args.weights not in weights_enum.__members__:
+        return  # a local state dict (check_inputs found the file)
+    url = (weights_enum.DEFAULT if args.weights == "DEFAULT" else weights_enum[args.weights]).url
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    file = os.path.basename(url)
+    if os.path.isfile(os.path.join(folder, file)):
+        return
+    os.makedirs(folder, exist_ok=True)
+    hash_prefix = torch.hub.HASH_REGEX.search(file)  # what torchvision's own download checks
+    try:
+        torch.hub.download_url_to_file(url, os.path.join(folder, file), hash_prefix[1] if hash_prefix else None,
+                                       progress=False)
+    except (OSError, RuntimeError, ValueError) as e:  # urllib's URLError/HTTPError, a hash mismatch
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ArgumentError(f"--weights {args.weights}: torchvision's {args.model} weights ({file}) are not in "
+                            f"{folder} and could not be downloaded from {url} ({why}) (offline: copy {file} there "
+                            f"and run again, or give --weights a local state dict of {args.model})") from None
+
+
 class TorchvisionDetector:
     """A torchvision detection model (COCO classes) on batches of RGB uint8 frames."""
 
@@ -291,6 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not jobs:
         source = args.videos or args.detections or ", ".join(args.split_file)
         raise ArgumentError(f"{source}: selects no videos (extensions searched: {', '.join(VIDEO_EXTS)})")
+    check_detector(args)
     os.makedirs(args.out, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     if args.workers == 1:

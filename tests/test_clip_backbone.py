@@ -1,5 +1,6 @@
 """CLIP backbone wrapper: dense tokens, text encoders, fine-tuning policies and local checkpoint loading."""
 import json
+import warnings
 
 import open_clip
 import pytest
@@ -265,6 +266,92 @@ def test_load_openai_checkpoints_with_quick_gelu(tmp_path):
         assert isinstance(loaded.model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
         for got, want in zip(outputs(loaded), expected, strict=True):
             torch.testing.assert_close(got, want)
+
+
+# Tiny towers in OpenAI's layout: the widths follow the rules open_clip's OpenAI reader (load_openai_model, via
+# build_model_from_openai_state_dict) infers an architecture by (64-wide heads, image side = 32 x the ResNet grid).
+OPENAI_TINY = {
+    "Test-OpenAI-RN": {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8,
+                                                       "patch_size": None}},
+    "Test-OpenAI-ViT": {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64,
+                                                        "patch_size": 16}},
+    "Test-OpenAI-ViT-Wide": {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 128,
+                                                             "patch_size": 16}},
+}
+OPENAI_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}
+
+
+@pytest.fixture(scope="module")
+def openai_archives(tmp_path_factory) -> dict:
+    """{name: path} of TorchScript archives written as OpenAI released RN50.pt / ViT-B-16.pt: a traced CLIP whose
+    state dict has OpenAI's parameter names, fp16 weights where OpenAI's are fp16, and the input_resolution /
+    context_length / vocab_size entries of their archives."""
+    folder = tmp_path_factory.mktemp("openai")
+    for name, cfg in OPENAI_TINY.items():
+        (folder / f"{name}.json").write_text(json.dumps({**cfg, "text_cfg": OPENAI_TEXT}))
+    open_clip.add_model_config(folder)
+    archives = {}
+    for seed, name in enumerate(OPENAI_TINY):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name, force_quick_gelu=True).eval()
+        with torch.no_grad():  # give the BatchNorm statistics values an untouched layer would not have
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.uniform_(-0.1, 0.1)
+                    module.running_var.uniform_(0.5, 1.5)
+        mask = model._buffers.pop("attn_mask")  # OpenAI's causal mask is a plain attribute: not in the state dict
+        model.attn_mask = mask
+        for key, value in (("input_resolution", 64), ("context_length", 77), ("vocab_size", 49408)):
+            if hasattr(model, key):  # open_clip keeps two of them as plain attributes (read by nothing traced)
+                delattr(model, key)
+            model.register_buffer(key, torch.tensor(value))
+        images, text = torch.zeros(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated, and tracing warns about data flow
+            traced = torch.jit.trace_module(model, {"forward": (images, text), "encode_image": (images,),
+                                                    "encode_text": (text,)}, check_trace=False)
+            open_clip.model.convert_weights_to_fp16(model)  # OpenAI's archives hold these weights in fp16
+            halves = {k for k, v in model.state_dict().items() if v.dtype == torch.float16}
+            for key, param in traced.named_parameters():
+                if key in halves:
+                    param.data = param.data.half()
+            archives[name] = folder / f"{name}.pt"
+            torch.jit.save(traced, str(archives[name]))
+    return archives
+
+
+@pytest.mark.parametrize("name", ["Test-OpenAI-RN", "Test-OpenAI-ViT"])
+def test_openai_torchscript_archives_load_as_open_clips_openai_reader_reads_them(openai_archives, name):
+    """VIDEO.HEAD.PRETRAINED <OpenAI's RN50.pt or ViT-B-16.pt>: the same weights, BatchNorm statistics and
+    embeddings as open_clip's own reader of OpenAI files (which infers the tower from the tensors' shapes)."""
+    path = str(openai_archives[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        reference = open_clip.load_openai_model(path, precision="fp32", device="cpu").eval()
+    ours = CLIPBackbone(name, pretrained=path).eval()
+    theirs, mine = reference.state_dict(), ours.model.state_dict()
+    assert set(mine) <= set(theirs)
+    for key, value in mine.items():
+        torch.testing.assert_close(value, theirs[key].to(value.dtype), rtol=0, atol=0, msg=key)
+    images = frames(2)
+    with torch.no_grad():
+        expected = (reference.encode_image(images), reference.encode_text(open_clip.tokenize(["a cat"])))
+    for got, want in zip(outputs(ours), expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_an_openai_archive_of_another_tower_is_refused_naming_the_file(openai_archives):
+    """OpenAI's RN50.pt under BACKBONE_NAME ViT-B/16 (other names), or ViT-B-32.pt under ViT-B/16 (same names, other
+    shapes): the checkpoint error (one line, exit 7), not a size-mismatch traceback."""
+    from utils.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"Test-OpenAI-RN\.pt: does not fit Test-OpenAI-ViT \(missing "):
+        CLIPBackbone("Test-OpenAI-ViT", pretrained=str(openai_archives["Test-OpenAI-RN"]))
+    wide = openai_archives["Test-OpenAI-ViT-Wide"]
+    with pytest.raises(CheckpointError, match=r"Test-OpenAI-ViT-Wide\.pt: does not fit Test-OpenAI-ViT \(size "
+                                              r"mismatch for visual\.class_embedding: \[128\] in the file, \[64\] in "
+                                              r"the model\)"):
+        CLIPBackbone("Test-OpenAI-ViT", pretrained=str(wide))
 
 
 def test_missing_checkpoint_path_is_a_clear_error():

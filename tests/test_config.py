@@ -248,3 +248,32 @@ def test_a_yaml_merge_key_then_an_explicit_key_is_not_a_duplicate(tmp_path):
     twice = write(tmp_path / "twice.yaml", "TRAIN:\n  <<: {WAY: 5}\n  WAY: 3\n  WAY: 4\n")
     with pytest.raises(ConfigError, match=r"twice.yaml:4: duplicate key 'WAY' \(first on line 3"):
         load_config(twice)
+
+
+@pytest.mark.parametrize("unknown, hint", [
+    ("TRAIN.WAYS", "TRAIN.WAY"), ("TRAIN.SHOTS", "TRAIN.SHOT"), ("SOLVER.BASELR", "SOLVER.BASE_LR"),
+    ("SOLVER.WARMUP_EPOCH", "SOLVER.WARMUP_EPOCHS"), ("DATA.DATA_ROOT", "DATA.DATA_ROOT_DIR"),
+    ("DATA.NUM_FRAMES", "DATA.NUM_INPUT_FRAMES"), ("DATA.MIN_FRAMES", "DATA.MIN_VIDEO_FRAMES"),
+    ("VIDEO.HEAD.BACKBONE", "VIDEO.HEAD.BACKBONE_NAME"), ("SOVLER.BASE_LR", "SOLVER.BASE_LR"),
+    ("WAY", "TRAIN.WAY"), ("DATA_LOADER.NUM_WORKERS", "DATA.NUM_WORKERS"),
+    # another key, not a typo of one: no hint (CLIP-FSAR's keys used to get these)
+    ("TEST.TEST_SET", None), ("TRAIN.BATCH_SIZE", None), ("TEST.BATCH_SIZE", None), ("DATA.SAMPLING_MODE", None),
+    ("DATA.FPS", None), ("PRETRAIN.ENABLE", None), ("TRAIN.EVAL_PERIOD", None), ("TRAIN.DATASET", None),
+    ("MODEL.NAME", None), ("OPTIMIZER.WEIGHT_DECAY", None),
+])
+def test_unknown_keys_get_a_hint_only_when_it_is_close(unknown, hint):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [unknown, "1"])
+    expected = f"command line: unknown config key {unknown}" + (f" (did you mean {hint}?)" if hint else "")
+    assert str(info.value) == expected
+
+
+def test_every_unknown_key_of_a_file_is_named_in_one_error(tmp_path):
+    path = write(tmp_path / "many.yaml", "TRAIN:\n  WAYS: 5\n  SHOT: 2\n  DATASET: x\nFOO:\n  BAR: 1\n  BAZ: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}: unknown config keys TRAIN.WAYS (did you mean TRAIN.WAY?), TRAIN.DATASET, "
+                               f"FOO.BAR, FOO.BAZ")
+    with pytest.raises(ConfigError, match=r"^command line: unknown config keys TRAIN\.SHOTS \(did you mean "
+                                          r"TRAIN\.SHOT\?\), TEST\.TEST_SET$"):
+        load_config(None, ["TRAIN.SHOTS", "1", "TEST.TEST_SET", "val"])

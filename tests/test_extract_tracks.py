@@ -271,3 +271,40 @@ def test_inputs_that_select_nothing_are_errors_not_empty_runs(tmp_path: Path, ca
     assert info.value.code == 2
     assert capsys.readouterr().err.startswith("error: " + message.format(t=tmp_path))
     assert not (tmp_path / "o").exists()
+
+
+def test_default_weights_offline_are_one_line_naming_the_flag_before_anything_is_written(tmp_path: Path, capsys,
+                                                                                          monkeypatch) -> None:
+    """`--weights DEFAULT` with torch's hub cache empty (TORCH_HOME) and no way to download (every request goes
+    through a proxy port that refuses connections, so the test does not depend on this machine's network): one line
+    naming the flag (exit 2), no output folder, nothing half-written in the cache."""
+    import socket
+    import urllib.request
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _write_video(videos / "clip.mp4")
+    refusing = socket.socket()  # bound, never listening: connections to it are refused
+    refusing.bind(("127.0.0.1", 0))
+    proxy = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, proxy)
+    for var in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen reads the proxies when it builds its opener
+    out = tmp_path / "tracks"
+    model = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["--videos", str(videos), "--out", str(out), "--weights", "DEFAULT", "--model", model])
+    finally:
+        refusing.close()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    assert err.startswith(f"error: --weights DEFAULT: torchvision's {model} weights ({model}-907ea3f9.pth) are not in "
+                          f"{cache} and could not be downloaded from https://download.pytorch.org/"), err
+    assert err.endswith(f"(offline: copy {model}-907ea3f9.pth there and run again, or give --weights a local state "
+                        f"dict of {model})\n"), err
+    assert not out.exists() and list(cache.iterdir()) == []

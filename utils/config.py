@@ -267,15 +267,81 @@ def all_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_error(root: CfgNode, full_key: str, source: str) -> ConfigError:
-    keys = all_keys(root)
-    close = difflib.get_close_matches(full_key, keys, n=1, cutoff=0.6)
-    if not close:  # a key in the wrong section (`WAY: 5` at the top level): match its last part
-        leaf = full_key.split(".")[-1]
-        by_leaf = {k.split(".")[-1]: k for k in reversed(keys)}
-        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.8)]
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    return ConfigError(f"{source}: unknown config key {full_key}{hint}")
+def all_sections(cfg: CfgNode, prefix: str = "") -> list[str]:
+    """Every section's dotted name (`VIDEO`, `VIDEO.HEAD`, ...)."""
+    out = []
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode):
+            out += [f"{prefix}{key}", *all_sections(value, f"{prefix}{key}.")]
+    return out
+
+
+def _parent(key: str) -> str:
+    return key.rpartition(".")[0]
+
+
+def _leaf(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
+def _close_leaf(leaf: str, known: str) -> bool:
+    """`known` is what `leaf` was likely meant to be: the same words but for a typo in one of them (`SHOTS`,
+    `WARMUP_EPOCH`), the same letters but for underscores (`BASELR`), or one word left out or added after the first
+    (`DATA_ROOT`, `NUM_FRAMES`). A different word (`TEST_SET` / `CACHE_SIZE`, `BATCH_SIZE` / `CACHE_SIZE`,
+    `SAMPLING_MODE` / `SAMPLING_RATE`) is another key, not a typo of this one."""
+    if leaf.replace("_", "") == known.replace("_", ""):
+        return True
+    a, b = leaf.split("_"), known.split("_")
+    if len(a) == len(b):
+        differ = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+        return len(differ) == 1 and difflib.SequenceMatcher(None, *differ[0]).ratio() >= 0.8
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    if len(long_) - len(short) != 1:
+        return False
+    return any(long_[:i] + long_[i + 1:] == short for i in range(1, len(long_)))
+
+
+def close_key(full_key: str, keys: list[str]) -> str | None:
+    """The known key an unknown one was probably meant to be, or None (a hint only when it is close).
+
+    Within the key's own section (or a section name one typo away, `SOVLER`); a key written in the wrong place
+    (`WAY` at the top level, `DATA_LOADER.NUM_WORKERS`) gets the one known key with exactly its last part, if that
+    part is not a generic word (`MODEL.NAME`)."""
+    parent, leaf = _parent(full_key), _leaf(full_key)
+    sections = {_parent(k) for k in keys}
+    if parent in sections:
+        candidates = [parent]
+    else:
+        candidates = difflib.get_close_matches(parent, [s for s in sections if s], n=1, cutoff=0.8)
+    for section_name in candidates:
+        close = [k for k in keys if _parent(k) == section_name and _close_leaf(leaf, _leaf(k))]
+        if close:  # the most similar, then the first declared
+            return max(close, key=lambda k: difflib.SequenceMatcher(None, leaf, _leaf(k)).ratio())
+    if parent and (candidates or "_" not in leaf):
+        return None  # a known section without a close key, or a generic name (MODEL.NAME): no guess from
+        # elsewhere (TRAIN.BATCH_SIZE is not PRETRAIN.BATCH_SIZE)
+    same_leaf = [k for k in keys if _leaf(k) == leaf]
+    return same_leaf[0] if len(same_leaf) == 1 else None
+
+
+def _unknown_key_error(root: CfgNode, unknown: list[tuple[str, str]]) -> ConfigError:
+    """One error for every unknown `(key, source)`, grouped by source, each with a hint where one is close."""
+    keys = all_keys(root) + all_sections(root)
+    by_source: dict[str, list[str]] = {}
+    for full_key, source in unknown:
+        close = close_key(full_key, keys)
+        by_source.setdefault(source, []).append(full_key + (f" (did you mean {close}?)" if close else ""))
+    parts = []
+    for source, names in by_source.items():
+        shown = names[:_SHOWN_UNKNOWN] + ([f"and {len(names) - _SHOWN_UNKNOWN} more"]
+                                          if len(names) > _SHOWN_UNKNOWN else [])
+        parts.append(f"{source}: unknown config key{'s' if len(names) > 1 else ''} {', '.join(shown)}")
+    err = ConfigError("; ".join(parts))
+    err.unknown_keys = [k for k, _ in unknown]
+    return err
+
+
+_SHOWN_UNKNOWN = 8  # unknown keys named per file in the one-line error (the rest are counted)
 
 
 def _section_error(node: CfgNode, full_key: str, source: str, value: Any) -> ConfigError:
@@ -334,46 +400,68 @@ def _coerce_type(default: Any, value: Any, full_key: str, source: str) -> Any:
     raise fail()
 
 
-def merge_dict(cfg: CfgNode, data: dict, prefix: str = "", root: CfgNode | None = None) -> None:
-    """Merge `{key: (value, source)}` leaves into `cfg` with key and type checks."""
+def merge_dict(cfg: CfgNode, data: dict, prefix: str = "", root: CfgNode | None = None,
+               unknown: list[tuple[str, str]] | None = None) -> None:
+    """Merge `{key: (value, source)}` leaves into `cfg` with key and type checks; every unknown key is named in one
+    error after the known ones are merged."""
+    top = unknown is None
     root = cfg if root is None else root
+    unknown = [] if unknown is None else unknown
+    invalid: list[ConfigError] = []  # a bad value is reported after the unknown keys, which may explain it
     for key, item in data.items():
         full_key = f"{prefix}{key}"
         if isinstance(item, dict):
             if key not in cfg or not isinstance(cfg[key], CfgNode):
-                source = _first_source(item)
-                raise _unknown_key_error(root, full_key, source)
-            merge_dict(cfg[key], item, full_key + ".", root)
+                unknown.extend(_leaves(item, full_key) or [(full_key, "<config>")])
+                continue
+            try:
+                merge_dict(cfg[key], item, full_key + ".", root, unknown)
+            except ConfigError as e:
+                invalid.append(e)
             continue
         value, source = item
         if key not in cfg:
-            raise _unknown_key_error(root, full_key, source)
-        if isinstance(cfg[key], CfgNode):
-            raise _section_error(cfg[key], full_key, source, value)
-        cfg[key] = coerce(cfg[key], value, full_key, source)
+            unknown.append((full_key, source))
+            continue
+        try:
+            if isinstance(cfg[key], CfgNode):
+                raise _section_error(cfg[key], full_key, source, value)
+            cfg[key] = coerce(cfg[key], value, full_key, source)
+        except ConfigError as e:
+            invalid.append(e)
+    if top and unknown:
+        raise _unknown_key_error(root, unknown)
+    if invalid:
+        raise invalid[0]
 
 
-def _first_source(item: dict) -> str:
-    for value in item.values():
-        return _first_source(value) if isinstance(value, dict) else value[1]
-    return "<config>"
+def _leaves(item: dict, prefix: str) -> list[tuple[str, str]]:
+    """`(full key, source)` of every leaf under an unknown section."""
+    out = []
+    for key, value in item.items():
+        full_key = f"{prefix}.{key}"
+        out.extend(_leaves(value, full_key) if isinstance(value, dict) else [(full_key, value[1])])
+    return out
 
 
 def merge_opts(cfg: CfgNode, opts: Iterable[str]) -> None:
-    """Merge command-line `KEY VALUE` pairs, each value parsed as a YAML literal."""
+    """Merge command-line `KEY VALUE` pairs, each value parsed as a YAML literal; unknown keys are named together."""
     opts = list(opts)
     _refuse_split_lists(opts)
     if len(opts) % 2:
         raise ConfigError(f"command line: overrides come in KEY VALUE pairs, got an odd count: {opts}")
+    unknown = []
     for full_key, text in zip(opts[0::2], opts[1::2], strict=True):
         node, parts = cfg, full_key.split(".")
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], CfgNode):
-                raise _unknown_key_error(cfg, full_key, "command line")
+                node = None
+                break
             node = node[part]
         leaf = parts[-1]
-        if leaf not in node:
-            raise _unknown_key_error(cfg, full_key, "command line")
+        if node is None or leaf not in node:
+            unknown.append((full_key, "command line"))
+            continue
         if isinstance(node[leaf], CfgNode):
             raise _section_error(node[leaf], full_key, "command line", text)
         if text.startswith("--"):
@@ -385,6 +473,8 @@ def merge_opts(cfg: CfgNode, opts: Iterable[str]) -> None:
         if isinstance(node[leaf], str) and not isinstance(value, str):
             value = text  # a string key given `2024` or `true` means the text
         node[leaf] = coerce(node[leaf], value, full_key, "command line")
+    if unknown:
+        raise _unknown_key_error(cfg, unknown)
 
 
 def _refuse_split_lists(opts: list[str]) -> None:
