@@ -133,6 +133,10 @@ class FewShotDataset(torch.utils.data.Dataset):
                            query_augment)
 
     @classmethod
+    def check_prepare(cls, cfg) -> None:
+        """Before anything is generated: what `prepare` would write can be written (a one-line error if not)."""
+
+    @classmethod
     def prepare(cls, cfg) -> None:
         """Run once on the main process before any loader is built (entries that can make their data do so)."""
 
@@ -330,8 +334,15 @@ class Synthetic_few_shot(FewShotDataset):
     flip_allowed = False
 
     @classmethod
+    def check_prepare(cls, cfg) -> None:
+        from datasets.synthetic import check_can_generate
+
+        check_can_generate(cfg)
+
+    @classmethod
     def prepare(cls, cfg) -> None:
-        """With SYNTHETIC.GENERATE, write the benchmark into DATA.ANNO_DIR when its split lists are missing."""
+        """With SYNTHETIC.GENERATE, write the benchmark into DATA.ANNO_DIR when its split lists are missing (or its
+        last generation was cut short)."""
         from datasets.synthetic import ensure_synthetic
 
         ensure_synthetic(cfg)

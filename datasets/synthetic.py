@@ -15,11 +15,13 @@ Layout written into `out_dir` (the `//` split format):
   tracks/<video id>.json          docs/design.md §4 track files: every entity's ground-truth boxes
   detections.json                 per video, per frame noisy detector output (for tracker tests)
   meta.json                       the class catalogue and generation arguments
+  generation.partial              only while a generation runs (`generate`): a folder holding it was cut short
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 
@@ -37,8 +39,11 @@ from datasets.synthetic_render import (
     write_mp4,
 )
 from datasets.tracks import write_track_file
-from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, one_of, rules, section
+from utils.atomic import atomic_write, unwritable
+from utils.config import NON_NEGATIVE, POSITIVE, CfgNode, ConfigError, one_of, rules, section
+from utils.errors import RunFolderError
 from utils.logger import get_logger
+from utils.run_lock import holder_alive
 
 logger = get_logger(__name__)
 
@@ -201,7 +206,7 @@ def make_synthetic(out_dir: str, classes: int = 30, videos_per_class: int = 20, 
 
 def add_synthetic_config(cfg: CfgNode) -> None:
     _S = section(cfg, "SYNTHETIC")
-    _S.GENERATE = False  # Synthetic_few_shot: generate the benchmark into DATA.ANNO_DIR if its lists are missing
+    _S.GENERATE = False  # Synthetic_few_shot: generate into DATA.ANNO_DIR if its lists are missing or were cut short
     _S.CLASSES = 30  # classes (split into train/val/test)
     _S.VIDEOS_PER_CLASS = 20  # videos per class
     _S.FRAMES = 16  # frames per video
@@ -213,22 +218,89 @@ def add_synthetic_config(cfg: CfgNode) -> None:
           DISTRACTORS=NON_NEGATIVE, SEED=NON_NEGATIVE, KIND=one_of("benchmark", "world"))
 
 
-def ensure_synthetic(cfg: CfgNode) -> None:
-    """Generate the benchmark into DATA.ANNO_DIR (= DATA.DATA_ROOT_DIR) when SYNTHETIC.GENERATE and it is missing."""
-    root = cfg.DATA.ANNO_DIR
-    if os.path.isfile(os.path.join(root, "train_few_shot.txt")) or not cfg.SYNTHETIC.GENERATE:
-        return
-    if os.path.abspath(cfg.DATA.DATA_ROOT_DIR) != os.path.abspath(root):
-        raise ValueError(f"SYNTHETIC.GENERATE writes videos and lists into one folder: DATA.DATA_ROOT_DIR "
-                         f"({cfg.DATA.DATA_ROOT_DIR}) must equal DATA.ANNO_DIR ({root})")
-    syn = cfg.SYNTHETIC
-    logger.info("generating the synthetic %s into %s (%d classes x %d videos)", syn.KIND, root, syn.CLASSES,
-                syn.VIDEOS_PER_CLASS)
-    if syn.KIND == "world":
+# Written into the folder before a generation starts and removed once it has completed: a folder holding it was cut
+# short (a killed process leaves some lists and videos, not all) and is generated again.
+PARTIAL = "generation.partial"
+
+
+def generate(kind: str, out_dir: str, **kwargs) -> dict:
+    """make_synthetic (kind 'benchmark') or make_world (kind 'world') into `out_dir`, marked PARTIAL until done."""
+    if kind == "world":
         from datasets.synthetic_world import make_world  # the world module builds on this one's helpers
 
         make = make_world
     else:
         make = make_synthetic
-    make(root, classes=syn.CLASSES, videos_per_class=syn.VIDEOS_PER_CLASS, frames=syn.FRAMES, size=syn.SIZE,
-         seed=syn.SEED, distractors=syn.DISTRACTORS)
+    os.makedirs(out_dir, exist_ok=True)
+    marker = os.path.join(out_dir, PARTIAL)
+    record = {"kind": kind, **kwargs, "pid": os.getpid(), "host": socket.gethostname(), "start": time.time()}
+    atomic_write(marker, lambda f: json.dump(record, f), binary=False)
+    try:
+        summary = make(out_dir, **kwargs)
+    except ValueError:  # arguments refused before anything was written
+        os.remove(marker)
+        raise
+    os.remove(marker)
+    return summary
+
+
+def _marker_record(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def generation_reason(cfg: CfgNode) -> str:
+    """Why SYNTHETIC.GENERATE must write DATA.ANNO_DIR now ('' when it need not): no split lists there yet, or a
+    generation that was cut short (its PARTIAL marker is still there and its process is gone; a live one on this host
+    is a RunFolderError: two generations would write the same files)."""
+    root = cfg.DATA.ANNO_DIR
+    if not cfg.SYNTHETIC.GENERATE:
+        return ""
+    marker = os.path.join(root, PARTIAL)
+    if os.path.isfile(marker):
+        holder = _marker_record(marker)
+        if holder.get("host") == socket.gethostname() and holder_alive(holder):
+            raise RunFolderError(f"{marker}: the synthetic {cfg.SYNTHETIC.KIND} is being generated there by pid "
+                                 f"{holder['pid']} (wait for that job to end, or set DATA.ANNO_DIR and "
+                                 f"DATA.DATA_ROOT_DIR to another folder)")
+        return f"{marker} says the generation there was cut short (the process was killed before it completed)"
+    if os.path.isfile(os.path.join(root, "train_few_shot.txt")):
+        return ""
+    return "no split lists there yet"
+
+
+def check_can_generate(cfg: CfgNode) -> str:
+    """Before anything is generated: the folder SYNTHETIC.GENERATE must write is one this user can write and no live
+    generation writes (a one-line error, not one halfway through); returns `generation_reason`."""
+    reason = generation_reason(cfg)
+    root = cfg.DATA.ANNO_DIR
+    if not reason:
+        return ""
+    if os.path.abspath(cfg.DATA.DATA_ROOT_DIR) != os.path.abspath(root):
+        raise ConfigError(f"SYNTHETIC.GENERATE writes videos and lists into one folder: DATA.DATA_ROOT_DIR "
+                          f"({cfg.DATA.DATA_ROOT_DIR}) must equal DATA.ANNO_DIR ({root})")
+    problem = unwritable(root)
+    if problem:
+        raise ConfigError(f"{root}: SYNTHETIC.GENERATE must write the synthetic {cfg.SYNTHETIC.KIND} into "
+                          f"DATA.ANNO_DIR ({reason}), but the folder {problem} (make it writable, or set "
+                          f"DATA.ANNO_DIR and DATA.DATA_ROOT_DIR to a writable folder)")
+    return reason
+
+
+def ensure_synthetic(cfg: CfgNode) -> None:
+    """Generate the benchmark into DATA.ANNO_DIR (= DATA.DATA_ROOT_DIR) when SYNTHETIC.GENERATE and its lists are
+    missing or its last generation was cut short."""
+    reason = check_can_generate(cfg)
+    if not reason:
+        return
+    root, syn = cfg.DATA.ANNO_DIR, cfg.SYNTHETIC
+    if os.path.isfile(os.path.join(root, PARTIAL)):
+        logger.warning("%s: %s: generating it again", root, reason)
+    logger.info("generating the synthetic %s into %s (%d classes x %d videos)", syn.KIND, root, syn.CLASSES,
+                syn.VIDEOS_PER_CLASS)
+    generate(syn.KIND, root, classes=syn.CLASSES, videos_per_class=syn.VIDEOS_PER_CLASS, frames=syn.FRAMES,
+             size=syn.SIZE, seed=syn.SEED, distractors=syn.DISTRACTORS)

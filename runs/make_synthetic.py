@@ -7,7 +7,8 @@
 seen words; at least 20 classes), in the same layout.
 
 Then train on it with DATA.DATASET Synthetic_few_shot, DATA.ANNO_DIR DIR, DATA.DATA_ROOT_DIR DIR
-(and DATA.TRACK_DIR DIR/tracks for entity boxes).
+(and DATA.TRACK_DIR DIR/tracks for entity boxes). A generation cut short (the process killed) leaves
+`generation.partial` in DIR; a run with SYNTHETIC.GENERATE generates such a folder again.
 """
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ if __package__ in (None, ""):  # `python runs/make_synthetic.py`: this repositor
     # `datasets` installed in the same environment must not shadow ours; see README, Layout)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.synthetic import make_synthetic  # noqa: E402
-from datasets.synthetic_world import make_world  # noqa: E402
+from datasets.synthetic import generate  # noqa: E402
 from utils.cli import non_negative_int, positive_int  # noqa: E402
 from utils.errors import ArgumentError, entry_point  # noqa: E402
 
@@ -41,9 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--distractors", type=non_negative_int, default=2, help="moving distractor entities per video")
     args = parser.parse_args(argv)
     try:
-        make = make_world if args.kind == "world" else make_synthetic
-        summary = make(args.out, classes=args.classes, videos_per_class=args.videos_per_class,
-                       frames=args.frames, size=args.size, seed=args.seed, distractors=args.distractors)
+        summary = generate(args.kind, args.out, classes=args.classes, videos_per_class=args.videos_per_class,
+                           frames=args.frames, size=args.size, seed=args.seed, distractors=args.distractors)
     except ValueError as e:
         raise ArgumentError(f"make_synthetic: {e}") from None
     split = summary["classes"]

@@ -47,7 +47,7 @@ from datasets.synthetic_world import (  # noqa: E402
     world_catalogue,
 )
 from models.clip import CLIPBackbone  # noqa: E402
-from utils.atomic import atomic_write  # noqa: E402
+from utils.atomic import atomic_write, unwritable  # noqa: E402
 from utils.cli import non_negative_int, positive_int  # noqa: E402
 from utils.config import NON_NEGATIVE, POSITIVE, PROBABILITY, CfgNode, ConfigError, rules, section  # noqa: E402
 from utils.errors import ArgumentError, entry_point  # noqa: E402
@@ -326,22 +326,42 @@ def args_from_config(cfg: CfgNode) -> tuple[WorldArgs, PretrainArgs]:
     return world, args
 
 
-def ensure_pretrained(cfg: CfgNode) -> str:
-    """With PRETRAIN.GENERATE, (re)build VIDEO.HEAD.PRETRAINED unless it exists from the same settings; returns the
-    checkpoint path the model will load. Call on rank 0 before the model is built."""
+def pretrain_reason(cfg: CfgNode) -> str:
+    """Why PRETRAIN.GENERATE must (re)build VIDEO.HEAD.PRETRAINED now ('' when it need not, or without it)."""
     path = cfg.VIDEO.HEAD.PRETRAINED
     if not cfg.PRETRAIN.GENERATE:
-        return path
+        return ""
     if path in ("", "openai"):
         raise ConfigError(f"PRETRAIN.GENERATE writes the checkpoint VIDEO.HEAD.PRETRAINED: set it to a file path, "
                           f"got '{path}'")
     if cfg.SYNTHETIC.KIND != "world":
         raise ConfigError(f"PRETRAIN.GENERATE pretrains on the synthetic world: set SYNTHETIC.KIND world, got "
                           f"'{cfg.SYNTHETIC.KIND}'")
-    world, args = args_from_config(cfg)
-    reason = stale_reason(path, cache_key(world, args))
+    return stale_reason(path, cache_key(*args_from_config(cfg)))
+
+
+def check_pretrain_writable(cfg: CfgNode) -> str:
+    """Before anything is generated or pretrained: the folder PRETRAIN.GENERATE must write the checkpoint into is one
+    this user can write (pretraining takes minutes; it used to fail only when saving); returns `pretrain_reason`."""
+    reason = pretrain_reason(cfg)
+    path = cfg.VIDEO.HEAD.PRETRAINED
+    folder = os.path.dirname(os.path.abspath(path))
+    problem = unwritable(folder) if reason else ""
+    if problem:
+        raise ConfigError(f"{path}: PRETRAIN.GENERATE must write VIDEO.HEAD.PRETRAINED ({reason}), but its folder "
+                          f"{folder} {problem} (make it writable, or set VIDEO.HEAD.PRETRAINED to a file in a "
+                          f"writable folder)")
+    return reason
+
+
+def ensure_pretrained(cfg: CfgNode) -> str:
+    """With PRETRAIN.GENERATE, (re)build VIDEO.HEAD.PRETRAINED unless it exists from the same settings; returns the
+    checkpoint path the model will load. Call on rank 0 before the model is built."""
+    path = cfg.VIDEO.HEAD.PRETRAINED
+    reason = check_pretrain_writable(cfg)
     if not reason:
         return path
+    world, args = args_from_config(cfg)
     if os.path.isfile(path):
         logger.warning("%s: %s: rebuilding it (PRETRAIN.GENERATE)", path, reason)
     logger.info("pretraining the tiny CLIP into %s (%d steps x %d pairs)", path, args.steps, args.batch_size)

@@ -25,7 +25,7 @@ from datasets.checks import check_run_data, tested_share, write_effective_lists 
 from models.clip import check_pretrained  # noqa: E402
 from runs.config import config_from_yaml_text, get_cfg, load_config  # noqa: E402
 from runs.engine_utils import STOP  # noqa: E402
-from runs.pretrain_clip import ensure_pretrained  # noqa: E402
+from runs.pretrain_clip import check_pretrain_writable, ensure_pretrained  # noqa: E402
 from runs.test_net_few_shot import check_test_config, evaluate, model_for_test  # noqa: E402
 from runs.train_net_few_shot import check_train_config, train  # noqa: E402
 from utils import distributed as du  # noqa: E402
@@ -347,8 +347,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     # comes first: checked before it, a folder could be taken by another job between the check and the lock.
     with RunLock(cfg.OUTPUT_DIR):  # a refusal below leaves the folder as it was (a new one is removed again)
         changes = tuple(check_output_dir(cfg, args.resume, args.allow_change))
-        # e.g. generate the synthetic benchmark (not into OUTPUT_DIR)
-        DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET").prepare(cfg)
+        dataset = DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET")
+        # Both folders generation writes (the synthetic data, the pretrained tiny CLIP) are checked before either
+        # starts: pretraining takes minutes, and a read-only folder used to fail only when it saved.
+        dataset.check_prepare(cfg)
+        check_pretrain_writable(cfg)
+        dataset.prepare(cfg)  # e.g. generate the synthetic benchmark (not into OUTPUT_DIR)
         # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); the
         # other ranks read the same files, and a refusal here ends the job before any process group waits for it.
         data = check_run_data(cfg)

@@ -1,6 +1,5 @@
 """The run folder: flags anywhere, check before write, resume compares configs, one job per folder (a real lock
 between real processes), torn metrics, a read-only folder."""
-import ctypes
 import json
 import os
 import re
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_run import TINY_CFG, refused, tiny_argv
+from tiny_run import TINY_CFG, drop_root_write_override, refused, tiny_argv
 
 from runs.run import Args, main, parse_args
 from utils.checkpoint import load_checkpoint
@@ -135,15 +134,6 @@ def test_second_job_is_refused_while_the_first_runs_and_a_killed_holders_lock_is
     assert not (out / "run.lock").exists()
 
 
-def _drop_root_write_override() -> None:
-    """Child of a root test run: without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, root obeys file modes like any
-    user (PR_CAPBSET_DROP = 24), so a 0555 folder is really read-only for this process."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):
-        if libc.prctl(24, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def test_read_only_output_dir_is_one_line(synthetic_root, tmp_path):
     parent = tmp_path / "ro"
     parent.mkdir()
@@ -151,7 +141,7 @@ def test_read_only_output_dir_is_one_line(synthetic_root, tmp_path):
     out = parent / "run"
     try:
         proc = run_py(tiny_argv(synthetic_root, out, *SHORT),
-                      preexec_fn=_drop_root_write_override if os.geteuid() == 0 else None)
+                      preexec_fn=drop_root_write_override if os.geteuid() == 0 else None)
         assert proc.wait(timeout=120) == 9
         err = proc.stderr.read().decode()
     finally:

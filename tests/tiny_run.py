@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 from pathlib import Path
 
@@ -17,6 +18,15 @@ def tiny_argv(root: Path, output_dir: Path, *extra: str) -> list[str]:
     return ["--cfg", TINY_CFG, *tiny_opts(root, output_dir, *extra)]
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def drop_root_write_override() -> None:
+    """preexec_fn of a child of a root test run: without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, root obeys file modes
+    like any user (PR_CAPBSET_DROP = 24), so a 0555 folder is really read-only for that process."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 def refused(capsys, code: int, argv: list[str]) -> str:

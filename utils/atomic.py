@@ -1,7 +1,8 @@
 """Atomic file writes: write a temporary file in the target's folder, fsync, rename over the target.
 
 A crash (or a full disk) at any point leaves either the old file or the new one, never a torn file; the temporary
-file is removed on failure. Checkpoints, track files and prepared data all go through `atomic_write`.
+file is removed on failure. Checkpoints, track files and prepared data all go through `atomic_write`. `unwritable`
+says before any work starts whether a folder can be written at all.
 """
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True, fs
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def unwritable(folder: str) -> str:
+    """Why this process could not write files into `folder` ('' when it can), as a phrase that follows its name: the
+    folder, or before it exists its nearest existing parent (which `os.makedirs` would write into), must be a
+    writable folder."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    itself = probe == os.path.abspath(folder)
+    if not os.path.isdir(probe):
+        return "is not a folder" if itself else f"cannot be created: {probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return ("is" if itself else f"cannot be created: {probe} is") + " read-only for this user"
+    return ""
 
 
 def _umask() -> int:

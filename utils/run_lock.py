@@ -27,6 +27,7 @@ import time
 
 import psutil
 
+from utils.atomic import unwritable
 from utils.errors import RunFolderError
 
 LOCK_NAME = "run.lock"
@@ -201,12 +202,8 @@ def later_attempt_of_the_same_slurm_job(holder: dict) -> bool:
 
 def check_writable(folder: str, key: str = "OUTPUT_DIR") -> None:
     """The folder (or, before it exists, its nearest existing parent) must be writable by this process."""
-    probe = os.path.abspath(folder)
-    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise RunFolderError(f"{folder}: {probe} is not a folder (choose another {key})")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        what = "is read-only" if probe == os.path.abspath(folder) else f"cannot be created: {probe} is read-only"
-        raise RunFolderError(f"{folder}: {key} {what} for this user (choose a writable {key} or fix its "
-                             f"permissions)")
+    problem = unwritable(folder)
+    if problem:
+        fix = f"choose another {key}" if problem.endswith("not a folder") else \
+            f"choose a writable {key} or fix its permissions"
+        raise RunFolderError(f"{folder}: {key} {problem} ({fix})")
