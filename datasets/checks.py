@@ -17,7 +17,7 @@ from datasets.few_shot import episode_shape
 from datasets.on_disk import describe, on_disk, scan_videos
 from datasets.prepared import squash_prepared_scale
 from datasets.sampling import EpisodeSampler
-from datasets.splits import load_split, write_split
+from datasets.splits import SplitError, load_split, split_files, write_split
 from datasets.tracks import track_path
 from datasets.video import BadVideoError
 from utils.config import ConfigError
@@ -151,3 +151,21 @@ def check_run_data(cfg) -> dict[str, Any]:
                           if s != "seconds")
     logger.info("data checked in %.2f s: %s", result["seconds"], described or "no split used")
     return result
+
+
+def check_same_data(cfg, reference: dict[str, Any], seen: dict[str, Any]) -> None:
+    """A node's `check_run_data` counts must equal rank 0's: with node-local data (each node's own copy, or a relative
+    DATA.DATA_ROOT_DIR read from each node's working folder) a node that lacks videos would otherwise draw other
+    episodes (DATA.ON_BAD_VIDEO resample, DATA.ON_MISSING_VIDEO drop) or fail mid-run on its own."""
+    for split in run_splits(cfg):
+        ref, here = reference.get(split, {}), seen.get(split, {})
+        differ = [k for k in ref if ref[k] != here.get(k)]
+        if differ:
+            list_file = split_files(cfg.DATA.ANNO_DIR, split)[0]
+            shown = ", ".join(f"{k} {here.get(k)} here, {ref[k]} on rank 0" for k in differ)
+            message = (f"{list_file}: this node sees other data than rank 0 ({shown}) (every node must read the "
+                       f"same split lists and videos under DATA.ANNO_DIR and DATA.DATA_ROOT_DIR; copy what this "
+                       f"node lacks)")
+            if set(differ) & {"classes", "videos"}:
+                raise SplitError(message)
+            raise MissingVideosError(list_file, message)

@@ -3,8 +3,9 @@
 Single process, `NUM_GPUS > 1` (spawned local processes), `torchrun`, or SLURM (`srun python runs/run.py ...`).
 Rank 0 checks the config, takes `OUTPUT_DIR/run.lock` (held for the whole run), then checks the run folder, the
 resume config and the data before it writes anything else: a second job can never pass the folder check while
-the first prepares its data. SIGTERM/SIGUSR1/Ctrl-C stop training at the next optimizer step with
-`last.pth` saved (exit 10); `--resume` continues exactly.
+the first prepares its data. Under torchrun/SLURM every other node then checks the data it sees, and all ranks
+agree on every refusal before training starts (one line, one exit code on every rank). SIGTERM/SIGUSR1/Ctrl-C stop
+training at the next optimizer step with `last.pth` saved (exit 10); `--resume` continues exactly.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ if __package__ in (None, ""):  # `python runs/run.py`: this repository's package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import DATASET_REGISTRY  # noqa: E402
-from datasets.checks import check_run_data, tested_share, write_effective_lists  # noqa: E402
+from datasets.checks import check_run_data, check_same_data, tested_share, write_effective_lists  # noqa: E402
 from models.clip import check_pretrained  # noqa: E402
 from runs.config import config_from_yaml_text, get_cfg, load_config  # noqa: E402
 from runs.engine_utils import STOP  # noqa: E402
@@ -31,7 +32,7 @@ from runs.train_net_few_shot import check_train_config, train  # noqa: E402
 from utils import distributed as du  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
 from utils.config import CfgNode, ConfigError, all_keys  # noqa: E402
-from utils.errors import ArgumentError, PreemptedError, RunFolderError, entry_point  # noqa: E402
+from utils.errors import ArgumentError, PreemptedError, RunFolderError, UserError, entry_point  # noqa: E402
 from utils.logger import get_logger, setup_logging  # noqa: E402
 from utils.run_lock import RunLock  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
@@ -243,16 +244,41 @@ def check_head_sections(cfg: CfgNode) -> None:
                           f"or drop the keys)")
 
 
-def run_worker(cfg_yaml: str, resume: bool, changes: tuple[str, ...] = (), data: dict | None = None) -> dict | None:
-    """One process: initialise distributed, train, test, write results (rank 0)."""
+def run_worker(cfg_yaml: str, resume: bool, changes: tuple[str, ...] = (), data: dict | None = None,
+               failure: UserError | None = None) -> dict | None:
+    """One process: initialise distributed, agree on the start-up checks, train, test, write results (rank 0).
+
+    `failure`: rank 0's refusal before the process group existed, under torchrun/SLURM (the other ranks wait in the
+    group for rank 0; they learn the refusal and end with the same line)."""
     cfg = config_from_yaml_text(cfg_yaml)
     du.init_from_env(cfg.DIST_BACKEND)
-    STOP.install()
     try:
-        return _run(cfg, resume, changes, data)
+        check_every_node(cfg, data, failure)
+        STOP.install()
+        try:
+            return _run(cfg, resume, changes, data)
+        finally:
+            STOP.restore()
     finally:
-        STOP.restore()
         du.destroy()
+
+
+def check_every_node(cfg: CfgNode, data: dict | None, failure: UserError | None = None) -> None:
+    """Collective start-up checks, before the run's first other collective. Rank 0 checked the data before the group
+    existed; under torchrun or SLURM the first rank of every other node (LOCAL_RANK 0) checks the data and weights it
+    sees itself, and they must equal rank 0's: node-local copies, or a relative DATA.DATA_ROOT_DIR read from each
+    node's working folder, can differ, and a rank that met a missing video mid-run left rank 0 in a collective (a
+    gloo traceback burying the rank's one line). Any refusal ends every rank with the same line and exit code."""
+    reference = du.broadcast_object(data)  # rank 0's counts (spawned ranks were handed them already)
+    if failure is None and du.get_rank() != 0 and du.get_local_rank() == 0:
+        try:
+            seen = check_run_data(cfg)
+            check_pretrained(cfg.VIDEO.HEAD.BACKBONE_NAME, cfg.VIDEO.HEAD.PRETRAINED)
+            if reference is not None:
+                check_same_data(cfg, reference, seen)
+        except UserError as err:
+            failure = err
+    du.agree_on_failure(failure)
 
 
 def _run(cfg: CfgNode, resume: bool, changes: tuple[str, ...] = (), data: dict | None = None) -> dict | None:
@@ -341,28 +367,47 @@ def main(argv: list[str] | None = None) -> dict | None:
     cfg = load_config(args.cfg_file, args.opts)
     check_run_config(cfg)
     du.env_from_slurm()
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun/SLURM ranks > 0: rank 0 checks and holds the lock
-        return run_worker(cfg.dump(), args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun/SLURM ranks > 0: rank 0 holds the lock and checks the
+        return run_worker(cfg.dump(), args.resume)  # folder; each node checks its data in check_every_node
     # Rank 0 (or the single process), before any process group exists: the lock, every check, then writes. The lock
     # comes first: checked before it, a folder could be taken by another job between the check and the lock.
-    with RunLock(cfg.OUTPUT_DIR):  # a refusal below leaves the folder as it was (a new one is removed again)
-        changes = tuple(check_output_dir(cfg, args.resume, args.allow_change))
-        dataset = DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET")
-        # Both folders generation writes (the synthetic data, the pretrained tiny CLIP) are checked before either
-        # starts: pretraining takes minutes, and a read-only folder used to fail only when it saved.
-        dataset.check_prepare(cfg)
-        check_pretrain_writable(cfg)
-        dataset.prepare(cfg)  # e.g. generate the synthetic benchmark (not into OUTPUT_DIR)
-        # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); the
-        # other ranks read the same files, and a refusal here ends the job before any process group waits for it.
-        data = check_run_data(cfg)
-        ensure_pretrained(cfg)  # PRETRAIN.GENERATE: the tiny CLIP pretrained on the synthetic world, cached
-        check_pretrained(cfg.VIDEO.HEAD.BACKBONE_NAME, cfg.VIDEO.HEAD.PRETRAINED)  # weights here (offline: a file)
+    lock = RunLock(cfg.OUTPUT_DIR)  # a refusal below leaves the folder as it was (a new one is removed again)
+    try:
+        failure = None
+        try:
+            lock.acquire()
+            changes, data = check_start(cfg, args)
+        except UserError as err:
+            if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+                raise
+            failure = err  # torchrun/SLURM: the other ranks wait for this one in the process group; tell them
+        if failure is not None:
+            return run_worker(cfg.dump(), args.resume, failure=failure)
         if cfg.NUM_GPUS > 1 and "RANK" not in os.environ:
             du.launch(run_worker, cfg.NUM_GPUS, args=(cfg.dump(), args.resume, changes, data))
             path = os.path.join(cfg.OUTPUT_DIR, "results.json")
             return json.load(open(path)) if os.path.isfile(path) else None
         return run_worker(cfg.dump(), args.resume, changes, data)
+    finally:
+        lock.release()
+
+
+def check_start(cfg: CfgNode, args: Args) -> tuple[tuple[str, ...], dict]:
+    """Rank 0 under the lock: the run folder, what generation will write, the data (generated first where
+    configured) and the weights; returns the accepted resume changes and the data counts."""
+    changes = tuple(check_output_dir(cfg, args.resume, args.allow_change))
+    dataset = DATASET_REGISTRY.get(cfg.DATA.DATASET, "DATA.DATASET")
+    # Both folders generation writes (the synthetic data, the pretrained tiny CLIP) are checked before either
+    # starts: pretraining takes minutes, and a read-only folder used to fail only when it saved.
+    dataset.check_prepare(cfg)
+    check_pretrain_writable(cfg)
+    dataset.prepare(cfg)  # e.g. generate the synthetic benchmark (not into OUTPUT_DIR)
+    # Rank 0 only: one scan of a shared file system instead of one per rank (SSv2-Full: 67k stats each); a refusal
+    # here ends the job before any rank starts training (check_every_node tells the other ranks).
+    data = check_run_data(cfg)
+    ensure_pretrained(cfg)  # PRETRAIN.GENERATE: the tiny CLIP pretrained on the synthetic world, cached
+    check_pretrained(cfg.VIDEO.HEAD.BACKBONE_NAME, cfg.VIDEO.HEAD.PRETRAINED)  # weights here (offline: a file)
+    return changes, data
 
 
 if __name__ == "__main__":

@@ -155,3 +155,19 @@ def test_a_test_line_reading_outside_the_data_root_is_refused_before_the_run_sta
                     f"in a split list are relative to DATA.DATA_ROOT_DIR and stay inside it; move the video under "
                     f"the data root)")
     assert not out.exists()
+
+
+def test_a_node_whose_data_differs_from_rank_zeros_is_refused_even_where_no_check_fails(synthetic_root, root):
+    """With DATA.ON_BAD_VIDEO resample a node lacking a video passes its own check, but its ranks would draw other
+    episodes than rank 0 expects: its counts are compared with rank 0's (runs/run.py check_every_node)."""
+    from datasets.checks import check_same_data
+
+    reference = check_run_data(_cfg(synthetic_root, "DATA.ON_BAD_VIDEO", "resample"))
+    cfg = _cfg(root, "DATA.ON_BAD_VIDEO", "resample")
+    check_same_data(cfg, reference, check_run_data(cfg))  # the same data: nothing to say
+    (root / _videos(root, "val")[0]).unlink()
+    with pytest.raises(MissingVideosError) as info:
+        check_same_data(cfg, reference, check_run_data(cfg))
+    assert str(info.value) == (f"{root / 'val_few_shot.txt'}: this node sees other data than rank 0 (missing 1 "
+                               f"here, 0 on rank 0) (every node must read the same split lists and videos under "
+                               f"DATA.ANNO_DIR and DATA.DATA_ROOT_DIR; copy what this node lacks)")

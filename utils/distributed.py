@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from utils.errors import RankError, UserError, find_user_error
+
 
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -166,6 +168,31 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s picklable object on every rank (`obj` itself when not distributed)."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def agree_on_failure(error: UserError | None) -> None:
+    """Collective, on every rank at once: if any rank refused (a UserError), every rank raises the lowest such rank's
+    one line, naming that rank and its host, with its exit code. Run it before the first collective a failing rank
+    would leave the others waiting in (they would die in it with a gloo or NCCL traceback instead)."""
+    found = find_user_error(error) if error is not None else None
+    if not is_initialized():
+        if error is not None:
+            raise error
+        return
+    outcomes = all_gather_object((found, socket.gethostname()))
+    for rank, (outcome, host) in enumerate(outcomes):
+        if outcome is not None:
+            message, code = outcome
+            raise RankError(f"{message} (on rank {rank} of {len(outcomes)}, host {host})", code) from error
 
 
 def all_gather_tensor(tensor: torch.Tensor) -> list[torch.Tensor]:

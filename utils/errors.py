@@ -50,6 +50,15 @@ class DivergedError(UserError, FloatingPointError):
     family = "diverged"
 
 
+class RankError(UserError):
+    """A start-up refusal found on one rank of a multi-process job (or data that differs between nodes), raised on
+    every rank so each ends with the same one line; `exit_code` is that refusal's family's code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def all_families() -> list[type[UserError]]:
     """Every UserError subclass defined so far (the project's modules define the rest)."""
     found, todo = [], [UserError]
