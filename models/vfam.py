@@ -48,13 +48,14 @@ def add_vfam_config(cfg: CfgNode) -> None:
     _V.ATTEND = "frame"
     _V.ENTITY_MOTION = False  # add each entity's track motion to the next sampled frame (box centre, size) to its token
     _V.MOTION_SCALE = 30.0  # track motion (crop units per sampled frame) is multiplied by this before any layer
+    _V.TRACK_TEMPERATURE = 1.0  # ATTEND motion: the track scores are divided by this before their softmax
     # How the context enters the descriptor: residual (frame descriptor + gate * proj(context), gate from 0: the
     # baseline at start) or replace (the descriptor is proj(context), proj starting as the identity: the acting
     # entity's joint-space token instead of the whole scene; frames without entities keep the scene's).
     _V.FUSION = "residual"
     rules("VFAM", MODE=one_of("roi", "crop", "crop_frames"), NUM_HEADS=POSITIVE, ROI_SIZE=POSITIVE,
           CROP_SIZE=POSITIVE, CROP_MARGIN=NON_NEGATIVE, DROPOUT=PROBABILITY, GATE=one_of("scalar", "channel"),
-          ATTEND=one_of(*VFAM_ATTEND), MOTION_SCALE=POSITIVE, FUSION=one_of(*VFAM_FUSION))
+          ATTEND=one_of(*VFAM_ATTEND), MOTION_SCALE=POSITIVE, TRACK_TEMPERATURE=POSITIVE, FUSION=one_of(*VFAM_FUSION))
 
 
 def _safe_key_padding(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -171,7 +172,7 @@ class VFAM(nn.Module):
     def __init__(self, dim: int, out_dim: int, num_heads: int = 4, temporal: bool = True, dropout: float = 0.0,
                  roi_size: int = 2, mode: str = "roi", crop_size: int = 224, crop_margin: float = 0.1,
                  gate: str = "scalar", attend: str = "frame", entity_motion: bool = False,
-                 motion_scale: float = 30.0, fusion: str = "residual") -> None:
+                 motion_scale: float = 30.0, fusion: str = "residual", track_temperature: float = 1.0) -> None:
         super().__init__()
         if attend not in VFAM_ATTEND:
             raise ValueError(f"VFAM.ATTEND must be one of {', '.join(VFAM_ATTEND)}, got '{attend}'")
@@ -191,6 +192,7 @@ class VFAM(nn.Module):
             self.time_norm = nn.LayerNorm(dim)
             self.time_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.attend, self.fusion, self.motion_scale = attend, fusion, motion_scale
+        self.track_temperature = track_temperature
         # ENTITY_MOTION: a track's step, embedded into the token space and added to the entity's token.
         self.motion_embed = nn.Linear(MOTION_DIMS, dim, bias=False) if entity_motion else None
         if attend == "frame":
@@ -219,7 +221,7 @@ class VFAM(nn.Module):
         return {"dim": dim, "out_dim": out_dim, "num_heads": v.NUM_HEADS, "temporal": v.TEMPORAL,
                 "dropout": v.DROPOUT, "roi_size": v.ROI_SIZE, "mode": v.MODE, "crop_size": v.CROP_SIZE,
                 "crop_margin": v.CROP_MARGIN, "gate": v.GATE, "attend": v.ATTEND, "entity_motion": v.ENTITY_MOTION,
-                "motion_scale": v.MOTION_SCALE, "fusion": v.FUSION}
+                "motion_scale": v.MOTION_SCALE, "fusion": v.FUSION, "track_temperature": v.TRACK_TEMPERATURE}
 
     def _attend_along_tracks(self, entities: Tensor, mask: Tensor) -> Tensor:
         """Each slot attends over the frames where it is present: [B,T,K,D] -> [B,T,K,D] (masked = 0).
@@ -264,7 +266,7 @@ class VFAM(nn.Module):
         present = mask[..., None].float()
         frames = present.sum(1).clamp_min(1.0)  # [B,K,1]
         summary = torch.cat([(step.abs() * present).sum(1), (step * present).sum(1)], dim=-1) / frames
-        scores = self.track_score(summary.to(self.proj.weight.dtype)).squeeze(-1).float()  # [B,K]
+        scores = self.track_score(summary.to(self.proj.weight.dtype)).squeeze(-1).float() / self.track_temperature
         scores = scores.masked_fill(~mask.any(1), float("-inf"))
         track = torch.softmax(scores.masked_fill(~mask.any(1).any(1, keepdim=True), 0.0), dim=-1)  # [B,K]
         weights = track[:, None, :] * mask.float()  # [B,T,K]

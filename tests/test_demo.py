@@ -28,7 +28,8 @@ def test_demo_config_runs_end_to_end_at_reduced_size(tmp_path):
     assert (out / "curves.png").is_file() and (out / "checkpoints" / "best.pth").is_file()
 
 
-def test_world_demo_pretrains_then_trains_the_frozen_tower_and_tests_with_the_text_prior(tmp_path):
+def test_world_demo_pretrains_then_trains_the_frozen_tower_from_its_feature_cache_and_tests_with_the_text_prior(
+        tmp_path):
     data = tmp_path / "world"
     ckpt = data / "clip.pt"
     result = main(["--cfg", WORLD_DEMO, "DATA.ANNO_DIR", str(data), "DATA.DATA_ROOT_DIR", str(data),
@@ -43,3 +44,4 @@ def test_world_demo_pretrains_then_trains_the_frozen_tower_and_tests_with_the_te
     run_cfg = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text())
     assert saved["accuracy"] == result["accuracy"] and run_cfg["VIDEO"]["HEAD"]["NAME"] == "MCDP_FSAR"
     assert run_cfg["TRAIN"]["COMBINE"] and run_cfg["VIDEO"]["HEAD"]["FINETUNE"] == "frozen"
+    assert run_cfg["TRAIN"]["FEATURE_CACHE"] and run_cfg["VFAM"]["ATTEND"] == "motion"

@@ -239,6 +239,11 @@ def test_config_keys_and_errors() -> None:
         VFAM(dim=D, out_dim=F, mode="boxes")
     with pytest.raises(ValueError, match="VFAM.NUM_HEADS"):
         VFAM(dim=D, out_dim=F, num_heads=5)
+    with pytest.raises(ValueError, match="VFAM.ATTEND"):
+        VFAM(dim=D, out_dim=F, attend="track")
+    with pytest.raises(ValueError, match="VFAM.FUSION"):
+        VFAM(dim=D, out_dim=F, fusion="concat")
+    assert cfg.VFAM.ATTEND == "frame" and cfg.VFAM.FUSION == "residual" and not cfg.VFAM.ENTITY_MOTION
     videos, boxes, mask = _tiny_episode_videos()
     with pytest.raises(ValueError, match="VFAM.CROP_SIZE"):
         VFAM(dim=D, out_dim=D, num_heads=2, mode="crop", crop_size=224).encode(TinyBackbone(), videos, boxes, mask)
@@ -399,3 +404,15 @@ def test_motion_attention_learns_to_pick_the_moving_track_from_episode_labels_al
     on_actor = weights[torch.arange(n), actor]
     assert float(on_actor.min()) > 0.7, on_actor  # at least 2.3x the distractor's weight in every video
     assert float(accuracy.float().mean()) == 1.0
+
+
+def test_track_temperature_divides_the_track_scores_before_their_softmax() -> None:
+    frame_global, _, entities, mask, motion = _moving_inputs()
+    torch.manual_seed(0)
+    warm = VFAM(dim=D, out_dim=F, num_heads=4, temporal=False, attend="motion")
+    sharp = VFAM(dim=D, out_dim=F, num_heads=4, temporal=False, attend="motion", track_temperature=0.1)
+    sharp.load_state_dict(warm.state_dict())
+    with torch.no_grad():
+        w1 = warm.attention(frame_global, entities, mask, motion)[:, 0]  # every slot in view: the track weights
+        w01 = sharp.attention(frame_global, entities, mask, motion)[:, 0]
+    torch.testing.assert_close(w01.log() - w01.log()[:, :1], 10 * (w1.log() - w1.log()[:, :1]), rtol=1e-4, atol=1e-4)
