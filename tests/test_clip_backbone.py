@@ -360,9 +360,9 @@ def test_missing_checkpoint_path_is_a_clear_error():
 
 
 @pytest.mark.parametrize("name", ["ViT-B/16", "RN50"])
-def test_value_tokens_and_masked_embeddings_on_the_real_architectures(name):
+def test_value_tokens_masked_embeddings_and_motion_vfam_on_the_real_architectures(name):
     """The lineage's towers (random weights): the value-path token grid has the tower's grid and width, showing
-    every patch gives the plain embedding, and hiding half of them changes it."""
+    every patch gives the plain embedding, and hiding half of them changes it; VFAM's motion path runs on them."""
     torch.manual_seed(0)
     backbone = CLIPBackbone(name, "", finetune="frozen", dense_tokens="value").eval()
     images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
@@ -376,6 +376,23 @@ def test_value_tokens_and_masked_embeddings_on_the_real_architectures(name):
     assert out["tokens"].shape == (1, h, w, backbone.embed_dim)
     torch.testing.assert_close(everything, out["global"], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(left, out["global"], atol=1e-3)
+    # VFAM as the main job runs it (ATTEND motion, ENTITY_MOTION, FUSION replace) on the value-path tokens: with one
+    # track the descriptor is that entity's unit RoI token plus its motion embedding (proj starts as the identity).
+    from models.vfam import VFAM, roi_entity_features
+
+    d = backbone.embed_dim
+    vfam = VFAM(dim=d, out_dim=d, temporal=False, attend="motion", entity_motion=True, fusion="replace").eval()
+    videos = torch.cat([images, images.roll(8, dims=-1)])[None]  # [1, 2, 3, 224, 224]: the content moves right
+    boxes = torch.tensor([[[[0.2, 0.2, 0.5, 0.6]], [[0.25, 0.2, 0.55, 0.6]]]])
+    mask = torch.ones(1, 2, 1, dtype=torch.bool)
+    with torch.no_grad():
+        encoded = vfam.encode(backbone, videos, boxes, mask)
+        fused = vfam(encoded["global"], encoded["global"], encoded["entity_feats"], mask, encoded["entity_motion"])
+        roi = roi_entity_features(encoded["tokens"].flatten(0, 1), boxes.flatten(0, 1), mask.flatten(0, 1), 2)
+        expected = torch.nn.functional.normalize(roi[:, 0], dim=-1) + vfam.motion_embed(
+            30.0 * encoded["entity_motion"][0, :, 0])
+    torch.testing.assert_close(encoded["entity_motion"][0, :, 0], torch.tensor([[0.05, 0.0, 0.0]] * 2))
+    torch.testing.assert_close(fused[0], expected, rtol=1e-4, atol=1e-5)
 
 
 class _RunsCode:
