@@ -34,7 +34,8 @@ def episode(shot: int, seed: int = 0):
     support = torch.randn(WAY * shot, FRAMES, 3, SIZE, SIZE, generator=g)
     query = torch.randn(WAY * QUERIES, FRAMES, 3, SIZE, SIZE, generator=g)
     return build_episode(support, query, shot=shot, query=QUERIES, class_ids=[4, 0, 2],
-                         split_class_names=[f"c{i}" for i in range(5)], support_ids=[f"s{i}" for i in range(WAY * shot)],
+                         split_class_names=[f"c{i}" for i in range(5)],
+                         support_ids=[f"s{i}" for i in range(WAY * shot)],
                          target_ids=[f"q{i}" for i in range(WAY * QUERIES)], episode_index=0, split="train")
 
 
@@ -168,6 +169,11 @@ def test_lineage_checkpoint_loads_and_gives_the_lineage_logits_and_loss(tmp_path
     path = lineage_pyth(tmp_path, lineage)
     extra = ["TRX.OUT_DIM", str(OUT_DIM)] if name == "CNN_TRX" else []
     head = build_model(head_config(name, *extra))
+    for ours, theirs in zip(getattr(head, "transformers", []), getattr(lineage.head, "transformers", []),
+                            strict=True):
+        # the tables the checkpoint overwrites: ours are built as the lineage builds its own
+        torch.testing.assert_close(ours.pe.pe, LineagePositionalEncoding(512, 0.1, int(FRAMES * 1.5)).pe)
+        assert torch.equal(ours.tuples, torch.stack(list(theirs.tuples)))
     load_weights_for_test(head, path)
     for shot in (1, 5):
         ep = episode(shot)
@@ -211,3 +217,20 @@ def test_query_labels_and_support_order_do_not_change_the_logits(name):
         logits = head(ep)["logits"]
         torch.testing.assert_close(head(shuffled_query)["logits"], logits[order], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(head(shuffled_support)["logits"], logits, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path):
+    """On a ResNet (eval BatchNorm: each video encoded on its own); tests/test_head_contract.py checks both heads'
+    cached features on a CLIP tower."""
+    from runs.test_net_few_shot import evaluate
+
+    opts = tiny_opts(synthetic_root, tmp_path, "VIDEO.HEAD.NAME", "CNN_TRX", *RESNET, "TRX.OUT_DIM", str(OUT_DIM),
+                     "DATA.TEST_CROP_SIZE", str(SIZE), "DATA.TRAIN_CROP_SIZE", str(SIZE))
+    results = {}
+    for cache in (False, True):
+        cfg = load_config(TINY_CFG, opts + ["TEST.FEATURE_CACHE", str(cache), "TEST.CACHE_SIZE", "12"])
+        torch.manual_seed(0)
+        results[cache] = evaluate(build_model(cfg), cfg, "test", 4, torch.device("cpu"))
+    assert results[True]["episode_accuracies"] == results[False]["episode_accuracies"]
+    assert results[True]["per_class"] == results[False]["per_class"]
+    assert results[True]["cache"]["hits"] > 0

@@ -42,7 +42,9 @@ def add_trx_config(cfg: CfgNode) -> None:
     _X.OUT_DIM = 1152
     _X.CARDINALITIES = [2, 3]  # frame-tuple sizes, one cross transformer each (the lineage's temp_set)
     _X.DROPOUT = 0.1  # dropout on the position-encoded frame features (the lineage's trans_dropout)
-    _X.PE_SCALE = 0.1  # factor on the sinusoidal positional encoding (the lineage's pe_scale_factor)
+    # Factor on the sinusoidal positional encoding (the lineage's pe_scale_factor). The table is stored with the
+    # weights, as the lineage stores it: a checkpoint's table wins over this key.
+    _X.PE_SCALE = 0.1
     rules("TRX", OUT_DIM=POSITIVE, CARDINALITIES=both(Rule("a non-empty list", lambda v: len(v) > 0),
                                                       each(POSITIVE)),
           DROPOUT=PROBABILITY, PE_SCALE=NON_NEGATIVE)
