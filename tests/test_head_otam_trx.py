@@ -234,3 +234,13 @@ def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path):
     assert results[True]["episode_accuracies"] == results[False]["episode_accuracies"]
     assert results[True]["per_class"] == results[False]["per_class"]
     assert results[True]["cache"]["hits"] > 0
+
+
+def test_a_trx_key_under_cnn_otam_is_refused_naming_the_head_that_reads_it():
+    from runs.run import check_head_sections
+    from utils.config import ConfigError
+
+    check_head_sections(head_config("CNN_TRX", "TRX.OUT_DIM", "64"))
+    with pytest.raises(ConfigError, match=r"^TRX.OUT_DIM: VIDEO.HEAD.NAME CNN_OTAM does not read TRX \(it would run "
+                                          r"without them; use a head that does, CNN_TRX, or drop the keys\)"):
+        check_head_sections(head_config("CNN_OTAM", "TRX.OUT_DIM", "64"))
