@@ -46,6 +46,11 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(err).__name__
 
 
+def imagenet_file(name: str) -> str:
+    """Where torchvision keeps `name`'s ImageNet weights (the torch hub cache)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(RESNETS[name][1].url))
+
+
 def imagenet_state(name: str) -> dict[str, Tensor]:
     """torchvision's ImageNet weights of `name` from its cache, downloaded there if absent; offline without them a
     one-line ConfigError saying which file to copy."""
@@ -53,7 +58,7 @@ def imagenet_state(name: str) -> dict[str, Tensor]:
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError, ValueError) as e:  # urllib's URLError is an OSError; a bad hash a RuntimeError
-        file = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+        file = imagenet_file(name)
         raise ConfigError(f"VIDEO.HEAD.PRETRAINED imagenet: torchvision's {name} ImageNet weights are not cached at "
                           f"{file} and could not be downloaded ({_first_line(e)}) (offline: copy "
                           f"{os.path.basename(weights.url)} there, or set VIDEO.HEAD.PRETRAINED to its path)") from None
@@ -81,7 +86,8 @@ def check_resnet_pretrained(name: str, pretrained: str) -> None:
         raise ConfigError(f"VIDEO.HEAD.PRETRAINED openai: VIDEO.HEAD.BACKBONE_NAME {name} is torchvision's, not a "
                           f"CLIP tower ({_HINT})")
     if pretrained == IMAGENET:
-        imagenet_state(name)
+        if not os.path.isfile(imagenet_file(name)):
+            imagenet_state(name)  # downloads it into the cache, or says which file to copy
     elif pretrained and not os.path.isfile(os.path.expanduser(pretrained)):
         raise ConfigError(f"VIDEO.HEAD.PRETRAINED {pretrained!r}: no such file ({_HINT})")
 

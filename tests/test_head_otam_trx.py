@@ -18,7 +18,7 @@ from runs.test_net_few_shot import load_weights_for_test
 from utils.checkpoint import CheckpointError
 from utils.episode import build_episode
 
-FRAMES, SIZE, WAY, QUERIES, OUT_DIM = 4, 32, 3, 2, 24
+FRAMES, SIZE, WAY, QUERIES, OUT_DIM = 4, 16, 3, 2, 24
 RESNET = ["VIDEO.HEAD.BACKBONE_NAME", "resnet18", "VIDEO.HEAD.PRETRAINED", "", "DATA.MEAN", "[0.45, 0.45, 0.45]",
           "DATA.STD", "[0.225, 0.225, 0.225]"]
 

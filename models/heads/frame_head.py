@@ -6,8 +6,8 @@ The backbone is a torchvision ResNet (models/resnet.py, the lineage's) or a CLIP
 
 The lineage's checkpoints (its utils/checkpoint.py: {"model_state": state dict, ...}) hold its `BaseVideoModel`,
 whose backbone is an Identity and whose `head` is the few-shot head: `head.backbone.{i}.*` is the ResNet Sequential
-(our `backbone.{i}.*`, the same names) and the head's own modules keep their names here too, except where a head
-stores a constant differently (`FrameFeatureHead.lineage_renames`); `module.` (DDP) prefixes are stripped.
+(our `backbone.{i}.*`, the same names); a head maps the names of its own modules (`lineage_renames`: TRX stacks its
+tuple list, HyRSM renames its layers); `module.` (DDP) prefixes are stripped.
 """
 from __future__ import annotations
 

@@ -140,6 +140,9 @@ class CNN_HyRSM(FrameFeatureHead):  # noqa: N801  (the lineage's naming)
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
         hyrsm, train = cfg.HYRSM, cfg.TRAIN
+        if cfg.DATA.NUM_INPUT_FRAMES > PE_MAX_LEN:
+            raise ConfigError(f"DATA.NUM_INPUT_FRAMES {cfg.DATA.NUM_INPUT_FRAMES}: HyRSM's positional table has "
+                              f"{PE_MAX_LEN} rows (the lineage's); use at most {PE_MAX_LEN} frames")
         weight = train.USE_CLASSIFICATION_VALUE if train.USE_CLASSIFICATION else 0.0
         return dict(backbone=build_frame_backbone(cfg), heads=hyrsm.HEADS, position_a=hyrsm.POSITION_A,
                     position_b=hyrsm.POSITION_B, num_classes=train.NUM_CLASS, classification_weight=weight)
