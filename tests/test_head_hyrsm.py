@@ -13,7 +13,7 @@ from test_head_otam_trx import FRAMES, WAY, episode, head_config, lineage_pyth
 from torch import nn
 
 from models import build_model
-from runs.train_net_few_shot import load_weights_for_test
+from runs.test_net_few_shot import load_weights_for_test
 
 DIM, NUM_CLASS, WEIGHT = 512, 6, 0.4
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from tiny_run import TINY_CFG, tiny_opts
+from tiny_run import TINY_CFG, tiny_argv, tiny_opts
 from torch import nn
 
 from models import build_model
@@ -244,3 +244,21 @@ def test_a_trx_key_under_cnn_otam_is_refused_naming_the_head_that_reads_it():
     with pytest.raises(ConfigError, match=r"^TRX.OUT_DIM: VIDEO.HEAD.NAME CNN_OTAM does not read TRX \(it would run "
                                           r"without them; use a head that does, CNN_TRX, or drop the keys\)"):
         check_head_sections(head_config("CNN_OTAM", "TRX.OUT_DIM", "64"))
+
+
+@pytest.mark.slow
+def test_cnn_otam_test_accuracy_identical_for_world_size_1_and_2(synthetic_root, tmp_path):
+    """Test-only runs of one CNN_OTAM checkpoint on a ResNet (eval BatchNorm): 7 episodes, uneven over 2 ranks, give
+    the same per-episode results (tests/test_engine.py checks the CLIP-FSAR head alike)."""
+    from runs.run import main
+
+    opts = ("VIDEO.HEAD.NAME", "CNN_OTAM", *RESNET, "DATA.TEST_CROP_SIZE", str(SIZE), "DATA.TRAIN_CROP_SIZE", str(SIZE))
+    torch.manual_seed(0)
+    head = build_model(load_config(TINY_CFG, tiny_opts(synthetic_root, tmp_path / "unused", *opts)))
+    ckpt = tmp_path / "otam.pth"
+    torch.save({"model": head.state_dict()}, ckpt)
+    common = (*opts, "TRAIN.ENABLE", "False", "TEST.CHECKPOINT_FILE_PATH", str(ckpt), "TRAIN.NUM_TEST_TASKS", "7")
+    one = main(tiny_argv(synthetic_root, tmp_path / "one", *common))
+    two = main(tiny_argv(synthetic_root, tmp_path / "two", *common, "NUM_GPUS", "2"))
+    assert two["episodes"] == 7 and two["episode_accuracies"] == one["episode_accuracies"]
+    assert two["accuracy"] == one["accuracy"] and two["ci95"] == one["ci95"]

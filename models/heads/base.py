@@ -73,7 +73,8 @@ class FewShotHead(nn.Module, ABC):
     def state_from_checkpoint(self, checkpoint: Mapping, source: str) -> Mapping[str, Tensor]:
         """This head's weights in a loaded checkpoint (`utils.checkpoint.load_checkpoint`'s dict from `source`): ours
         under "model", or a bare state dict. A head that also reads another codebase's format converts it here
-        (models/heads/prototype.py: CLIP-FSAR's)."""
+        (models/heads/prototype.py: CLIP-FSAR's; models/heads/frame_head.py: the lineage's CNN heads'); the
+        evaluator knows no head's format."""
         return checkpoint["model"] if "model" in checkpoint else checkpoint
 
     def param_groups(self) -> list[dict]:

@@ -128,6 +128,8 @@ class CNN_HyRSM(FrameFeatureHead):  # noqa: N801  (the lineage's naming)
                  num_classes: int = 64, classification_weight: float = 0.0):
         super().__init__(backbone)
         dim = self.feature_dim
+        if dim % heads:  # before TemporalAttention, whose own check names the prototype heads' key
+            raise ConfigError(f"HYRSM.HEADS: the frame width {dim} is not divisible by {heads} heads")
         self.pe = HyRSMPositionalEncoding(dim, position_a, position_b)
         self.frame_attention = PreNormSelfAttention(dim, heads, FRAME_ATTENTION_DROPOUT)
         self.set_attention = SetAttention(dim, heads)
