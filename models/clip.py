@@ -44,10 +44,13 @@ _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 def add_clip_backbone_config(cfg: CfgNode) -> None:
     _H = section(section(cfg, "VIDEO"), "HEAD")
-    _H.BACKBONE_NAME = "ViT-B/16"  # open_clip model name, CLIP-FSAR's RN50 / ViT-B/16, or FSAR-Tiny-ViT (shipped)
+    # open_clip model name, CLIP-FSAR's RN50 / ViT-B/16, FSAR-Tiny-ViT (shipped), or torchvision's resnet18 /
+    # resnet34 / resnet50 (the lineage's CNN heads' backbones, models/resnet.py; models/backbones.py picks)
+    _H.BACKBONE_NAME = "ViT-B/16"
     # "openai" (open_clip downloads OpenAI's weights, or finds them in its cache), a local checkpoint file (OpenAI's
     # released RN50.pt / ViT-B-16.pt, as CLIP-FSAR users have them, or an open_clip state dict), or "" for random
-    # init; checked at start-up (check_pretrained).
+    # init; checked at start-up (models/backbones.py:check_pretrained). ResNets: "imagenet" (torchvision's ImageNet
+    # weights, the lineage's pretrained=True), a local torchvision state-dict file, or "".
     _H.PRETRAINED = "openai"
     _H.FINETUNE = "full"  # image tower policy: full (CLIP-FSAR), frozen, or last_n
     _H.FINETUNE_LAST_N = 0  # with FINETUNE last_n: number of trainable last blocks (ViT blocks / RN bottlenecks)

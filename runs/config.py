@@ -16,8 +16,11 @@ from datasets.video import add_video_config
 from models.amcap.amcap import add_amcap_config
 from models.build import add_model_build_config
 from models.clip import add_clip_backbone_config
+from models.heads.hyrsm import add_hyrsm_config
 from models.heads.mcdp import add_mcdp_config
+from models.heads.otam import add_otam_config
 from models.heads.parts_from_config import add_parts_config
+from models.heads.trx import add_trx_config
 from models.vfam import add_vfam_config
 from runs.pretrain_clip import add_pretrain_config
 from runs.test_net_few_shot import add_test_config
@@ -37,6 +40,9 @@ CONFIG_HOOKS = (
     add_vfam_config,  # VFAM
     add_parts_config,  # VIDEO.HEAD head-part keys, TRAIN text/OTAM keys (the prototype heads' parts)
     add_mcdp_config,  # MCDP
+    add_otam_config,  # OTAM (CNN_OTAM)
+    add_trx_config,  # TRX (CNN_TRX)
+    add_hyrsm_config,  # HYRSM (CNN_HyRSM_1shot / _5shot), TRAIN.NUM_CLASS
     add_test_config,  # TEST, TRAIN.NUM_TEST_TASKS/NUM_VAL_TASKS
     add_solver_config,  # SOLVER
     add_train_config,  # TRAIN loop keys

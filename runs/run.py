@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # `python runs/run.py`: this repository's package
 
 from datasets import DATASET_REGISTRY  # noqa: E402
 from datasets.checks import check_run_data, check_same_data, tested_share, write_effective_lists  # noqa: E402
-from models.clip import check_pretrained  # noqa: E402
+from models.backbones import check_pretrained  # noqa: E402
 from runs.config import config_from_yaml_text, get_cfg, load_config  # noqa: E402
 from runs.engine_utils import STOP  # noqa: E402
 from runs.pretrain_clip import check_pretrain_writable, ensure_pretrained  # noqa: E402
@@ -239,9 +239,12 @@ def check_head_sections(cfg: CfgNode) -> None:
     unread = [s for s in FewShotHead.HEAD_SECTIONS if s not in head.reads_sections]
     changed = [f"{s}.{k}" for s in unread for k, v in cfg[s].items() if v != defaults[s][k]]
     if changed:
+        sections = sorted({key.split(".")[0] for key in changed})
+        readers = sorted(name for name, cls in HEAD_REGISTRY
+                         if any(s in cls.reads_sections for s in sections))
         raise ConfigError(f"{', '.join(changed)}: VIDEO.HEAD.NAME {cfg.VIDEO.HEAD.NAME} does not read "
-                          f"{' or '.join(unread)} (it would run without them; use a head that does, e.g. MCDP_FSAR, "
-                          f"or drop the keys)")
+                          f"{' or '.join(sections)} (it would run without them; use a head that does, "
+                          f"{' or '.join(readers)}, or drop the keys)")
 
 
 def run_worker(cfg_yaml: str, resume: bool, changes: tuple[str, ...] = (), data: dict | None = None,

@@ -64,7 +64,8 @@ def model_for_test(cfg: CfgNode, device: torch.device, trainer: Trainer | None) 
 
 def load_weights_for_test(model: torch.nn.Module, path: str) -> None:
     """Weights only (strict): a checkpoint from another config fails with the key diff. The head reads the format
-    (models/heads/base.py:state_from_checkpoint; CLIP-FSAR's own `.pyth` for the prototype heads)."""
+    (models/heads/base.py:state_from_checkpoint; CLIP-FSAR's own `.pyth` for the prototype heads, the lineage's for
+    its CNN heads)."""
     head = unwrap(model)
     load_model_state(head, head.state_from_checkpoint(load_checkpoint(path), path), path)
 

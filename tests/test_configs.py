@@ -11,21 +11,31 @@ CONFIGS = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "configs
 # The tiny backbone takes 64-px images: the configs' 224-px crops go with it (build_model checks they agree).
 TINY = ["VIDEO.HEAD.BACKBONE_NAME", "FSAR-Tiny-ViT", "VIDEO.HEAD.PRETRAINED", "", "DATA.TRAIN_CROP_SIZE", "64",
         "DATA.TEST_CROP_SIZE", "64", "VFAM.CROP_SIZE", "64"]
+# Configs on torchvision ResNets (their DATA.MEAN is not CLIP's) build with a random ResNet-18 on 32-px crops.
+TINY_RESNET = ["VIDEO.HEAD.BACKBONE_NAME", "resnet18", "VIDEO.HEAD.PRETRAINED", "", "DATA.TRAIN_CROP_SIZE", "32",
+               "DATA.TEST_CROP_SIZE", "32"]
+
+
+def tiny(path: str) -> list[str]:
+    from models.resnet import is_resnet
+
+    return TINY_RESNET if is_resnet(load_config(path, []).VIDEO.HEAD.BACKBONE_NAME) else TINY
 
 
 def test_the_config_tree_has_every_benchmark_shot_and_backbone():
     names = {Path(p).name for p in CONFIGS}
-    for method in ("CLIPFSAR", "MCDPFSAR"):
+    for method, backbones in (("CLIPFSAR", ("RN50", "ViT-B16")), ("MCDPFSAR", ("RN50", "ViT-B16")),
+                              ("OTAM", ("ResNet50",)), ("TRX", ("ResNet50",)), ("HyRSM", ("ResNet50",))):
         for tag in ("SSv2_Full", "SSv2_Small", "K100", "UCF101", "HMDB51"):
             for shot in (1, 5):
-                for backbone in ("RN50", "ViT-B16"):
+                for backbone in backbones:
                     assert f"{method}_{tag}_{shot}shot_{backbone}.yaml" in names
     assert len([p for p in CONFIGS if "/ablations/" in p]) >= 10
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(Path(p).relative_to(Path(p).parents[2])))
 def test_config_loads_and_builds(path):
-    cfg = load_config(path, TINY)
+    cfg = load_config(path, tiny(path))
     torch.manual_seed(0)
     model = build_model(cfg)
     assert model.backbone.embed_dim > 0

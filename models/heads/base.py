@@ -48,7 +48,7 @@ class FewShotHead(nn.Module, ABC):
     may_leave_parameters_unused: bool = True
     # Config sections only some heads read: a head lists those it reads, and a config that sets one its head does not
     # read is refused at start-up (runs/run.py), so an ablation never runs the baseline silently.
-    HEAD_SECTIONS = ("AMCAP", "MCDP")
+    HEAD_SECTIONS = ("AMCAP", "MCDP", "OTAM", "TRX", "HYRSM")
     reads_sections: tuple[str, ...] = ()
 
     @abstractmethod
@@ -73,7 +73,8 @@ class FewShotHead(nn.Module, ABC):
     def state_from_checkpoint(self, checkpoint: Mapping, source: str) -> Mapping[str, Tensor]:
         """This head's weights in a loaded checkpoint (`utils.checkpoint.load_checkpoint`'s dict from `source`): ours
         under "model", or a bare state dict. A head that also reads another codebase's format converts it here
-        (models/heads/prototype.py: CLIP-FSAR's)."""
+        (models/heads/prototype.py: CLIP-FSAR's; models/heads/frame_head.py: the lineage's CNN heads'); the
+        evaluator knows no head's format."""
         return checkpoint["model"] if "model" in checkpoint else checkpoint
 
     def param_groups(self) -> list[dict]:
