@@ -7,6 +7,9 @@ Object tracks move attention from the whole scene to the entities in it:
      identities across frames), then attention from each frame's global token to that frame's entities;
   3. gated residual fusion `frame_desc + gate * proj(context)` with the gate at 0, so an untrained VFAM returns
      the baseline's frame descriptor bit for bit.
+With motion (issue 29; the world's main job): each entity token carries its track's step to the next frame
+(ENTITY_MOTION), one weight per track for the whole video is scored from the track's motion (ATTEND motion), and the
+weighted entity token becomes the descriptor (FUSION replace): which entity acts is learned from class labels alone.
 Mode `crop_frames` instead crops every frame to the video's main track before the backbone; the entity attention
 then sees no entities and the fusion is the identity.
 
@@ -167,7 +170,9 @@ def track_motion(boxes: Tensor, mask: Tensor) -> Tensor:
 
 
 class VFAM(nn.Module):
-    """Entity attention and gated residual fusion into the head's frame descriptors."""
+    """Entity context fused into the head's frame descriptors: chosen by each frame's global token (ATTEND frame) or
+    by one learned weight per track from its motion (ATTEND motion), added through a zero gate (FUSION residual) or
+    taking the descriptor's place (FUSION replace)."""
 
     def __init__(self, dim: int, out_dim: int, num_heads: int = 4, temporal: bool = True, dropout: float = 0.0,
                  roi_size: int = 2, mode: str = "roi", crop_size: int = 224, crop_margin: float = 0.1,
