@@ -16,11 +16,13 @@ from datasets.video import add_video_config
 from models.amcap.amcap import add_amcap_config
 from models.build import add_model_build_config
 from models.clip import add_clip_backbone_config
+from models.heads.cross_transformer import add_cross_transformer_config
 from models.heads.hyrsm import add_hyrsm_config
 from models.heads.mcdp import add_mcdp_config
 from models.heads.otam import add_otam_config
 from models.heads.parts_from_config import add_parts_config
 from models.heads.trx import add_trx_config
+from models.heads.tsn import add_tsn_config
 from models.vfam import add_vfam_config
 from runs.pretrain_clip import add_pretrain_config
 from runs.test_net_few_shot import add_test_config
@@ -43,6 +45,8 @@ CONFIG_HOOKS = (
     add_otam_config,  # OTAM (CNN_OTAM)
     add_trx_config,  # TRX (CNN_TRX)
     add_hyrsm_config,  # HYRSM (CNN_HyRSM_1shot / _5shot), TRAIN.NUM_CLASS
+    add_tsn_config,  # TSN (CNN_TSN)
+    add_cross_transformer_config,  # CROSS_TRANSFORMER (CNN_CrossTransformer)
     add_test_config,  # TEST, TRAIN.NUM_TEST_TASKS/NUM_VAL_TASKS
     add_solver_config,  # SOLVER
     add_train_config,  # TRAIN loop keys

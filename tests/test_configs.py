@@ -25,7 +25,8 @@ def tiny(path: str) -> list[str]:
 def test_the_config_tree_has_every_benchmark_shot_and_backbone():
     names = {Path(p).name for p in CONFIGS}
     for method, backbones in (("CLIPFSAR", ("RN50", "ViT-B16")), ("MCDPFSAR", ("RN50", "ViT-B16")),
-                              ("OTAM", ("ResNet50",)), ("TRX", ("ResNet50",)), ("HyRSM", ("ResNet50",))):
+                              ("OTAM", ("ResNet50",)), ("TRX", ("ResNet50",)), ("HyRSM", ("ResNet50",)),
+                              ("TSN", ("ResNet50",)), ("CrossTransformer", ("ResNet50",))):
         for tag in ("SSv2_Full", "SSv2_Small", "K100", "UCF101", "HMDB51"):
             for shot in (1, 5):
                 for backbone in backbones:

@@ -1,2 +1,2 @@
 """Few-shot heads, one per file; importing registers each in HEAD_REGISTRY."""
-from models.heads import clipfsar, hyrsm, mcdp, otam, trx  # noqa: F401
+from models.heads import clipfsar, cross_transformer, hyrsm, mcdp, otam, trx, tsn  # noqa: F401

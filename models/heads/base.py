@@ -48,7 +48,7 @@ class FewShotHead(nn.Module, ABC):
     may_leave_parameters_unused: bool = True
     # Config sections only some heads read: a head lists those it reads, and a config that sets one its head does not
     # read is refused at start-up (runs/run.py), so an ablation never runs the baseline silently.
-    HEAD_SECTIONS = ("AMCAP", "MCDP", "OTAM", "TRX", "HYRSM")
+    HEAD_SECTIONS = ("AMCAP", "MCDP", "OTAM", "TRX", "HYRSM", "TSN", "CROSS_TRANSFORMER")
     reads_sections: tuple[str, ...] = ()
 
     @abstractmethod

@@ -7,7 +7,8 @@ The backbone is a torchvision ResNet (models/resnet.py, the lineage's) or a CLIP
 The lineage's checkpoints (its utils/checkpoint.py: {"model_state": state dict, ...}) hold its `BaseVideoModel`,
 whose backbone is an Identity and whose `head` is the few-shot head: `head.backbone.{i}.*` is the ResNet Sequential
 (our `backbone.{i}.*`, the same names); a head maps the names of its own modules (`lineage_renames`: TRX stacks its
-tuple list, HyRSM renames its layers); `module.` (DDP) prefixes are stripped.
+tuple list, HyRSM renames its layers, CrossTransformer drops its second name of one projection); `module.` (DDP)
+prefixes are stripped.
 """
 from __future__ import annotations
 
