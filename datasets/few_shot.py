@@ -6,9 +6,11 @@ same tuple gives identical tensors in any process, worker or rank.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Container, Sequence
 
+import numpy as np
 import torch
 
 from datasets.build import CLIP_MEAN, CLIP_STD, DATASET_REGISTRY
@@ -20,9 +22,9 @@ from datasets.sampling import EpisodeSampler, FrameSampler, child_seed
 from datasets.splits import Split, VideoEntry, load_split
 from datasets.tracks import TrackReader
 from datasets.transforms import QueryAugment, ViewParams, ViewSampler, frames_to_tensor, transform_boxes
-from datasets.video import BadVideoError, VideoSource, build_video_source
+from datasets.video import BadVideoError, OpenedVideo, VideoSource, build_video_source
 from utils.episode import Episode, Videos, build_episode
-from utils.logger import get_logger
+from utils.logger import get_logger, log_once
 from utils.seeding import episode_generator, episode_seed
 
 logger = get_logger(__name__)
@@ -39,6 +41,79 @@ class Clip:
     boxes: torch.Tensor | None = None  # [T, K, 4] in 0..1 of the crop
     box_mask: torch.Tensor | None = None  # [T, K] bool
     missing_tracks: bool = False
+
+
+@dataclass
+class ViewedClip:
+    """One video as an episode shows it to the model, with the geometry that maps its pixels to the input."""
+
+    decoded: np.ndarray  # uint8 [T, h, w, 3] as read (resized to the view's short side, or squashed when prepared)
+    images: torch.Tensor  # [T, 3, crop, crop] the model's input: normalised float32, or uint8 pixels (exact crops)
+    indices: list[int]  # the sampled frame numbers
+    view: ViewParams  # scale, crop and flip of this clip
+    video: OpenedVideo  # frame count, original width/height and decoded size
+
+
+@dataclass(frozen=True)
+class ClipReader:
+    """How an episode reads one video: the reader (DATA.DECODER, DATA.FRAMES_FOLDER), the frame sampler
+    (DATA.FRAME_SAMPLING, DATA.TEST_FRAMES, DATA.TARGET_FPS), the view's crop and normalisation, and the size check of
+    prepared squashed frames. The loader and the tools (pictures, region statistics, benchmarks) read clips only
+    through it, so they show what the model saw."""
+
+    source: VideoSource
+    frames: FrameSampler
+    num_frames: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    prepared_squash: int = 0  # side of the prepared square frames (0: not squashed at preparation)
+
+    def __call__(self, path: str, view: ViewParams, random: bool, generator: torch.Generator | None,
+                 out: torch.Tensor | None = None) -> ViewedClip:
+        """Frames of `path` drawn like training ones when `random` (else as the frame sampler's test policy says),
+        through `view`; written into `out` when given (an episode's slot)."""
+        video = self.source.open(path, view.short_side)
+        if video.fps is None and self.frames.mode == "clip" and self.frames.target_fps > 0:
+            log_once(logger, ("no fps",), logging.WARNING, "%s records no frame rate: its clip window is "
+                     "DATA.NUM_INPUT_FRAMES x DATA.SAMPLING_RATE frames, as if it ran at DATA.TARGET_FPS %s (a "
+                     "frames folder records it in video.json; logged once, other such videos follow the same rule)",
+                     path, self.frames.target_fps)
+        indices = self.frames(video.num_frames, self.num_frames, random, generator, video.fps)
+        decoded = video.frames(indices)  # uint8 [T, h, w, 3]
+        if self.prepared_squash and (decoded.shape[2], decoded.shape[1]) != (self.prepared_squash,) * 2:
+            raise BadVideoError(path, "wrong size", f"{decoded.shape[2]}x{decoded.shape[1]} frames in a data root "
+                                f"prepared at {self.prepared_squash}x{self.prepared_squash} (its prepared.json)")
+        images = frames_to_tensor(decoded, view, self.mean, self.std, out=out)
+        return ViewedClip(decoded, images, indices, view, video)
+
+
+def clip_reader(cfg, split: str, num_frames: int = 0) -> ClipReader:
+    """The ClipReader of `split`'s episodes from the DATA keys (`num_frames` 0: DATA.NUM_INPUT_FRAMES); no frame
+    cache (from_config adds DATA.FRAME_CACHE_MB's)."""
+    data = cfg.DATA
+    # Random val/test frames never reach training episodes (DETERMINISTIC_TRAIN views stay fixed for its cache).
+    frames = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, split != "train" and data.TEST_FRAMES == "random",
+                          data.TARGET_FPS)
+    source = build_video_source(data.FRAMES_FOLDER, min_frames=data.MIN_VIDEO_FRAMES, decoder=data.DECODER)
+    return ClipReader(source, frames, num_frames or data.NUM_INPUT_FRAMES, tuple(data.MEAN), tuple(data.STD),
+                      squash_prepared_scale(data))
+
+
+def test_clip(cfg, video: VideoEntry | str, split: str = "test", num_frames: int = 0) -> ViewedClip:
+    """One video as a `split` episode shows it to the model: the DATA.DATASET entry's view and the loader's
+    ClipReader. `video` is a split entry or a path (a file, or a frames folder under DATA.FRAMES_FOLDER). With
+    DATA.TEST_FRAMES random, the frames come from a generator seeded by RANDOM_SEED (an episode draws from its
+    slot's seed)."""
+    data = cfg.DATA
+    views = DATASET_REGISTRY.get(data.DATASET, "DATA.DATASET").view_sampler(cfg, split)
+    reader = clip_reader(cfg, split, num_frames)
+    path = video if isinstance(video, str) else video.video_path(data.DATA_ROOT_DIR, data.VIDEO_EXT,
+                                                                   data.FRAMES_FOLDER)
+    generator = torch.Generator().manual_seed(cfg.RANDOM_SEED)
+    return reader(path, views(generator), views.random, generator)
+
+
+test_clip.__test__ = False  # a library function, not a pytest test (tests import it by name)
 
 
 class FewShotDataset(torch.utils.data.Dataset):
@@ -62,6 +137,8 @@ class FewShotDataset(torch.utils.data.Dataset):
                                                                                             episode_indices]
         self.sampler, self.views, self.source = sampler, views, source
         self.frame_sampler, self.tracks = frames or FrameSampler(), tracks
+        # The one way a video becomes a clip (tools read theirs through the same reader: `test_clip`).
+        self.reader = ClipReader(source, self.frame_sampler, num_frames, tuple(mean), tuple(std), prepared_squash)
         self.way, self.shot, self.query = sampler.way, sampler.shot, sampler.query
         self.videos_by_class = sampler.videos_by_class
         self.seed, self.data_root, self.video_ext, self.frames_folder = seed, data_root, video_ext, frames_folder
@@ -91,18 +168,14 @@ class FewShotDataset(torch.utils.data.Dataset):
             loaded, kept = on_disk(loaded, data, shot + query).split, ", videos on disk"
         sampler = EpisodeSampler(loaded.videos_by_class(), loaded.class_names, cfg.TRAIN.WAY, shot, query,
                                  source=f"{loaded.list_file or loaded.name} ({loaded.name} episodes{kept})")
-        train = split == "train"
-        # Random val/test frames never reach training episodes (DETERMINISTIC_TRAIN views stay fixed for its cache).
-        frames = FrameSampler(data.FRAME_SAMPLING, data.SAMPLING_RATE, not train and data.TEST_FRAMES == "random",
-                              data.TARGET_FPS)
-        source = with_frame_cache(build_video_source(data.FRAMES_FOLDER, min_frames=data.MIN_VIDEO_FRAMES,
-                                                     decoder=data.DECODER), data.FRAME_CACHE_MB)
+        reader = clip_reader(cfg, split)
+        source = with_frame_cache(reader.source, data.FRAME_CACHE_MB)
         tracks = TrackReader(data.TRACK_DIR, cfg.VFAM.MAX_ENTITIES) if data.TRACK_DIR else None
         return dict(split=loaded, episode_indices=episode_indices, sampler=sampler, views=cls.view_sampler(cfg, split),
-                    source=source, frames=frames, tracks=tracks, seed=cfg.RANDOM_SEED, data_root=data.DATA_ROOT_DIR,
-                    video_ext=data.VIDEO_EXT, frames_folder=data.FRAMES_FOLDER, num_frames=data.NUM_INPUT_FRAMES,
-                    mean=data.MEAN, std=data.STD, on_bad_video=data.ON_BAD_VIDEO,
-                    prepared_squash=squash_prepared_scale(data))
+                    source=source, frames=reader.frames, tracks=tracks, seed=cfg.RANDOM_SEED,
+                    data_root=data.DATA_ROOT_DIR, video_ext=data.VIDEO_EXT, frames_folder=data.FRAMES_FOLDER,
+                    num_frames=reader.num_frames, mean=reader.mean, std=reader.std, on_bad_video=data.ON_BAD_VIDEO,
+                    prepared_squash=reader.prepared_squash)
 
     @classmethod
     def view_sampler(cls, cfg, split: str) -> ViewSampler:
@@ -112,22 +185,23 @@ class FewShotDataset(torch.utils.data.Dataset):
         check_scales(data.TRAIN_JITTER_SCALES, data.TEST_SCALE, data.TRAIN_CROP_SIZE, data.TEST_CROP_SIZE)
         flip = bool(data.FLIP)
         if flip and not cls.flip_allowed:
-            logger.info("%s: DATA.FLIP is off for this dataset (a horizontal flip changes left/right class "
-                        "semantics)", cls.name)
+            log_once(logger, (cls.name, "FLIP"), logging.INFO, "%s: DATA.FLIP is off for this dataset (a "
+                     "horizontal flip changes left/right class semantics)", cls.name)
             flip = False
         random = train and not data.DETERMINISTIC_TRAIN
         query_augment = None
         if train and cfg.AUGMENTATION.SUPPORT_QUERY_DIFF:
             aug = cfg.AUGMENTATION
             if not random:
-                logger.info("%s: AUGMENTATION.SUPPORT_QUERY_DIFF is off with DATA.DETERMINISTIC_TRAIN (fixed training "
-                            "views)", cls.name)
+                log_once(logger, (cls.name, "SUPPORT_QUERY_DIFF"), logging.INFO, "%s: AUGMENTATION.SUPPORT_QUERY_DIFF "
+                         "is off with DATA.DETERMINISTIC_TRAIN (fixed training views)", cls.name)
             else:
                 query_augment = QueryAugment(aug.BRIGHTNESS, aug.CONTRAST, aug.SATURATION, aug.HUE, aug.GRAYSCALE,
                                              flip=cls.flip_allowed)
                 if not cls.flip_allowed:
-                    logger.info("%s: AUGMENTATION.SUPPORT_QUERY_DIFF without its query flip (a horizontal flip "
-                                "changes left/right class semantics)", cls.name)
+                    log_once(logger, (cls.name, "query flip"), logging.INFO, "%s: AUGMENTATION.SUPPORT_QUERY_DIFF "
+                             "without its query flip (a horizontal flip changes left/right class semantics)",
+                             cls.name)
         crop = data.TRAIN_CROP_SIZE if train else data.TEST_CROP_SIZE
         return ViewSampler(random, tuple(data.TRAIN_JITTER_SCALES), data.TEST_SCALE, crop, flip, data.RESIZE_MODE,
                            query_augment)
@@ -244,32 +318,14 @@ class FewShotDataset(torch.utils.data.Dataset):
 
     def _decode_clip(self, entry: VideoEntry, path: str, view: ViewParams, generator: torch.Generator,
                      out: torch.Tensor) -> Clip:
-        video = self.source.open(path, view.short_side)
-        if video.fps is None and self.frame_sampler.mode == "clip" and self.frame_sampler.target_fps > 0:
-            _warn_no_fps(path, self.frame_sampler.target_fps)
-        indices = self.frame_sampler(video.num_frames, self.num_frames, self.views.random, generator, video.fps)
-        frames = video.frames(indices)  # uint8 [T, h, w, 3]
-        if self.prepared_squash and (frames.shape[2], frames.shape[1]) != (self.prepared_squash,) * 2:
-            raise BadVideoError(path, "wrong size", f"{frames.shape[2]}x{frames.shape[1]} frames in a data root "
-                                f"prepared at {self.prepared_squash}x{self.prepared_squash} (its prepared.json)")
-        clip = Clip(entry.video_id, frames_to_tensor(frames, view, self.mean, self.std, out=out))
+        viewed = self.reader(path, view, self.views.random, generator, out=out)
+        clip = Clip(entry.video_id, viewed.images)
         if self.tracks is not None:
-            boxes, mask, clip.missing_tracks = self.tracks.boxes(entry.video_id, indices, video.num_frames,
+            video, decoded = viewed.video, viewed.decoded
+            boxes, mask, clip.missing_tracks = self.tracks.boxes(entry.video_id, viewed.indices, video.num_frames,
                                                                  video.width, video.height)
-            clip.boxes, clip.box_mask = transform_boxes(boxes, mask, (frames.shape[2], frames.shape[1]), view)
+            clip.boxes, clip.box_mask = transform_boxes(boxes, mask, (decoded.shape[2], decoded.shape[1]), view)
         return clip
-
-
-_NO_FPS_WARNED: list[str] = []  # the first video of this process whose file records no frame rate
-
-
-def _warn_no_fps(path: str, target_fps: float) -> None:
-    """Once per process: the clip window of videos without a frame rate falls back to DATA.TARGET_FPS."""
-    if not _NO_FPS_WARNED:
-        _NO_FPS_WARNED.append(path)
-        logger.warning("%s records no frame rate: its clip window is DATA.NUM_INPUT_FRAMES x DATA.SAMPLING_RATE "
-                       "frames, as if it ran at DATA.TARGET_FPS %s (a frames folder records it in video.json; "
-                       "logged once, other such videos follow the same rule)", path, target_fps)
 
 
 def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | list[torch.Tensor | None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
 import os
 import re
 import threading
@@ -29,7 +30,7 @@ from PIL import Image
 from datasets.prepared import FRAMES_RECORD, read_frames_fps
 from utils.config import CfgNode, ConfigError, one_of, rules, section
 from utils.errors import UserError
-from utils.logger import get_logger
+from utils.logger import get_logger, log_once
 
 logger = get_logger(__name__)
 
@@ -165,13 +166,8 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return video.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-_LOGGED: set = set()
-
-
 def _log_once(key, message: str, *args) -> None:
-    if key not in _LOGGED:
-        _LOGGED.add(key)
-        logger.info(message, *args)
+    log_once(logger, key, logging.INFO, message, *args)
 
 
 # ---------------------------------------------------------------------------------------------

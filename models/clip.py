@@ -7,6 +7,7 @@ prompt token *embeddings* (learned prompts), always with gradients flowing throu
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import warnings
@@ -141,20 +142,41 @@ def check_pretrained(name: str, pretrained: str) -> None:
                           f"OpenAI's RN50.pt or ViT-B-16.pt, 'openai' to download, or '' for random weights)")
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip's "No pretrained weights loaded ... Model initialized randomly" (a root-logger warning from
+    `create_model(pretrained=None)`): false where our own loader loads the weights next, and said in our own words
+    (naming the key) where the model does stay random."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+def _create_unloaded(oc_name: str, **kwargs: Any) -> nn.Module:
+    """open_clip's model with its initial weights, without open_clip's random-init warning (the caller says what
+    the weights are)."""
+    root, quiet = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(quiet)  # open_clip logs through the root logger itself, so a logger filter sees its records
+    try:
+        return open_clip.create_model(oc_name, pretrained=None, **kwargs)
+    finally:
+        root.removeFilter(quiet)
+
+
 def _create_model(name: str, pretrained: str) -> nn.Module:
     oc_name = open_clip_name(name)
     if oc_name not in open_clip.list_models():
         raise ValueError(f"models/clip.py: VIDEO.HEAD.BACKBONE_NAME '{name}' is not an open_clip model; "
                          f"known: {', '.join(open_clip.list_models())}")
     if pretrained == "":
-        return open_clip.create_model(oc_name, pretrained=None)
+        logger.info("%s starts from random weights (VIDEO.HEAD.PRETRAINED '')", oc_name)
+        return _create_unloaded(oc_name)
     check_pretrained(name, pretrained)  # one line, not open_clip's traceback, where the weights are not here
     if pretrained == "openai":
         # OpenAI weights were trained with QuickGELU; open_clip's plain names default to nn.GELU.
         return open_clip.create_model(oc_name, pretrained="openai", force_quick_gelu=True)
     path = os.path.expanduser(pretrained)
     state, is_openai = _read_pretrained(path)
-    model = open_clip.create_model(oc_name, pretrained=None, force_quick_gelu=is_openai)
+    model = _create_unloaded(oc_name, force_quick_gelu=is_openai)  # the weights are loaded below
     if not is_openai:
         try:
             open_clip.load_checkpoint(model, path, strict=True)
@@ -162,6 +184,7 @@ def _create_model(name: str, pretrained: str) -> nn.Module:
             raise CheckpointError(f"VIDEO.HEAD.PRETRAINED {path}: does not fit {oc_name} ({_first_line(e)}) (build "
                                   f"with the VIDEO.HEAD.BACKBONE_NAME it was trained as, or {_PRETRAINED_HINT})"
                                   ) from None
+        logger.info("loaded CLIP weights from %s", path)
         return model
     for key in _OPENAI_EXTRA_KEYS:
         state.pop(key, None)

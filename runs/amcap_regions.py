@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.sampling import segment_indices
+from datasets.few_shot import ViewedClip, test_clip
 from datasets.splits import VideoEntry, load_split
 from datasets.tracks import TrackFile, boxes_at_frames, check_track_matches, load_track_file, rank_tracks, track_path
-from datasets.transforms import ViewParams, ViewSampler, frames_to_tensor, transform_boxes
-from datasets.video import OpenedVideo, build_video_source
+from datasets.transforms import ViewParams, transform_boxes
+from datasets.video import OpenedVideo
 from models.amcap import AMCAP
 from models.amcap.prompts import ClassText
 from models.amcap.shapley import cell_index_map
@@ -36,35 +36,18 @@ TOKENS_PER_REGION = 3  # aligned tokens listed beside each salient region
 
 
 # ---------------------------------------------------------------------------------------------- one video
-@dataclass
-class ViewedClip:
-    """One video as a test episode shows it to the model, with the geometry that maps its pixels to the input."""
-
-    frames: np.ndarray  # uint8 [T, crop, crop, 3] to draw
-    images: torch.Tensor  # [T, 3, crop, crop] the model's input, normalised as in an episode
-    indices: list[int]  # the sampled frame numbers
-    view: ViewParams  # the loader's test view (squash or short side, centre crop)
-    video: OpenedVideo  # frame count, original width/height and decoded size
-
-
-def read_test_clip(cfg: CfgNode, path: str, num_frames: int) -> ViewedClip:
-    """One video at segment centres through the loader's reader and test view (DATA.RESIZE_MODE, DATA.TEST_SCALE,
-    centre crop of DATA.TEST_CROP_SIZE)."""
-    if not os.path.isfile(path):
-        raise ArgumentError(f"{path}: --video file not found")
-    data = cfg.DATA
-    view = ViewSampler(False, tuple(data.TRAIN_JITTER_SCALES), data.TEST_SCALE, data.TEST_CROP_SIZE, False,
-                       data.RESIZE_MODE)(torch.Generator())
-    video = build_video_source(False, decoder=data.DECODER).open(path, view.short_side)
-    indices = segment_indices(video.num_frames, num_frames, train=False, generator=None)
-    images = frames_to_tensor(video.frames(indices), view, data.MEAN, data.STD)
-    return ViewedClip(unnormalise(images[None], data.MEAN, data.STD)[0], images, indices, view, video)
+def read_test_clip(cfg: CfgNode, video: VideoEntry | str, num_frames: int = 0) -> ViewedClip:
+    """One video as a test episode shows it to the model: the dataset's own reader, frame sampler and view
+    (datasets/few_shot.py:test_clip); `num_frames` 0 = DATA.NUM_INPUT_FRAMES."""
+    if isinstance(video, str) and not os.path.exists(video):
+        raise ArgumentError(f"{video}: --video file not found")
+    return test_clip(cfg, video, "test", num_frames)
 
 
 def read_frames(cfg: CfgNode, path: str, num_frames: int) -> tuple[np.ndarray, torch.Tensor, list[int]]:
     """`read_test_clip`'s uint8 [T, crop, crop, 3] frames to draw, model input [T, 3, crop, crop] and frame indices."""
     clip = read_test_clip(cfg, path, num_frames)
-    return clip.frames, clip.images, clip.indices
+    return unnormalise(clip.images[None], cfg.DATA.MEAN, cfg.DATA.STD)[0], clip.images, clip.indices
 
 
 @dataclass
@@ -391,7 +374,7 @@ def measure_video(cfg: CfgNode, backbone: CLIPBackbone, context: RegionContext, 
                   entity_words: set[str]) -> dict[str, tuple]:
     """Setting -> (MEASURES, the salient regions' top words, region counts, pair interactions by kind) of one video
     of the split; the video is decoded and encoded once for both settings."""
-    clip = read_test_clip(cfg, entry.video_path(cfg.DATA.DATA_ROOT_DIR, cfg.DATA.VIDEO_EXT), cfg.DATA.NUM_INPUT_FRAMES)
+    clip = read_test_clip(cfg, entry)
     track_file = video_track_file(cfg, entry, clip.video)
     encoded = encode_clip(backbone, clip.images)
     key_frames = context.amcap.key_frame_indices(len(clip.indices)).tolist()  # the same for both settings

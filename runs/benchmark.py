@@ -175,17 +175,20 @@ def episodes_per_second(cfg, episodes: int, source: VideoSource, offset: int) ->
     return count / elapsed
 
 
-def ms_per_video(source: VideoSource, paths: list[str], seed: int) -> float:
-    """CPU ms to open and decode 8 training frames (one per segment) at a 288-px short side, mean over `paths`."""
+def ms_per_video(cfg, source: VideoSource, paths: list[str], seed: int) -> float:
+    """CPU ms to open a video and decode the frames a training episode takes from it (the dataset's frame sampler:
+    DATA.NUM_INPUT_FRAMES, DATA.FRAME_SAMPLING) at a 288-px short side, mean over `paths`: the decoder alone (the
+    episode rates below add the view and everything else)."""
     import torch
 
-    from datasets.sampling import segment_indices
+    from datasets.few_shot import clip_reader
 
+    reader = clip_reader(cfg, "train")
     generator = torch.Generator().manual_seed(seed)
     start = time.process_time()
     for path in paths:
         video = source.open(path, 288)
-        video.frames(segment_indices(video.num_frames, 8, train=True, generator=generator))
+        video.frames(reader.frames(video.num_frames, reader.num_frames, True, generator, video.fps))
     return 1000 * (time.process_time() - start) / len(paths)
 
 
@@ -248,8 +251,9 @@ def bench_data(args: argparse.Namespace) -> dict:
             entries = parse_split_file(os.path.join(anno, "train_few_shot.txt"))
             for name, (data_root, frames_folder, make_source) in methods.items():
                 paths = [e.video_path(data_root, frames_folder=frames_folder) for e in entries]
+                cfg = _data_cfg(anno, data_root, frames_folder, args.way, args.shot, args.query, 0)
                 row = {"kind": kind, "method": name, "kib_per_video": _mean_size(paths),
-                       "ms_per_video": statistics.median(ms_per_video(make_source(), paths, seed=r)
+                       "ms_per_video": statistics.median(ms_per_video(cfg, make_source(), paths, seed=r)
                                                          for r in range(args.repeats))}
                 for workers in args.workers:
                     cfg = _data_cfg(anno, data_root, frames_folder, args.way, args.shot, args.query, workers)

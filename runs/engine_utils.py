@@ -5,12 +5,16 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from typing import Iterator
 
 import torch
+from tqdm import tqdm
 
 from datasets.loader_watch import episodes
+from utils import distributed as du
 from utils.config import CfgNode
 
 logger = logging.getLogger("fsar.engine")
@@ -36,6 +40,31 @@ def autocast(cfg: CfgNode, device: torch.device) -> contextlib.AbstractContextMa
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DistributedDataParallel, or the model itself."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+class Progress:
+    """A loop's progress, readable where it lands: tqdm's bar where it draws on a terminal; in a file or a pipe
+    (where the bar's carriage-return redraws would pile up), a plain log line at most every `every_s` seconds
+    (0: none; the training loop logs its own `iter N/M loss ...` lines). Main process only."""
+
+    def __init__(self, total: int, desc: str, initial: int = 0, leave: bool = True, every_s: float = 0.0):
+        self.total, self.desc, self.done, self.every_s = total, desc, initial, every_s
+        self.main = du.is_main_process()
+        terminal = self.main and sys.stderr.isatty()  # tqdm draws on stderr
+        self.bar = tqdm(total=total, initial=initial, desc=desc, leave=leave) if terminal else None
+        self.start = self.last = time.time()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.main and self.every_s > 0 and time.time() - self.last >= self.every_s:
+            self.last = time.time()
+            logger.info("%s %d/%d (%.0fs)", self.desc, self.done, self.total, self.last - self.start)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class StopRequest:

@@ -8,12 +8,11 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Callable
 
 import torch
-from tqdm import tqdm
 
 from datasets import build_loader
 from models import build_model
 from models.feature_cache import VideoFeatureCache
-from runs.engine_utils import autocast, unwrap, worker_episodes
+from runs.engine_utils import Progress, autocast, unwrap, worker_episodes
 from utils import distributed as du
 from utils.checkpoint import load_checkpoint, load_model_state
 from utils.config import PATH, POSITIVE, CfgNode, ConfigError, one_of, rules, section
@@ -24,6 +23,8 @@ if TYPE_CHECKING:
     from runs.train_net_few_shot import Trainer
 
 logger = get_logger(__name__)
+
+PROGRESS_LOG_SECONDS = 60.0  # off a terminal: a plain "test k/N" line at most this often during a long evaluation
 
 
 def add_test_config(cfg: CfgNode) -> None:
@@ -126,16 +127,20 @@ def evaluate(model: torch.nn.Module, cfg: CfgNode, split: str, num_episodes: int
     loader = build_loader(cfg, split, indices, skip_videos=cache)
     records = []
     with worker_episodes(loader) as episodes:
-        progress = tqdm(episodes, total=len(indices), desc=split, disable=not du.is_main_process(), leave=False)
-        for index, episode in zip(indices, progress, strict=True):
-            if stop is not None:
-                stop()
-            episode = episode.to(device)
-            with autocast(cfg, device):
-                # The trainer's call: forward(episode, features), features from the cache or None (encode here).
-                features = None if cache is None else cache.episode_features(head, episode)
-                logits = head(episode, features)["logits"]
-            records.append(episode_record(index, episode, logits.float()))
+        progress = Progress(len(indices), split, leave=False, every_s=PROGRESS_LOG_SECONDS)
+        try:
+            for index, episode in zip(indices, episodes, strict=True):
+                if stop is not None:
+                    stop()
+                episode = episode.to(device)
+                with autocast(cfg, device):
+                    # The trainer's call: forward(episode, features), features from the cache or None (encode here).
+                    features = None if cache is None else cache.episode_features(head, episode)
+                    logits = head(episode, features)["logits"]
+                records.append(episode_record(index, episode, logits.float()))
+                progress.update()
+        finally:
+            progress.close()
     gathered = [r for part in du.all_gather_object(records) for r in part]
     result = summarize_accuracies(gathered, num_episodes, split)
     result["replaced_videos"] = sorted({tuple(v) for r in gathered for v in r["replaced"]})

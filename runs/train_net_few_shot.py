@@ -8,12 +8,11 @@ import os
 import time
 
 import torch
-from tqdm import tqdm
 
 from datasets import build_loader
 from models import build_model
 from models.feature_cache import VideoFeatureCache
-from runs.engine_utils import STOP, autocast, worker_episodes
+from runs.engine_utils import STOP, Progress, autocast, worker_episodes
 from runs.test_net_few_shot import evaluate
 from utils import distributed as du
 from utils.checkpoint import Checkpointer, atomic_save, load_checkpoint, load_model_state, set_rng_state
@@ -188,7 +187,7 @@ class Trainer:
         cfg, total = self.cfg, self.cfg.TRAIN.NUM_TRAIN_TASKS
         self.model.train()
         loader = build_loader(cfg, "train", train_episode_indices(self.iteration, total), skip_videos=self.cache)
-        bar = tqdm(total=total, initial=self.iteration, desc="train", disable=not du.is_main_process())
+        bar = Progress(total, "train", initial=self.iteration)  # in a file, _log_train's lines are the progress
         start, running = time.time(), []
         # Workers are shut down on any exit (error, stop signal): a stopped run leaves no orphans.
         with worker_episodes(loader) as episodes:

@@ -41,7 +41,7 @@ def frame_measures(weights: np.ndarray, present: np.ndarray, actor_slots: list[i
 @torch.no_grad()
 def video_attention(model, cfg: CfgNode, entry, record: dict) -> dict[str, float]:
     """VFAM_MEASURES of one video of the split, as a test episode shows it (the loader's view and frames)."""
-    clip = read_test_clip(cfg, entry.video_path(cfg.DATA.DATA_ROOT_DIR, cfg.DATA.VIDEO_EXT), cfg.DATA.NUM_INPUT_FRAMES)
+    clip = read_test_clip(cfg, entry)
     track_file = video_track_file(cfg, entry, clip.video)
     slots = cfg.VFAM.MAX_ENTITIES
     ranked = rank_tracks(track_file, slots)

@@ -59,6 +59,26 @@ def test_frames_are_segment_centres_in_the_loaders_test_view(tmp_path):
     assert torch.equal(images, episode_view)
 
 
+def test_tools_read_a_video_as_the_loaders_test_episode_holds_it_under_clip_sampling(synthetic_root):
+    """read_test_clip used to rebuild the view by hand with segment centres, whatever DATA.FRAME_SAMPLING said."""
+    from datasets import build_dataset
+    from datasets.sampling import segment_indices
+    from utils.plots import unnormalise
+
+    cfg = load_config(None, [*TINY, "DATA.DATASET", "Synthetic_few_shot", "DATA.ANNO_DIR", str(synthetic_root),
+                             "DATA.DATA_ROOT_DIR", str(synthetic_root), "DATA.TEST_SCALE", "64",
+                             "DATA.TRAIN_JITTER_SCALES", "[64, 64]", "DATA.NUM_INPUT_FRAMES", "4",
+                             "DATA.FRAME_SAMPLING", "clip", "DATA.SAMPLING_RATE", "2", "DATA.TARGET_FPS", "0",
+                             "TRAIN.WAY", "5", "TRAIN.SHOT", "1", "TRAIN.QUERY_PER_CLASS_TEST", "1"])
+    dataset = build_dataset(cfg, "test", [0])
+    episode = dataset[0]
+    entry = next(e for e in dataset.split.videos if e.video_id == episode.support_ids[0])
+    clip = amcap_regions.read_test_clip(cfg, entry)
+    assert clip.indices != segment_indices(clip.video.num_frames, 4, train=False, generator=None)
+    assert np.array_equal(unnormalise(clip.images[None], cfg.DATA.MEAN, cfg.DATA.STD)[0],
+                          unnormalise(episode.support_set[:1], cfg.DATA.MEAN, cfg.DATA.STD)[0])
+
+
 def test_class_names_come_from_the_split_without_classes(tmp_path):
     (tmp_path / "test_class_names.txt").write_text("archery\nbowling\n")
     cfg = load_config(None, ["DATA.ANNO_DIR", str(tmp_path)])

@@ -1,10 +1,12 @@
 """CLIP backbone wrapper: dense tokens, text encoders, fine-tuning policies and local checkpoint loading."""
 import json
+import logging
 import warnings
 
 import open_clip
 import pytest
 import torch
+from tiny_run import log_records
 
 from models.clip import CLIPBackbone, open_clip_name
 from runs.config import load_config
@@ -244,6 +246,20 @@ def test_load_open_clip_checkpoint(tmp_path, tiny):
         loaded = CLIPBackbone(TINY, pretrained=str(path)).eval()
         for got, want in zip(outputs(loaded), expected, strict=True):
             torch.testing.assert_close(got, want)
+
+
+def test_loading_weights_logs_no_random_init_warning_and_random_weights_are_said_once(tmp_path, tiny, caplog):
+    """open_clip warned "Model initialized randomly" right before our loader read VIDEO.HEAD.PRETRAINED."""
+    path = tmp_path / "open_clip.pt"
+    torch.save(tiny.model.state_dict(), path)
+    for pretrained, said in ((str(path), f"loaded CLIP weights from {path}"),
+                             ("", "FSAR-Tiny-ViT starts from random weights (VIDEO.HEAD.PRETRAINED '')")):
+        caplog.clear()
+        with caplog.at_level(logging.INFO), log_records() as ours:  # open_clip's root records, and the project's
+            CLIPBackbone(TINY, pretrained=pretrained)
+        assert not any("initialized randomly" in r.getMessage() for r in caplog.records)
+        assert [r.getMessage() for r in ours] == [said]
+    assert logging.getLogger().filters == []  # the filter lives only around model creation
 
 
 def test_load_openai_checkpoints_with_quick_gelu(tmp_path):

@@ -102,7 +102,10 @@ def test_unknown_dataset_name_lists_registered_entries(synthetic_root):
         assert name in DATASET_REGISTRY
 
 
-def test_ssv2_entry_turns_flip_off_and_says_so(synthetic_root):
+def test_ssv2_entry_turns_flip_off_and_says_so(synthetic_root, monkeypatch):
+    import utils.logger as logger_module
+
+    monkeypatch.setattr(logger_module, "_LOGGED_ONCE", set())  # said once per process: forget earlier tests' notes
     with log_records() as records:
         dataset = build_dataset(_cfg(synthetic_root, "DATA.DATASET", "Ssv2_few_shot", "DATA.FLIP", True), "train", [0])
     assert not dataset.views.flip

@@ -17,6 +17,7 @@ from datasets.transforms import (
     sample_view,
     transform_boxes,
 )
+from datasets.video import DECODERS, decoder_available
 from runs.config import load_config
 
 LEFT, BRIGHT = 20, 230  # frame k of the clip benchmark: grey 20 + 3k on the left, bright right quarter
@@ -237,7 +238,8 @@ LINEAGE_TEST_FRAMES = {12: [160, 195, 230, 265, 300, 335, 370, 405], 25: [8, 87,
                        30: [2, 39, 77, 114, 151, 188, 226, 263]}
 
 
-@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+@pytest.mark.parametrize("decoder", [pytest.param(name, marks=pytest.mark.skipif(
+    bool(decoder_available(name)), reason=decoder_available(name) or "available")) for name in DECODERS])
 @pytest.mark.parametrize("fps", sorted(FPS_CLIPS))
 def test_clip_window_scales_with_the_frame_rate_the_reader_reports_as_clip_fsar(fps_root, fps, decoder):
     from datasets.video import build_video_source

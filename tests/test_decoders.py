@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import datasets.video as video_module
+import utils.logger as logger_module
 from datasets.video import (
+    DECODERS,
     DEFAULT_DECODER,
     BadVideoError,
     DecordSource,
@@ -87,11 +88,16 @@ def clips(tmp_path_factory) -> dict[str, tuple[str, int]]:
 
 
 def offered_backends() -> list:
-    backends = [pytest.param("pyav", id="pyav"), pytest.param("decord", id="decord")]
-    why_not = decoder_available("torchcodec")
-    backends.append(pytest.param("torchcodec", id="torchcodec",
-                                 marks=pytest.mark.skipif(bool(why_not), reason=why_not or "available")))
-    return backends
+    """Every registered DATA.DECODER (datasets/video.py:DECODERS), skipped with the reason where it cannot run here:
+    a new decoder is frame-checked the day it is registered."""
+    return [pytest.param(name, id=name, marks=pytest.mark.skipif(bool(decoder_available(name)),
+                                                                 reason=decoder_available(name) or "available"))
+            for name in DECODERS]
+
+
+def test_frame_exactness_covers_every_registered_decoder():
+    marks = [m for m in test_every_backend_returns_exactly_the_frames_asked_for.pytestmark if m.args[0] == "backend"]
+    assert [p.values[0] for p in marks[0].args[1]] == list(DECODERS)
 
 
 def index_sets(n: int) -> list[list[int]]:
@@ -125,7 +131,7 @@ def test_every_backend_returns_exactly_the_frames_asked_for(clips, backend, clip
 
 
 def test_unguarded_decord_returns_wrong_frames_in_avi_and_the_guard_hands_it_to_pyav(clips, caplog, monkeypatch):
-    monkeypatch.setattr(video_module, "_LOGGED", set())  # "once" is per process: forget earlier tests' notes
+    monkeypatch.setattr(logger_module, "_LOGGED_ONCE", set())  # "once" is per process: forget earlier tests' notes
     path, n = clips["avi-mpeg4"]
     indices = [(2 * k + 1) * n // 16 for k in range(8)]
     raw = frame_numbers(DecordSource(exact_only=False).open(path, 48).frames(indices))
@@ -138,7 +144,7 @@ def test_unguarded_decord_returns_wrong_frames_in_avi_and_the_guard_hands_it_to_
 
 
 def test_pyav_decodes_from_the_start_where_timestamps_follow_decode_order(clips, caplog, monkeypatch):
-    monkeypatch.setattr(video_module, "_LOGGED", set())
+    monkeypatch.setattr(logger_module, "_LOGGED_ONCE", set())
     path, n = clips["avi-h264"]
     with caplog.at_level(logging.INFO, logger="fsar"):
         assert frame_numbers(PyAVSource().open(path, 48).frames([n - 1, 3, n // 2])) == [n - 1, 3, n // 2]
@@ -157,7 +163,7 @@ class _Decode(torch.utils.data.Dataset):
         return torch.from_numpy(self.source.open(path, 48).frames(indices))
 
 
-@pytest.mark.parametrize("backend", ["pyav", "decord"])
+@pytest.mark.parametrize("backend", offered_backends())
 def test_decoding_is_identical_in_two_dataloader_workers(clips, backend):
     items = [(path, index_sets(n)[k % 5]) for k, (path, n) in enumerate(clips.values())] * 2
     source = build_video_source(False, decoder=backend)
@@ -207,7 +213,7 @@ def write_resolution_change(path: str) -> None:
             joined.write(open(segment, "rb").read())
 
 
-@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])  # torchcodec's message here is unchecked (not installed)
 def test_a_resolution_change_mid_stream_is_a_wrong_size_video_naming_the_file(tmp_path, decoder):
     """Both readers used to end in a raw ValueError (frames of two sizes stacked); DATA.DECODER decord hands
     MPEG-TS to PyAV."""

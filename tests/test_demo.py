@@ -4,6 +4,7 @@ validates, tests and writes the run folder."""
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from runs.run import main
@@ -13,6 +14,7 @@ DEMO = str(PROJECT / "synthetic" / "demo.yaml")
 WORLD_DEMO = str(PROJECT / "world" / "demo.yaml")
 
 
+@pytest.mark.slow  # an end-to-end demo run
 def test_demo_config_runs_end_to_end_at_reduced_size(tmp_path):
     data = tmp_path / "synthetic"
     out = tmp_path / "demo"
@@ -28,6 +30,7 @@ def test_demo_config_runs_end_to_end_at_reduced_size(tmp_path):
     assert (out / "curves.png").is_file() and (out / "checkpoints" / "best.pth").is_file()
 
 
+@pytest.mark.slow  # an end-to-end demo run
 def test_world_demo_pretrains_then_trains_the_frozen_tower_from_its_feature_cache_and_tests_with_the_text_prior(
         tmp_path):
     data = tmp_path / "world"

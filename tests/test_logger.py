@@ -37,3 +37,25 @@ def test_torn_last_metrics_line_is_dropped_and_a_torn_middle_line_is_an_error(tm
     path.write_text('{"iteration": 2, "tr\n{"iteration": 4}\n')
     with pytest.raises(RunFolderError, match=r"metrics\.jsonl:1: not a JSON record .*\(delete or fix that line\)"):
         read_metrics(str(path))
+
+
+def test_a_run_whose_output_is_no_terminal_logs_each_notice_once_and_plain_progress_lines(synthetic_root, tmp_path,
+                                                                                           capsys, monkeypatch):
+    """The FLIP notice came once per loader (train, each validation, test) and tqdm's bars filled captured output
+    with carriage returns; off a terminal the run now writes plain lines."""
+    from tiny_run import tiny_argv
+
+    import runs.test_net_few_shot as evaluator
+    import utils.logger as logger_module
+    from runs.run import main
+
+    monkeypatch.setattr(logger_module, "_LOGGED_ONCE", set())  # "once" is per process: forget earlier tests' notes
+    monkeypatch.setattr(evaluator, "PROGRESS_LOG_SECONDS", 1e-9)  # a progress line after every test episode
+    out = tmp_path / "run"
+    main(tiny_argv(synthetic_root, out, "TRAIN.NUM_TRAIN_TASKS", "4", "TRAIN.VAL_FRE_ITER", "2",
+                   "TRAIN.NUM_VAL_TASKS", "1", "TRAIN.NUM_TEST_TASKS", "2"))
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    log = (out / "log.txt").read_text()
+    assert log.count("Synthetic_few_shot: DATA.FLIP is off for this dataset") == 1
+    assert "iter 4/4 loss" in log and "test 2/2 (" in log

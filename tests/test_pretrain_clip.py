@@ -100,6 +100,7 @@ def test_pretraining_captions_never_name_a_novel_action():
     assert any(c.startswith("a photo of ") for c in captions) and any(" at the " in c for c in captions)
 
 
+@pytest.mark.slow  # the `pretrained` fixture trains for minutes on 2 shared cores
 def test_pretrained_clip_learns_and_classifies_novel_classes_zero_shot(pretrained):
     _, summary, _ = pretrained
     assert summary["final_loss"] < 0.8 * summary["first_loss"]
@@ -108,6 +109,7 @@ def test_pretrained_clip_learns_and_classifies_novel_classes_zero_shot(pretraine
     assert summary["zero_shot_accuracy"] >= 0.25 > summary["zero_shot_chance"]
 
 
+@pytest.mark.slow  # the `pretrained` fixture trains for minutes on 2 shared cores
 def test_checkpoint_loads_strictly_and_gives_the_same_embeddings(pretrained):
     backbone, summary, path = pretrained
     loaded = CLIPBackbone(PRETRAIN.backbone, pretrained=path).eval()
@@ -167,6 +169,7 @@ def _cfg(path: str, **changes):
     return cfg
 
 
+@pytest.mark.slow  # the `pretrained` fixture trains for minutes on 2 shared cores
 def test_ensure_pretrained_reuses_a_checkpoint_of_the_same_settings_only(pretrained):
     _, _, path = pretrained
     before = os.stat(path).st_mtime_ns
@@ -207,6 +210,7 @@ def test_benchmark_kind_is_the_default_and_unchanged(tmp_path):
 BENCHMARK_DIGEST = "b2302918cb374b827ae0f538109eb0bff646f29f"
 
 
+@pytest.mark.slow  # the `pretrained` fixture trains for minutes on 2 shared cores
 def test_masked_patches_find_the_actor_where_dense_tokens_do_not(pretrained, world_root):
     """AMCAP.REGION_FEATURE masked rests on this (docs/world.md): with the pretrained tower and the
     class text as anchor, the one patch whose frame-with-only-it-visible embedding is closest to the text lies on the

@@ -18,6 +18,18 @@ def get_logger(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
 
 
+_LOGGED_ONCE: set = set()  # keys of the notices this process has logged (log_once)
+
+
+def log_once(logger: logging.Logger, key: Any, level: int, message: str, *args: Any) -> None:
+    """Log a notice the first time `key` comes by in this process (a dataset fact or a decoder choice is worth one
+    line per run, not one per loader or per video)."""
+    key = (logger.name, key)
+    if key not in _LOGGED_ONCE:
+        _LOGGED_ONCE.add(key)
+        logger.log(level, message, *args)
+
+
 class _StdoutHandler(logging.StreamHandler):
     """Writes to whatever sys.stdout is when a record is emitted (a redirected or captured stdout of an earlier
     in-process run may be closed by now)."""
