@@ -119,7 +119,9 @@ def test_vfam_stats_reads_the_heads_attention_per_frame_with_the_actor_beside_a_
     for name in vfam_attention.VFAM_MEASURES:
         entry = saved["measures"][name]
         assert entry["n"] > 0 and 0.0 <= entry["mean"] <= 1.0, (name, entry)
-    assert saved["gate"] == 0.0  # an untrained VFAM fuses nothing yet (its gate starts at 0)
+    assert saved["gate"] is None and "gate |mean| none (FUSION replace)" in printed  # the main job's VFAM has none
+    assert visualize.main([*argv, "VFAM.FUSION", "residual"]) == 0  # the gated VFAM: nothing fused yet at start
+    assert json.loads(out.read_text())["gate"] == 0.0
     with pytest.raises(SystemExit):
         visualize.main([*argv[:-len(_data(world))], *_data(world), "VFAM.ENABLE", "False"])
     assert "set VFAM.ENABLE True" in capsys.readouterr().err
