@@ -168,7 +168,8 @@ def _create_model(name: str, pretrained: str) -> nn.Module:
         raise ValueError(f"models/clip.py: VIDEO.HEAD.BACKBONE_NAME '{name}' is not an open_clip model; "
                          f"known: {', '.join(open_clip.list_models())}")
     if pretrained == "":
-        logger.info("%s starts from random weights (VIDEO.HEAD.PRETRAINED '')", oc_name)
+        # DEBUG: tools build the model with PRETRAINED "" and then load a run's checkpoint into it.
+        logger.debug("%s starts from random weights (VIDEO.HEAD.PRETRAINED '')", oc_name)
         return _create_unloaded(oc_name)
     check_pretrained(name, pretrained)  # one line, not open_clip's traceback, where the weights are not here
     if pretrained == "openai":
