@@ -8,6 +8,10 @@ from models import HEAD_REGISTRY, build_model
 from runs.config import load_config
 
 MODULES_ON = ("VFAM.ENABLE", "True", "AMCAP.ENABLE", "True", "AMCAP.NUM_COALITIONS", "16")
+# The world main job's module keys (docs/world.md), with AMCAP's motion-ranked regions on top.
+MOTION_KEYS = ("VFAM.ATTEND", "motion", "VFAM.ENTITY_MOTION", "True", "VFAM.FUSION", "replace", "VFAM.TEMPORAL",
+               "False", "VFAM.TRACK_TEMPERATURE", "0.1", "VIDEO.HEAD.DENSE_TOKENS", "value", "AMCAP.QUERY_ANCHOR",
+               "global", "AMCAP.TOKEN_FEATURE", "word", "AMCAP.SALIENCY", "motion", "AMCAP.REGION_SCORE", "motion")
 
 
 def config(root, tmp_path, *extra):
@@ -83,8 +87,9 @@ def test_mcdp_gradients_reach_vfam_gate_and_every_prompt_generator_parameter(syn
 
 
 @pytest.mark.parametrize("train", [True, False])
-def test_mcdp_query_logits_ignore_query_labels(synthetic_root, tmp_path, episodes, train):
-    head = build(config(synthetic_root, tmp_path, "VIDEO.HEAD.NAME", "MCDP_FSAR", *MODULES_ON,
+@pytest.mark.parametrize("keys", [(), MOTION_KEYS], ids=["default", "motion"])
+def test_mcdp_query_logits_ignore_query_labels(synthetic_root, tmp_path, episodes, train, keys):
+    head = build(config(synthetic_root, tmp_path, "VIDEO.HEAD.NAME", "MCDP_FSAR", *MODULES_ON, *keys,
                         "VIDEO.HEAD.TRANSFORMER_DROPOUT", "0.0", "VIDEO.HEAD.TRANSFORMER_FFN_DROPOUT", "0.0"))
     head.train(train)
     episode = episodes["train"]

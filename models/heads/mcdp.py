@@ -110,8 +110,8 @@ class MCDP_FSAR(PrototypeHead):  # noqa: N801  (registered name)
                       box_mask: Tensor | None = None) -> dict[str, Tensor]:
         """The CLIP-FSAR features (models/heads/parts.py:FrameEncoder); AMCAP's dense token grids are kept only as
         what it reads (key frames and the mean over frames: "amcap_key_tokens" [B,K,h,w,D], "amcap_mean_tokens"
-        [B,h,w,D], the video's CLIP embedding per key frame "amcap_anchor_global" [B,K,D] and, for masked regions,
-        the key frames' images "amcap_key_images" [B,K,3,H,W])."""
+        [B,h,w,D], the video's CLIP embedding per key frame "amcap_anchor_global" [B,K,D], for masked regions the key
+        frames' images "amcap_key_images" [B,K,3,H,W], for motion-ranked regions "amcap_token_motion" [B,h,w])."""
         videos = self.backbone.normalise(videos)  # uint8 pixels (exact crops) -> the tower's input
         feats = self.frame_encoder.encode(self.backbone, self.vfam, videos, boxes, box_mask)
         if self.amcap is not None:
@@ -121,6 +121,8 @@ class MCDP_FSAR(PrototypeHead):  # noqa: N801  (registered name)
             feats["amcap_anchor_global"] = summary.anchor_global
             if summary.key_images is not None:  # AMCAP.REGION_FEATURE masked
                 feats["amcap_key_images"] = summary.key_images
+            if summary.motion is not None:  # AMCAP.REGION_SCORE / SALIENCY motion
+                feats["amcap_token_motion"] = summary.motion
         return feats
 
     def fixed_support_text(self, class_names: list[str]) -> Tensor | None:
@@ -136,7 +138,8 @@ class MCDP_FSAR(PrototypeHead):  # noqa: N801  (registered name)
             episode_seed(self.seed, f"amcap/{episode.split}", int(episode.episode_index)))
         support_tokens, query_tokens = (
             VideoTokens(key=f.encoded["amcap_key_tokens"], mean=f.encoded["amcap_mean_tokens"],
-                        anchor_global=f.encoded["amcap_anchor_global"], key_images=f.encoded.get("amcap_key_images"))
+                        anchor_global=f.encoded["amcap_anchor_global"], key_images=f.encoded.get("amcap_key_images"),
+                        motion=f.encoded.get("amcap_token_motion"))
             for f in (support, query))
         dynamic = self.amcap(self.backbone, support_tokens, query_tokens, episode.class_names, support_labels,
                              generator)
