@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from tiny_run import TINY_CFG, tiny_argv, tiny_opts
+from tiny_run import TINY_CFG, assert_cached_evaluation_equals_uncached, tiny_argv, tiny_opts
 from torch import nn
 
 from models import build_model
@@ -222,18 +222,9 @@ def test_query_labels_and_support_order_do_not_change_the_logits(name):
 def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path):
     """On a ResNet (eval BatchNorm: each video encoded on its own); tests/test_head_contract.py checks both heads'
     cached features on a CLIP tower."""
-    from runs.test_net_few_shot import evaluate
-
     opts = tiny_opts(synthetic_root, tmp_path, "VIDEO.HEAD.NAME", "CNN_TRX", *RESNET, "TRX.OUT_DIM", str(OUT_DIM),
                      "DATA.TEST_CROP_SIZE", str(SIZE), "DATA.TRAIN_CROP_SIZE", str(SIZE))
-    results = {}
-    for cache in (False, True):
-        cfg = load_config(TINY_CFG, opts + ["TEST.FEATURE_CACHE", str(cache), "TEST.CACHE_SIZE", "12"])
-        torch.manual_seed(0)
-        results[cache] = evaluate(build_model(cfg), cfg, "test", 4, torch.device("cpu"))
-    assert results[True]["episode_accuracies"] == results[False]["episode_accuracies"]
-    assert results[True]["per_class"] == results[False]["per_class"]
-    assert results[True]["cache"]["hits"] > 0
+    assert_cached_evaluation_equals_uncached(opts)
 
 
 def test_a_trx_key_under_cnn_otam_is_refused_naming_the_head_that_reads_it():

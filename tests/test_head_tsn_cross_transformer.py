@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from test_head_otam_trx import FRAMES, RESNET, SIZE, WAY, episode, head_config, lineage_pyth
-from tiny_run import TINY_CFG, tiny_opts
+from tiny_run import assert_cached_evaluation_equals_uncached, tiny_opts
 from torch import nn
 
 from models import build_model
 from models.heads.base import VideoFeatures
-from runs.config import load_config
 from runs.test_net_few_shot import load_weights_for_test
 from utils.checkpoint import CheckpointError
 
@@ -166,19 +165,11 @@ def test_query_labels_and_support_order_do_not_change_the_logits(name):
 @pytest.mark.parametrize("name", ["CNN_TSN", "CNN_CrossTransformer"])
 def test_cached_evaluation_equals_uncached(synthetic_root, tmp_path, name):
     """On a ResNet (eval BatchNorm: each video encoded on its own)."""
-    from runs.test_net_few_shot import evaluate
 
     extra = ("CROSS_TRANSFORMER.HIDDEN_DIM", str(HIDDEN)) if name == "CNN_CrossTransformer" else ()
     opts = tiny_opts(synthetic_root, tmp_path, "VIDEO.HEAD.NAME", name, *RESNET, "DATA.TEST_CROP_SIZE", str(SIZE),
                      "DATA.TRAIN_CROP_SIZE", str(SIZE), *extra)
-    results = {}
-    for cache in (False, True):
-        cfg = load_config(TINY_CFG, opts + ["TEST.FEATURE_CACHE", str(cache), "TEST.CACHE_SIZE", "12"])
-        torch.manual_seed(0)
-        results[cache] = evaluate(build_model(cfg), cfg, "test", 4, torch.device("cpu"))
-    assert results[True]["episode_accuracies"] == results[False]["episode_accuracies"]
-    assert results[True]["per_class"] == results[False]["per_class"]
-    assert results[True]["cache"]["hits"] > 0
+    assert_cached_evaluation_equals_uncached(opts)
 
 
 def test_a_cross_transformer_key_under_cnn_tsn_is_refused_naming_the_head_that_reads_it():

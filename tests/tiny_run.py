@@ -62,3 +62,22 @@ def log_records(level: int = logging.INFO):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+def assert_cached_evaluation_equals_uncached(opts: list[str], episodes: int = 4) -> None:
+    """The tiny config with `opts` evaluated on `episodes` test episodes with and without the feature cache (a fresh
+    model from the same seed each time): the same per-episode and per-class results, and the cache was used."""
+    import torch
+
+    from models import build_model
+    from runs.config import load_config
+    from runs.test_net_few_shot import evaluate
+
+    results = {}
+    for cache in (False, True):
+        cfg = load_config(TINY_CFG, opts + ["TEST.FEATURE_CACHE", str(cache), "TEST.CACHE_SIZE", "12"])
+        torch.manual_seed(0)
+        results[cache] = evaluate(build_model(cfg), cfg, "test", episodes, torch.device("cpu"))
+    assert results[True]["episode_accuracies"] == results[False]["episode_accuracies"]
+    assert results[True]["per_class"] == results[False]["per_class"]
+    assert results[True]["cache"]["hits"] > 0
